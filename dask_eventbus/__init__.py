@@ -1,0 +1,74 @@
+"""dask-eventbus: stream Dask scheduler events to message brokers as CloudEvents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ._version import __version__
+from .backends import (
+    Backend,
+    BackendOptions,
+    Message,
+    Subscription,
+    available_backends,
+    create_backend,
+    get_backend,
+    register_backend,
+)
+from .config import ConfigError, load_settings
+from .events import Event
+from .plugin import EventBusPlugin
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "ConfigError",
+    "Event",
+    "EventBusPlugin",
+    "Message",
+    "Subscription",
+    "__version__",
+    "available_backends",
+    "create_backend",
+    "get_backend",
+    "load_settings",
+    "register_backend",
+    "subscribe",
+]
+
+
+def subscribe(
+    backend: str | Backend | None = None,
+    *,
+    from_beginning: bool = False,
+    types: Sequence[str] | None = None,
+    **options: Any,
+) -> Subscription:
+    """Read events back from a backend, as :class:`Event` objects.
+
+    ``backend`` and ``options`` work as for :class:`EventBusPlugin`: by
+    default the configured backend with its configured options. Options that
+    are not backend options go to the backend's ``subscribe`` (for example
+    ``group=`` for Redis consumer groups). ``types`` keeps only events whose
+    type matches one of these glob patterns.
+
+    >>> with subscribe("jsonl", path="events.jsonl", from_beginning=True) as events:
+    ...     for event in events:  # doctest: +SKIP
+    ...         print(event.type, event.subject)
+    """
+    settings = load_settings()
+    chosen = settings.backend if backend is None else backend
+    if isinstance(chosen, Backend):
+        instance, params = chosen, options
+    else:
+        cls = get_backend(chosen)
+        names = {f.encode_name for f in msgspec.structs.fields(cls.Options)}
+        backend_options = {k: v for k, v in options.items() if k.replace("_", "-") in names}
+        params = {k: v for k, v in options.items() if k not in backend_options}
+        instance = create_backend(chosen, backend_options, settings.backends)
+    subscription = instance.subscribe(from_beginning=from_beginning, **params)
+    subscription.set_types(types)
+    return subscription

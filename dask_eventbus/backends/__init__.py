@@ -1,0 +1,291 @@
+"""The backend interface, the message it publishes, and the backend registry.
+
+A backend knows one broker and nothing about Dask. The pipeline hands it
+batches of encoded :class:`Message` objects; :meth:`Backend.publish` returns
+only once the broker has accepted the whole batch and raises otherwise, so the
+pipeline can retry. Consumers get a :class:`Subscription`, an iterator of
+:class:`~dask_eventbus.events.Event` objects that acknowledges each event once
+the next one is asked for.
+
+Backends are found by name: first those registered with
+:func:`register_backend`, then entry points in the group
+``dask_eventbus.backends`` (the built-in backends are declared the same way).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import entry_points
+from types import TracebackType
+from typing import Any, ClassVar, NamedTuple
+
+import msgspec
+
+from ..config import ConfigError, convert, redact_url
+from ..events import Event
+
+logger = logging.getLogger("dask_eventbus")
+
+ENTRY_POINT_GROUP = "dask_eventbus.backends"
+
+# The pip extra that installs each built-in backend's client library.
+BUILTIN_EXTRAS = {"kafka": "kafka", "rabbitmq": "rabbitmq", "kombu": "kombu", "redis": "redis"}
+
+
+class Message(NamedTuple):
+    """One encoded event plus the attributes brokers route and index on."""
+
+    body: bytes
+    """The CloudEvent, structured-mode JSON."""
+    id: str
+    type: str
+    subject: str | None
+    sequence: int
+    time: float
+    """Seconds since the epoch, when the scheduler saw what happened."""
+    routing_key: str
+    """The type, refined for transitions: ``dask.task.transition.<start>.<finish>``."""
+
+
+class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
+    """Base for a backend's options; subclasses declare fields with defaults."""
+
+
+class Backend:
+    """Base class of all backends.
+
+    Subclasses set :attr:`name`, declare their options as a
+    :class:`BackendOptions` subclass in :attr:`Options`, and implement
+    :meth:`open`, :meth:`publish`, :meth:`close` and :meth:`subscribe`.
+    Producer methods are called from one publisher thread only.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
+
+    def open(self) -> None:
+        """Connect to the broker; called again after a failed publish."""
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Deliver ``messages`` in order; return once the broker accepted all.
+
+        Raise on any failure: the pipeline keeps the batch, calls
+        :meth:`close`, backs off, calls :meth:`open` and publishes it again.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection; must not raise and must be safe to repeat."""
+
+    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+        """Read events back: new ones, or all the broker still holds."""
+        raise NotImplementedError(f"the {self.name!r} backend cannot be read back")
+
+    def describe(self) -> str:
+        """Where events go, for people: no secrets."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.describe())}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Only what configures the backend travels (e.g. to the scheduler with
+        # Client.register_plugin); connections are made where it is opened.
+        return {"options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**msgspec.structs.asdict(state["options"]))  # type: ignore[misc]
+
+
+class Delivery(NamedTuple):
+    """One raw message read from a broker and how to acknowledge it."""
+
+    body: bytes
+    token: Any = None
+
+
+class Subscription(Iterator[Event]):
+    """An iterator of events read back from a backend.
+
+    Each event is acknowledged (where the broker has acknowledgements) when
+    the next one is requested or the subscription is closed normally, so an
+    event whose processing raised is delivered again to the next consumer.
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._types: list[str] | None = None
+        self._ready: deque[Delivery] = deque()
+        self._unacked: Delivery | None = None
+        self.closed = False
+
+    # ---- what backends implement
+
+    def fetch(self, timeout: float) -> Sequence[Delivery]:
+        """Wait up to ``timeout`` seconds for messages; return what arrived."""
+        raise NotImplementedError
+
+    def ack(self, token: Any) -> None:
+        """Acknowledge one delivery by its token."""
+
+    def _close(self) -> None:
+        """Release the backend's consumer resources."""
+
+    # ---- what consumers use
+
+    def set_types(self, patterns: Sequence[str] | None) -> None:
+        """Yield only events whose type matches one of these glob patterns."""
+        self._types = list(patterns) if patterns else None
+
+    def poll(self, timeout: float | None = None) -> Event | None:
+        """The next event, or ``None`` when none arrived within ``timeout``."""
+        self._ack_previous()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while self._ready:
+                delivery = self._ready.popleft()
+                event = self._decode(delivery)
+                if event is None:
+                    self.ack(delivery.token)
+                    continue
+                self._unacked = delivery
+                return event
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._ready.extend(self.fetch(min(remaining, 1.0)))
+
+    def __next__(self) -> Event:
+        if self.closed:
+            raise StopIteration
+        event = self.poll()
+        assert event is not None
+        return event
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def close(self, *, ack: bool = True) -> None:
+        """Stop reading; acknowledges the last event unless ``ack`` is false."""
+        if self.closed:
+            return
+        try:
+            if ack:
+                self._ack_previous()
+        finally:
+            self.closed = True
+            self._close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(ack=exc_type is None)
+
+    def _ack_previous(self) -> None:
+        if self._unacked is not None:
+            delivery, self._unacked = self._unacked, None
+            self.ack(delivery.token)
+
+    def _decode(self, delivery: Delivery) -> Event | None:
+        try:
+            event = Event.from_json(delivery.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            logger.warning("Skipping a message that is not a dask-eventbus CloudEvent: %s", exc)
+            return None
+        if self._types is not None and not any(
+            fnmatch.fnmatchcase(event.type, pattern) for pattern in self._types
+        ):
+            return None
+        return event
+
+
+# ---------------------------------------------------------------- registry
+
+_registered: dict[str, type[Backend]] = {}
+
+
+def register_backend(name: str, cls: type[Backend]) -> None:
+    """Make ``cls`` available as backend ``name`` in this process."""
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{cls!r} is not a subclass of dask_eventbus.Backend")
+    _registered[name] = cls
+
+
+def available_backends() -> list[str]:
+    """Names of every backend registered or declared as an entry point."""
+    names = set(_registered)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered under ``name``."""
+    if name in _registered:
+        return _registered[name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                cls = ep.load()
+            except ImportError as exc:
+                extra = BUILTIN_EXTRAS.get(name)
+                install = (
+                    f"pip install 'dask-eventbus[{extra}]'"
+                    if extra
+                    else f"install the package that provides {ep.value}"
+                )
+                raise ConfigError(
+                    f"The {name!r} event bus backend cannot be loaded: {exc}. "
+                    f"To fix this: {install}"
+                ) from None
+            if not (isinstance(cls, type) and issubclass(cls, Backend)):
+                raise ConfigError(
+                    f"Entry point {name!r} = {ep.value} in group {ENTRY_POINT_GROUP!r} "
+                    "is not a dask_eventbus.Backend subclass"
+                )
+            return cls
+    raise ConfigError(
+        f"Unknown event bus backend {name!r}. "
+        f"Available backends: {', '.join(available_backends())}"
+    )
+
+
+def create_backend(
+    backend: str | Backend,
+    options: Mapping[str, Any] | None = None,
+    configured: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Backend:
+    """A backend instance from a name (or an instance, returned as is).
+
+    ``configured`` holds the ``eventbus.backends`` config; its options for the
+    named backend are the defaults that ``options`` override.
+    """
+    if isinstance(backend, Backend):
+        if options:
+            raise TypeError(
+                "Backend options cannot be given together with a Backend instance; "
+                "pass them to the backend's constructor instead"
+            )
+        return backend
+    if not isinstance(backend, str):
+        raise ConfigError(
+            f"Invalid event bus backend {backend!r}: expected a backend name "
+            "or a dask_eventbus.Backend instance"
+        )
+    cls = get_backend(backend)
+    merged: dict[str, Any] = {}
+    for source in ((configured or {}).get(backend) or {}, options or {}):
+        merged.update({key.replace("_", "-"): value for key, value in source.items()})
+    return cls(**merged)

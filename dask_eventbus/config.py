@@ -1,0 +1,228 @@
+"""The ``eventbus`` Dask config namespace: defaults, typed settings, validation.
+
+The defaults live in ``eventbus.yaml`` beside this module and are merged into
+Dask's config at import, so yaml files, ``dask.config.set`` and ``DASK_EVENTBUS__*``
+environment variables all work the usual Dask way. :func:`load_settings` turns
+the merged config into typed :class:`Settings`, raising :class:`ConfigError`
+naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import dask.config
+import msgspec
+import yaml
+from dask.utils import parse_timedelta
+
+DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "eventbus.yaml")
+
+with open(DEFAULTS_FILE) as _f:
+    DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+
+dask.config.update_defaults(DEFAULTS)
+
+
+class ConfigError(ValueError):
+    """An ``eventbus`` config value is invalid; the message says which and why."""
+
+
+class Duration(float):
+    """Seconds, given in config as a number or a Dask duration string ("50ms")."""
+
+
+_Struct = TypeVar("_Struct", bound=msgspec.Struct)
+
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+_NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
+    pass
+
+
+class EventSettings(_Section):
+    include: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    exclude: list[str] = msgspec.field(default_factory=list)
+    include_tracebacks: bool = True
+    max_text_length: Annotated[int, msgspec.Meta(ge=16)] = 10000
+    max_graph_keys: _NonNegative = 100
+
+
+class TransitionSettings(_Section):
+    include: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    exclude: list[str] = msgspec.field(default_factory=list)
+
+
+class QueueSettings(_Section):
+    max_events: _Positive = 100000
+    overflow: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
+    batch_size: _Positive = 1000
+    flush_interval: Duration = Duration(0.05)
+
+    def __post_init__(self) -> None:
+        if self.batch_size > self.max_events:
+            raise ValueError(
+                f"batch-size ({self.batch_size}) must not exceed "
+                f"max-events ({self.max_events})"
+            )
+        _require_positive(self.flush_interval, "flush-interval")
+
+
+class RetrySettings(_Section):
+    initial_backoff: Duration = Duration(0.1)
+    max_backoff: Duration = Duration(10.0)
+
+    def __post_init__(self) -> None:
+        _require_positive(self.initial_backoff, "initial-backoff")
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError(
+                f"max-backoff ({self.max_backoff}s) must be at least "
+                f"initial-backoff ({self.initial_backoff}s)"
+            )
+
+
+class Settings(_Section):
+    """Every ``eventbus.*`` setting except the backend options, typed."""
+
+    backend: str = "jsonl"
+    source: str | None = None
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    transitions: TransitionSettings = msgspec.field(default_factory=TransitionSettings)
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    close_timeout: Duration = Duration(10.0)
+    backends: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.backend:
+            raise ValueError("backend must name a backend, e.g. 'jsonl'")
+        if self.close_timeout < 0:
+            raise ValueError("close-timeout must not be negative")
+
+
+def _require_positive(seconds: float, name: str) -> None:
+    if seconds <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {seconds}s")
+
+
+def _decode_custom(type_: type, value: Any) -> Any:
+    if type_ is Duration:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
+        try:
+            return Duration(parse_timedelta(value, default="seconds"))
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"expected a duration like '50ms', '10s' or a number of seconds, "
+                f"got {value!r}"
+            ) from None
+    raise NotImplementedError(type_)
+
+
+def _kebab_keys(value: Any, type_: Any) -> Any:
+    """Accept ``max_events`` for ``max-events`` in struct fields only.
+
+    Dask config treats ``-`` and ``_`` alike, and ``DASK_*`` environment
+    variables produce underscores. Free-form mappings (librdkafka settings,
+    transport options) keep their keys untouched.
+    """
+    if not (isinstance(value, Mapping) and isinstance(type_, type)):
+        return value
+    if not issubclass(type_, msgspec.Struct):
+        return value
+    info = msgspec.inspect.type_info(type_)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = {f.encode_name: f for f in info.fields}
+    out = {}
+    for key, item in value.items():
+        name = key.replace("_", "-") if isinstance(key, str) else key
+        field = fields.get(name)
+        if field is None:
+            out[key] = item
+            continue
+        target = field.type
+        if isinstance(target, msgspec.inspect.StructType):
+            item = _kebab_keys(item, target.cls)
+        out[name] = item
+    return out
+
+
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def convert(value: Any, type_: type[_Struct], where: str) -> _Struct:
+    """Validate ``value`` into ``type_``; errors name ``where`` plus the bad key.
+
+    ``where`` is the dotted config path of ``value``, e.g. ``eventbus`` or
+    ``eventbus.backends.redis``.
+    """
+    if value is None:
+        value = {}
+    try:
+        return msgspec.convert(
+            _kebab_keys(value, type_), type_, strict=False, dec_hook=_decode_custom
+        )
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _AT_PATH.search(message)
+        path = match.group("path") if match else ""
+        reason = _AT_PATH.sub("", message)
+        key = where + path
+        bad = _lookup(value, path)
+        shown = "" if bad is _MISSING else f" = {redact_value(key, bad)!r}"
+        raise ConfigError(f"Invalid event bus config {key}{shown}: {reason}") from None
+
+
+_MISSING = object()
+
+
+def _lookup(value: Any, path: str) -> Any:
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        name, index = part
+        try:
+            if name:
+                if name not in value:
+                    name = name.replace("-", "_")
+                value = value[name]
+            else:
+                value = value[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The current ``eventbus`` config, with ``overrides`` merged on top."""
+    config = dask.config.get("eventbus", default={}) or {}
+    if overrides:
+        config = dask.config.merge(config, dict(overrides))
+    return convert(config, Settings, "eventbus")
+
+
+_SECRET_KEY = re.compile(
+    r"password|passphrase|passwd|secret|token|credential|private|key\.pem|oauthbearer"
+)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``amqp://user:secret@host`` becomes ``amqp://user:***@host``."""
+    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def redact_value(key: str, value: Any) -> Any:
+    """``value`` with any secret it holds masked, judged by its key and shape."""
+    if isinstance(value, Mapping):
+        return {k: redact_value(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(key, v) for v in value]
+    if _SECRET_KEY.search(key.lower()) and value not in (None, ""):
+        return "***"
+    if isinstance(value, str):
+        return redact_url(value)
+    return value

@@ -1,0 +1,501 @@
+"""The event model: CloudEvents 1.0 envelope, event types, normalization, codec.
+
+Scheduler hooks capture *records*: plain tuples ``(sequence, type, time,
+*fields)`` holding references to what the scheduler passed in. The publisher
+thread turns each record into an :class:`Event` here, whose ``data`` is one of
+the typed structs below, and encodes it once to CloudEvents JSON
+(structured mode). The same structs generate the JSON Schema that ships with
+the package (:func:`json_schema`), so the documented format and the emitted
+one cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+from dask.utils import key_split
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents+json"
+DATA_CONTENT_TYPE = "application/json"
+SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "event-schema.json")
+SEQUENCE_DIGITS = 20
+
+TASK_TRANSITION = "dask.task.transition"
+GRAPH_UPDATED = "dask.graph.updated"
+WORKER_ADDED = "dask.worker.added"
+WORKER_REMOVED = "dask.worker.removed"
+CLIENT_ADDED = "dask.client.added"
+CLIENT_REMOVED = "dask.client.removed"
+SCHEDULER_STARTED = "dask.scheduler.started"
+SCHEDULER_CLOSING = "dask.scheduler.closing"
+SCHEDULER_RESTARTED = "dask.scheduler.restarted"
+LOG = "dask.log"
+DROPPED = "dask.eventbus.dropped"
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One CloudEvent as dask-eventbus emits it (structured JSON mode).
+
+    ``sequence`` follows the CloudEvents sequence extension: a string of
+    decimal digits, zero-padded so that string order is numeric order, counting
+    up by one per event from 1 for each plugin instance. Use
+    :attr:`sequence_number` for the integer.
+    """
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime
+    datacontenttype: str
+    sequence: str
+    subject: str | None = None
+    data: Any = None
+
+    @property
+    def sequence_number(self) -> int:
+        return int(self.sequence)
+
+    def to_json(self) -> bytes:
+        """The event as CloudEvents structured-mode JSON."""
+        return _encode(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-compatible builtins (``time`` as an RFC 3339 string)."""
+        result: dict[str, Any] = json.loads(_encode(self))
+        return result
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Event:
+        """Parse one structured-mode CloudEvent; ``data`` becomes plain JSON types."""
+        return _decode_event(body)
+
+
+# ---------------------------------------------------------------- data types
+
+
+class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    pass
+
+
+class StartStop(_Data):
+    """One timed action of a finished task on its worker."""
+
+    action: str
+    start: float
+    stop: float
+    source: str | None = None
+
+
+class TaskTransition(_Data):
+    """``dask.task.transition``: a task moved from one scheduler state to another."""
+
+    key: str
+    group: str
+    prefix: str
+    start: str
+    finish: str
+    stimulus_id: str | None = None
+    worker: str | None = None
+    nbytes: int | None = None
+    typename: str | None = None
+    startstops: list[StartStop] | None = None
+    exception: str | None = None
+    traceback: str | None = None
+    cause: str | None = None
+
+
+class GraphUpdated(_Data):
+    """``dask.graph.updated``: a client submitted tasks."""
+
+    client: str
+    tasks: int
+    keys: list[str]
+    keys_total: int
+    prefixes: dict[str, int]
+    stimulus_id: str | None = None
+
+
+class WorkerInfo(_Data):
+    """``dask.worker.added`` and ``dask.worker.removed``."""
+
+    address: str
+    name: str | None = None
+    host: str | None = None
+    nthreads: int | None = None
+    memory_limit: int | None = None
+    resources: dict[str, float] | None = None
+    stimulus_id: str | None = None
+
+
+class ClientInfo(_Data):
+    """``dask.client.added`` and ``dask.client.removed``."""
+
+    client: str
+
+
+class Versions(_Data):
+    dask: str
+    distributed: str
+    dask_eventbus: str
+
+
+class SchedulerInfo(_Data):
+    """``dask.scheduler.started``, ``dask.scheduler.closing``, ``dask.scheduler.restarted``."""
+
+    scheduler_id: str
+    address: str | None
+    versions: Versions
+    workers: int | None = None
+
+
+class LogMessage(_Data):
+    """``dask.log``: an event logged with ``Scheduler.log_event``/``Client.log_event``."""
+
+    topic: str
+    message: Any
+
+
+class Dropped(_Data):
+    """``dask.eventbus.dropped``: events the queue had no room for.
+
+    The dropped events had sequence numbers ``first_sequence`` to
+    ``last_sequence``; this event takes ``last_sequence`` itself, so the
+    sequence stays strictly increasing and the gap it explains is the range.
+    """
+
+    count: int
+    first_sequence: int
+    last_sequence: int
+    policy: str
+
+
+DATA_TYPES: dict[str, type[_Data]] = {
+    TASK_TRANSITION: TaskTransition,
+    GRAPH_UPDATED: GraphUpdated,
+    WORKER_ADDED: WorkerInfo,
+    WORKER_REMOVED: WorkerInfo,
+    CLIENT_ADDED: ClientInfo,
+    CLIENT_REMOVED: ClientInfo,
+    SCHEDULER_STARTED: SchedulerInfo,
+    SCHEDULER_CLOSING: SchedulerInfo,
+    SCHEDULER_RESTARTED: SchedulerInfo,
+    LOG: LogMessage,
+    DROPPED: Dropped,
+}
+EVENT_TYPES: tuple[str, ...] = tuple(DATA_TYPES)
+
+
+# ---------------------------------------------------------------- JSON safety
+
+
+def safe_text(obj: object) -> str:
+    """``str(obj)``, falling back to its repr and then its type name."""
+    for render in (str, repr):
+        try:
+            return render(obj)
+        except Exception:
+            pass
+    return f"<unprintable {type(obj).__name__}>"
+
+
+def key_to_str(key: object) -> str:
+    """A stable string for any Dask key: str, bytes, int, float or nested tuples."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace")
+    return safe_text(key)
+
+
+def _enc_hook(obj: object) -> object:
+    item = getattr(obj, "item", None)
+    if callable(item):  # numpy scalars and 0-d arrays
+        try:
+            value = item()
+            if isinstance(value, (bool, int, float, str)):
+                return value
+        except Exception:
+            pass
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {safe_text(obj)}"
+    return safe_text(obj)
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_json_decoder = msgspec.json.Decoder(Event)
+
+
+def jsonable(obj: object, depth: int = 0) -> Any:
+    """A JSON-native copy of ``obj``: the slow path when direct encoding fails."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if depth > 64:
+        return "<nested too deep>"
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {key_to_str(k): jsonable(v, depth + 1) for k, v in list(obj.items())}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v, depth + 1) for v in list(obj)]
+    if isinstance(obj, msgspec.Struct):
+        return jsonable(msgspec.structs.asdict(obj), depth + 1)
+    return _enc_hook(obj)
+
+
+def _encode(event: Event) -> bytes:
+    try:
+        return _json_encoder.encode(event)
+    except Exception:
+        # A value msgspec cannot encode even through the hook (e.g. nesting
+        # deeper than its recursion limit): walk it in Python instead.
+        safe = msgspec.structs.replace(event, data=jsonable(event.data))
+        try:
+            return _json_encoder.encode(safe)
+        except Exception as exc:
+            unencodable = msgspec.structs.replace(
+                event, data={"unencodable": safe_text(exc)[:1000]}
+            )
+            return _json_encoder.encode(unencodable)
+
+
+def _decode_event(body: bytes | str) -> Event:
+    return _json_decoder.decode(body)
+
+
+# -------------------------------------------------------------- normalization
+
+Record = tuple[Any, ...]
+"""``(sequence, type, time, *fields)``; the fields per type are built in plugin.py."""
+
+
+def _truncate(text: object, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = text if isinstance(text, str) else safe_text(text)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
+
+
+def _group_name(key: object) -> str:
+    # distributed.utils.key_split_group, without importing distributed here.
+    if isinstance(key, tuple):
+        return key_to_str(key[0]) if key else ""
+    text = key_to_str(key)
+    if text.startswith("("):
+        return text.split(",", 1)[0].strip("()\"'")
+    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        return "data"
+    if text.startswith("<"):
+        parts = text.strip("<>").split()
+        return parts[0].split(".")[-1] if parts else text
+    return _prefix_name(key)
+
+
+def _prefix_name(key: object) -> str:
+    try:
+        return key_split(key)
+    except Exception:
+        return "Other"
+
+
+class Normalizer:
+    """Turns captured records into :class:`Event` objects for one plugin instance."""
+
+    def __init__(
+        self,
+        source: str,
+        run_id: str,
+        *,
+        include_tracebacks: bool = True,
+        max_text_length: int = 10000,
+    ) -> None:
+        self.source = source
+        self.run_id = run_id
+        self.include_tracebacks = include_tracebacks
+        self.max_text_length = max_text_length
+        self._builders: dict[str, Callable[[Record], tuple[str | None, _Data]]] = {
+            TASK_TRANSITION: self._transition,
+            GRAPH_UPDATED: self._graph,
+            WORKER_ADDED: self._worker,
+            WORKER_REMOVED: self._worker,
+            CLIENT_ADDED: self._client,
+            CLIENT_REMOVED: self._client,
+            SCHEDULER_STARTED: self._scheduler,
+            SCHEDULER_CLOSING: self._scheduler,
+            SCHEDULER_RESTARTED: self._scheduler,
+            LOG: self._log,
+            DROPPED: self._dropped,
+        }
+
+    def event(self, record: Record) -> Event:
+        """The event for one record; never raises."""
+        seq, type_, timestamp = record[0], record[1], record[2]
+        try:
+            subject, data = self._builders[type_](record)
+        except Exception as exc:
+            subject, data = None, LogMessage(
+                topic="dask-eventbus.normalization-error",
+                message={"type": safe_text(type_), "error": safe_text(exc)[:1000]},
+            )
+            type_ = LOG
+        return Event(
+            specversion=SPECVERSION,
+            id=f"{self.run_id}-{seq}",
+            source=self.source,
+            type=type_,
+            time=datetime.fromtimestamp(timestamp, timezone.utc),
+            datacontenttype=DATA_CONTENT_TYPE,
+            sequence=f"{seq:0{SEQUENCE_DIGITS}d}",
+            subject=subject,
+            data=data,
+        )
+
+    # Record layouts: see the matching capture in plugin.py.
+
+    def _transition(self, record: Record) -> tuple[str, TaskTransition]:
+        _, _, _, key, start, finish, stimulus_id, worker, extra = record
+        key_str = key_to_str(key)
+        data = TaskTransition(
+            key=key_str,
+            group=_group_name(key),
+            prefix=_prefix_name(key),
+            start=start,
+            finish=finish,
+            stimulus_id=stimulus_id,
+            worker=worker,
+        )
+        if extra:
+            self._transition_details(data, extra)
+        return key_str, data
+
+    def _transition_details(self, data: TaskTransition, extra: dict[str, Any]) -> None:
+        worker = extra.get("worker")
+        if worker is not None and data.worker is None:
+            data.worker = safe_text(worker)
+        nbytes = extra.get("nbytes")
+        if nbytes is not None:
+            data.nbytes = int(nbytes)
+        typename = extra.get("typename")
+        if typename is not None:
+            data.typename = safe_text(typename)
+        startstops = extra.get("startstops")
+        if startstops:
+            data.startstops = [
+                StartStop(
+                    action=safe_text(s["action"]),
+                    start=float(s["start"]),
+                    stop=float(s["stop"]),
+                    source=s.get("source"),
+                )
+                for s in startstops
+            ]
+        cause = extra.get("cause")
+        if cause is not None:
+            data.cause = key_to_str(cause)
+        if self.include_tracebacks:
+            limit = self.max_text_length
+            data.exception = _truncate(extra.get("exception_text"), limit)
+            data.traceback = _truncate(extra.get("traceback_text"), limit)
+
+    def _graph(self, record: Record) -> tuple[str, GraphUpdated]:
+        _, _, _, client, tasks, keys, keys_total, stimulus_id = record
+        prefixes = Counter(_prefix_name(key) for key in tasks)
+        data = GraphUpdated(
+            client=safe_text(client),
+            tasks=len(tasks),
+            keys=[key_to_str(k) for k in keys],
+            keys_total=keys_total,
+            prefixes=dict(prefixes),
+            stimulus_id=stimulus_id,
+        )
+        return data.client, data
+
+    def _worker(self, record: Record) -> tuple[str, WorkerInfo]:
+        _, _, _, info, stimulus_id = record
+        data = WorkerInfo(stimulus_id=stimulus_id, **info)
+        return data.address, data
+
+    def _client(self, record: Record) -> tuple[str, ClientInfo]:
+        client = safe_text(record[3])
+        return client, ClientInfo(client=client)
+
+    def _scheduler(self, record: Record) -> tuple[str | None, SchedulerInfo]:
+        _, _, _, scheduler_id, address, versions, workers = record
+        data = SchedulerInfo(
+            scheduler_id=scheduler_id,
+            address=address,
+            versions=Versions(**versions),
+            workers=workers,
+        )
+        return address, data
+
+    def _log(self, record: Record) -> tuple[str, LogMessage]:
+        _, _, _, topic, message = record
+        topic = safe_text(topic)
+        return topic, LogMessage(topic=topic, message=message)
+
+    def _dropped(self, record: Record) -> tuple[None, Dropped]:
+        _, _, _, count, first, last, policy = record
+        data = Dropped(count=count, first_sequence=first, last_sequence=last, policy=policy)
+        return None, data
+
+
+# ------------------------------------------------------------------- schema
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every event type: envelope plus its ``data``.
+
+    Generated from the structs that encode events; the copy shipped as
+    ``event-schema.json`` is checked against this by the test suite.
+    """
+    names = list(DATA_TYPES)
+    data_types: list[type[_Data]] = list(dict.fromkeys(DATA_TYPES.values()))
+    (envelope, *data_refs), components = msgspec.json.schema_components(
+        [Event, *data_types], ref_template="#/$defs/{name}"
+    )
+    ref_of = dict(zip(data_types, data_refs))
+    envelope_schema = components["Event"]
+    envelope_schema["properties"]["specversion"] = {"const": SPECVERSION}
+    envelope_schema["properties"]["datacontenttype"] = {"const": DATA_CONTENT_TYPE}
+    envelope_schema["properties"]["time"] = {"type": "string", "format": "date-time"}
+    envelope_schema["properties"]["sequence"] = {
+        "type": "string",
+        "pattern": f"^[0-9]{{{SEQUENCE_DIGITS}}}$",
+    }
+    one_of = [
+        {
+            "title": name,
+            "allOf": [
+                envelope,
+                {
+                    "properties": {"type": {"const": name}, "data": ref_of[DATA_TYPES[name]]},
+                    "required": ["data"],
+                },
+            ],
+        }
+        for name in names
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://dask-eventbus.readthedocs.io/en/latest/_static/event-schema.json",
+        "title": "dask-eventbus events (CloudEvents 1.0, structured JSON mode)",
+        "oneOf": one_of,
+        "$defs": components,
+    }
+
+
+def load_shipped_schema() -> dict[str, Any]:
+    """The JSON Schema file that ships inside the package."""
+    with open(SCHEMA_FILE) as f:
+        result: dict[str, Any] = json.load(f)
+    return result

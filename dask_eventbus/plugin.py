@@ -1,0 +1,293 @@
+"""EventBusPlugin: the scheduler hooks. They capture; the pipeline does the rest.
+
+Every hook builds one record tuple ``(sequence, type, time, *fields)`` and
+hands it to the pipeline's capture function. Hooks read from the scheduler
+only what will have changed by the time the publisher thread gets to it (the
+worker a task was sent to, the blame of a failure, a worker's description
+before it is removed); everything else is kept by reference. No I/O, no
+encoding, no locks, and no exception escapes into the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+import logging
+import uuid
+from collections.abc import Sequence
+from time import time
+from typing import TYPE_CHECKING, Any
+
+import dask
+import distributed
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from . import events as ev
+from ._version import __version__
+from .backends import Backend, create_backend
+from .config import Settings, load_settings
+from .events import Normalizer, Record
+from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+logger = logging.getLogger("dask_eventbus")
+
+VERSIONS = {
+    "dask": dask.__version__,
+    "distributed": distributed.__version__,
+    "dask_eventbus": __version__,
+}
+
+
+def _discard(record: Record) -> None:
+    pass
+
+
+def _no_sequence() -> int:
+    return 0
+
+
+def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(
+        fnmatch.fnmatchcase(name, p) for p in exclude
+    )
+
+
+class EventBusPlugin(SchedulerPlugin):
+    """Publish the scheduler's events as CloudEvents through a backend.
+
+    Parameters
+    ----------
+    backend
+        A backend name (``"jsonl"``, ``"memory"``, ``"redis"``, ``"rabbitmq"``,
+        ``"kombu"``, ``"kafka"`` or a third-party one), a :class:`Backend`
+        instance, or ``None`` for the configured ``eventbus.backend``.
+    **options
+        Backend options, overriding ``eventbus.backends.<name>.*``.
+
+    All other settings come from Dask config (``eventbus.*``) as it is when
+    the plugin is constructed; invalid settings raise
+    :class:`~dask_eventbus.config.ConfigError` here, before any scheduler
+    starts. The plugin pickles until started, so
+    ``client.register_plugin(EventBusPlugin(...))`` works.
+    """
+
+    name = "eventbus"
+
+    def __init__(self, backend: str | Backend | None = None, **options: Any) -> None:
+        self.settings: Settings = load_settings()
+        chosen = self.settings.backend if backend is None else backend
+        self.backend = create_backend(chosen, options, self.settings.backends)
+        events = self.settings.events
+        self._enabled = {
+            type_: _matches(type_, events.include, events.exclude) for type_ in ev.EVENT_TYPES
+        }
+        transitions = self.settings.transitions
+        self._transitions_on = self._enabled[ev.TASK_TRANSITION]
+        self._transition_patterns = (transitions.include, transitions.exclude)
+        self._transition_allowed: dict[tuple[str, str], bool] | None = (
+            None if transitions.include == ["*"] and not transitions.exclude else {}
+        )
+        self.scheduler: Scheduler | None = None
+        self._pipeline: Pipeline | None = None
+        self._capture = _discard
+        self._next_sequence = _no_sequence
+        self._workers: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<EventBusPlugin backend={self.backend!r}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, scheduler: Scheduler) -> None:
+        if self._pipeline is not None:
+            return
+        self.scheduler = scheduler
+        source = self.settings.source or f"dask://{scheduler.host or 'scheduler'}/{scheduler.id}"
+        events = self.settings.events
+        normalizer = Normalizer(
+            source,
+            uuid.uuid4().hex[:12],
+            include_tracebacks=events.include_tracebacks,
+            max_text_length=events.max_text_length,
+        )
+        self._pipeline = pipeline = Pipeline(self.backend, normalizer, self.settings)
+        for address, ws in scheduler.workers.items():
+            self._workers[address] = _worker_info(ws)
+        scheduler.handlers["eventbus_stats"] = self.stats
+        self._next_sequence = pipeline.next_sequence
+        self._capture = pipeline.capture
+        pipeline.start()
+        logger.info("dask-eventbus: publishing scheduler events to %r", self.backend)
+        self._capture_scheduler(ev.SCHEDULER_STARTED)
+
+    async def before_close(self) -> None:
+        self._capture_scheduler(ev.SCHEDULER_CLOSING)
+
+    async def close(self) -> None:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        self._capture = _discard
+        if self.scheduler is not None:
+            self.scheduler.handlers.pop("eventbus_stats", None)
+        await asyncio.get_running_loop().run_in_executor(None, pipeline.close)
+
+    def stats(self) -> dict[str, Any]:
+        """Delivery statistics; also the scheduler handler ``eventbus_stats``."""
+        if self._pipeline is None:
+            return {"backend": self.backend.name, "started": False}
+        return {"started": True, **self._pipeline.stats()}
+
+    # ------------------------------------------------------------ hooks
+
+    def transition(
+        self,
+        key: Any,
+        start: str,
+        finish: str,
+        *args: Any,
+        stimulus_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            if not self._transitions_on:
+                return
+            allowed = self._transition_allowed
+            if allowed is not None:
+                ok = allowed.get((start, finish))
+                if ok is None:
+                    ok = allowed[start, finish] = _matches(
+                        f"{start}->{finish}", *self._transition_patterns
+                    )
+                if not ok:
+                    return
+            worker = None
+            if finish == "processing":
+                worker = self.scheduler.tasks[key].processing_on.address  # type: ignore[union-attr]
+            elif finish == "erred":
+                kwargs = self._blame(key, kwargs)
+            self._capture(
+                (
+                    self._next_sequence(),
+                    ev.TASK_TRANSITION,
+                    time(),
+                    key,
+                    start,
+                    finish,
+                    stimulus_id,
+                    worker,
+                    kwargs,
+                )
+            )
+        except Exception:
+            logger.debug("dask-eventbus: transition capture failed", exc_info=True)
+
+    def _blame(self, key: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Tasks that fail because a dependency failed get no exception text in
+        # their transition; it lives on the task to blame, which may be
+        # recomputed (and reset) before the publisher thread looks.
+        if kwargs.get("exception_text") is not None:
+            return kwargs
+        ts = self.scheduler.tasks.get(key) if self.scheduler else None
+        blame = ts.exception_blame if ts is not None else None
+        if blame is None:
+            return kwargs
+        return {
+            **kwargs,
+            "cause": blame.key,
+            "exception_text": blame.exception_text,
+            "traceback_text": blame.traceback_text,
+        }
+
+    def update_graph(
+        self,
+        scheduler: Scheduler,
+        *,
+        client: str,
+        keys: Any,
+        tasks: list[Any],
+        stimulus_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            if not self._enabled[ev.GRAPH_UPDATED]:
+                return
+            limit = self.settings.events.max_graph_keys
+            shown = list(itertools.islice(keys, limit))
+            self._capture(
+                (
+                    self._next_sequence(),
+                    ev.GRAPH_UPDATED,
+                    time(),
+                    client,
+                    tasks,
+                    shown,
+                    len(keys),
+                    stimulus_id,
+                )
+            )
+        except Exception:
+            logger.debug("dask-eventbus: update_graph capture failed", exc_info=True)
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        try:
+            info = _worker_info(scheduler.workers[worker])
+            self._workers[worker] = info
+            if self._enabled[ev.WORKER_ADDED]:
+                self._capture((self._next_sequence(), ev.WORKER_ADDED, time(), info, None))
+        except Exception:
+            logger.debug("dask-eventbus: add_worker capture failed", exc_info=True)
+
+    def remove_worker(
+        self, scheduler: Scheduler, worker: str, *, stimulus_id: str | None = None, **kwargs: Any
+    ) -> None:
+        try:
+            info = self._workers.pop(worker, None) or {"address": worker}
+            if self._enabled[ev.WORKER_REMOVED]:
+                self._capture(
+                    (self._next_sequence(), ev.WORKER_REMOVED, time(), info, stimulus_id)
+                )
+        except Exception:
+            logger.debug("dask-eventbus: remove_worker capture failed", exc_info=True)
+
+    def add_client(self, scheduler: Scheduler, client: str) -> None:
+        self._capture_simple(ev.CLIENT_ADDED, client)
+
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        self._capture_simple(ev.CLIENT_REMOVED, client)
+
+    def restart(self, scheduler: Scheduler) -> None:
+        self._capture_scheduler(ev.SCHEDULER_RESTARTED)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        self._capture_simple(ev.LOG, topic, msg)
+
+    def _capture_simple(self, type_: str, *fields: Any) -> None:
+        try:
+            if self._enabled[type_]:
+                self._capture((self._next_sequence(), type_, time(), *fields))
+        except Exception:
+            logger.debug("dask-eventbus: %s capture failed", type_, exc_info=True)
+
+    def _capture_scheduler(self, type_: str) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        self._capture_simple(
+            type_, scheduler.id, scheduler.address or None, VERSIONS, len(scheduler.workers)
+        )
+
+
+def _worker_info(ws: Any) -> dict[str, Any]:
+    return {
+        "address": ws.address,
+        "name": str(ws.name),
+        "host": ws.host,
+        "nthreads": ws.nthreads,
+        "memory_limit": ws.memory_limit,
+        "resources": dict(ws.resources),
+    }

@@ -1,0 +1,64 @@
+"""Shared fixtures: one harness per backend for the conformance suite.
+
+A harness knows how to give each test its own place on a backend (a file, a
+store, a stream, a queue, a topic) and how to remove it afterwards. Broker
+harnesses skip when their broker is not reachable, except under ``CI``,
+where a missing broker is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers import Harness, unique_name
+
+from dask_eventbus.backends.memory import drop_store
+
+def memory_harness(tmp_path: Any) -> Harness:
+    name = unique_name()
+    return Harness(
+        "memory",
+        {"name": name},
+        bad_options=[({"max-events": 0}, "max-events"), ({"name": 5}, "name")],
+        cleanup=lambda: drop_store(name),
+    )
+
+
+def jsonl_harness(tmp_path: Any) -> Harness:
+    return Harness(
+        "jsonl",
+        {"path": str(tmp_path / "events" / "bus.jsonl")},
+        bad_options=[({"fsync": "sometimes"}, "fsync"), ({"path": ["a"]}, "path")],
+    )
+
+
+HARNESSES: dict[str, Callable[[Any], Harness]] = {
+    "memory": memory_harness,
+    "jsonl": jsonl_harness,
+}
+
+# Each broker backend's tests bring a module ``harness_<backend>.py`` beside
+# this file with a ``HARNESSES`` dict of factories taking ``tmp_path`` and
+# returning a Harness (or skipping via require_broker).
+for _path in sorted(pathlib.Path(__file__).parent.glob("harness_*.py")):
+    HARNESSES.update(importlib.import_module(_path.stem).HARNESSES)
+
+
+@pytest.fixture(params=list(HARNESSES))
+def harness(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Harness]:
+    made = HARNESSES[request.param](tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture
+def memory_store_name() -> Iterator[str]:
+    name = unique_name()
+    yield name
+    drop_store(name)

@@ -1,0 +1,186 @@
+"""Helpers shared by the test modules: harnesses, a real workload, reading back."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from distributed import Client, Event as DaskEvent, Scheduler, Worker
+
+from dask_eventbus import EventBusPlugin
+from dask_eventbus.backends import Delivery, Message, Subscription
+from dask_eventbus.events import TASK_TRANSITION, Event, Normalizer
+from dask_eventbus.pipeline import build_message
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def unique_name(prefix: str = "dask-eventbus-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def require_broker(available: bool, what: str) -> None:
+    """Skip a broker test on a laptop without the broker; fail it under CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable, and CI must test against it")
+    pytest.skip(f"{what} is not reachable")
+
+
+@dataclass
+class Harness:
+    """How one backend joins the conformance suite."""
+
+    backend: str
+    options: dict[str, Any]
+    replays: bool = True
+    """``subscribe(from_beginning=True)`` returns events published earlier."""
+    bad_options: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    """Options that must be refused, each with a fragment of the error message."""
+    cleanup: Callable[[], None] = lambda: None
+
+
+def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> list[Message]:
+    """``count`` transition messages spread over ``subjects`` task keys."""
+    normalizer = Normalizer(f"/tests/{run_id}", run_id)
+    states = ["released", "waiting", "processing", "memory"]
+    records = [
+        (
+            seq,
+            TASK_TRANSITION,
+            time.time(),
+            f"task-{seq % subjects}",
+            states[seq % 3],
+            states[seq % 3 + 1],
+            f"stimulus-{seq}",
+            None,
+            {},
+        )
+        for seq in range(1, count + 1)
+    ]
+    return [build_message(normalizer, record) for record in records]
+
+
+def read_events(
+    subscription: Subscription,
+    *,
+    count: int | None = None,
+    until: Callable[[Event], bool] | None = None,
+    timeout: float = 30.0,
+) -> list[Event]:
+    """Events from ``subscription`` until ``count`` arrived or ``until`` holds."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = subscription.poll(timeout=min(1.0, deadline - time.monotonic()))
+        if event is None:
+            continue
+        events.append(event)
+        if count is not None and len(events) >= count:
+            return events
+        if until is not None and until(event):
+            return events
+    raise AssertionError(
+        f"timed out after {timeout}s with {len(events)} events "
+        f"(wanted count={count}, until={until})"
+    )
+
+
+def read_raw(
+    subscription: Subscription,
+    count: int | None = None,
+    *,
+    until: Callable[[Event], bool] | None = None,
+    timeout: float = 30.0,
+) -> list[bytes]:
+    """Raw message bodies as the broker holds them, until ``count`` or ``until``."""
+    bodies: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deliveries: Iterable[Delivery] = subscription.fetch(1.0)
+        for delivery in deliveries:
+            bodies.append(delivery.body)
+            subscription.ack(delivery.token)
+            if count is not None and len(bodies) >= count:
+                return bodies
+            if until is not None and until(Event.from_json(delivery.body)):
+                return bodies
+    raise AssertionError(f"timed out after {timeout}s with {len(bodies)} messages")
+
+
+def is_closing(event: Event) -> bool:
+    return event.type == "dask.scheduler.closing"
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"deliberate failure on {x}")
+
+
+def flaky(x: int, event_name: str) -> int:
+    """Fails on its first run, succeeds when retried."""
+    event = DaskEvent(event_name)
+    if not event.is_set():
+        event.set()
+        raise RuntimeError("first attempt fails")
+    return x
+
+
+async def run_workload(plugin: EventBusPlugin, *, workers: int = 2) -> list[Any]:
+    """A real scheduler, workers and client running a small but varied graph.
+
+    A chain with dependencies, a failing task and its dependent, a task that
+    fails once and is retried, a key released and recomputed, a worker that
+    joins late, and a log_event. Returns the scheduler's transition log.
+    """
+    async with Scheduler(dashboard_address=":0", plugins=[plugin], validate=True) as s:
+        async with Worker(s.address, nthreads=1) as first:
+            async with Client(s.address, asynchronous=True) as c:
+                a = c.submit(inc, 1, key="a")
+                b = c.submit(inc, a, key="b")
+                total = c.submit(add, a, b, key=("total", 0))
+                assert await total == 5
+                bad = c.submit(fail, total, key="bad")
+                downstream = c.submit(inc, bad, key="downstream")
+                with pytest.raises(ValueError):
+                    await downstream
+                retried = c.submit(flaky, 7, unique_name("flaky"), key="retried", retries=1)
+                assert await retried == 7
+                # An erred future stays referenced from its own traceback:
+                # release explicitly so that "a" is forgotten, then recompute it.
+                for future in (a, b, total, bad, downstream):
+                    future.release()
+                await _until(lambda: "a" not in s.tasks)
+                again = c.submit(inc, 1, key="a")
+                assert await again == 2
+                await c.log_event("user-topic", {"note": "hello", "values": [1, 2.5, None]})
+                async with Worker(s.address, nthreads=1, name="late-joiner"):
+                    extra = c.submit(inc, 10, key="extra", workers=["late-joiner"])
+                    assert await extra == 11
+                    del extra
+                del retried, again
+        transition_log = list(s.transition_log)
+    assert first.status.name == "closed"
+    return transition_log
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
