@@ -67,8 +67,7 @@ class QueueSettings(_Section):
     def __post_init__(self) -> None:
         if self.batch_size > self.max_events:
             raise ValueError(
-                f"batch-size ({self.batch_size}) must not exceed "
-                f"max-events ({self.max_events})"
+                f"batch-size ({self.batch_size}) must not exceed max-events ({self.max_events})"
             )
         _require_positive(self.flush_interval, "flush-interval")
 
@@ -118,8 +117,7 @@ def _decode_custom(type_: type, value: Any) -> Any:
             return Duration(parse_timedelta(value, default="seconds"))
         except (ValueError, TypeError, KeyError):
             raise ValueError(
-                f"expected a duration like '50ms', '10s' or a number of seconds, "
-                f"got {value!r}"
+                f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
             ) from None
     raise NotImplementedError(type_)
 

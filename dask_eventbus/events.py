@@ -342,9 +342,12 @@ class Normalizer:
         try:
             subject, data = self._builders[type_](record)
         except Exception as exc:
-            subject, data = None, LogMessage(
-                topic="dask-eventbus.normalization-error",
-                message={"type": safe_text(type_), "error": safe_text(exc)[:1000]},
+            subject, data = (
+                None,
+                LogMessage(
+                    topic="dask-eventbus.normalization-error",
+                    message={"type": safe_text(type_), "error": safe_text(exc)[:1000]},
+                ),
             )
             type_ = LOG
         return Event(
@@ -463,7 +466,7 @@ def json_schema() -> dict[str, Any]:
     (envelope, *data_refs), components = msgspec.json.schema_components(
         [Event, *data_types], ref_template="#/$defs/{name}"
     )
-    ref_of = dict(zip(data_types, data_refs))
+    ref_of = dict(zip(data_types, data_refs, strict=True))
     envelope_schema = components["Event"]
     envelope_schema["properties"]["specversion"] = {"const": SPECVERSION}
     envelope_schema["properties"]["datacontenttype"] = {"const": DATA_CONTENT_TYPE}
@@ -478,7 +481,10 @@ def json_schema() -> dict[str, Any]:
             "allOf": [
                 envelope,
                 {
-                    "properties": {"type": {"const": name}, "data": ref_of[DATA_TYPES[name]]},
+                    "properties": {
+                        "type": {"const": name},
+                        "data": ref_of[DATA_TYPES[name]],
+                    },
                     "required": ["data"],
                 },
             ],

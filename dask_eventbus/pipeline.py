@@ -42,7 +42,13 @@ def build_message(normalizer: Normalizer, record: Record) -> Message:
     if routing_key == TASK_TRANSITION:
         routing_key = f"{routing_key}.{event.data.start}.{event.data.finish}"
     return Message(
-        event.to_json(), event.id, event.type, event.subject, record[0], record[2], routing_key
+        event.to_json(),
+        event.id,
+        event.type,
+        event.subject,
+        record[0],
+        record[2],
+        routing_key,
     )
 
 
@@ -275,7 +281,11 @@ class Pipeline:
 
     def _record_failure(self, exc: BaseException) -> None:
         self.publish_errors += 1
-        self.last_error = redact_url(f"{type(exc).__name__}: {safe_text(exc)}")[:2000]
+        try:
+            explanation = self.backend.explain(exc)
+        except Exception:
+            explanation = f"{type(exc).__name__}: {safe_text(exc)}"
+        self.last_error = redact_url(explanation)[:2000]
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now

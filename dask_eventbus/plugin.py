@@ -15,7 +15,7 @@ import fnmatch
 import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +93,8 @@ class EventBusPlugin(SchedulerPlugin):
         )
         self.scheduler: Scheduler | None = None
         self._pipeline: Pipeline | None = None
-        self._capture = _discard
-        self._next_sequence = _no_sequence
+        self._capture: Callable[[Record], None] = _discard
+        self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
@@ -167,7 +167,9 @@ class EventBusPlugin(SchedulerPlugin):
                     return
             worker = None
             if finish == "processing":
-                worker = self.scheduler.tasks[key].processing_on.address  # type: ignore[union-attr]
+                ws = self.scheduler.tasks[key].processing_on  # type: ignore[union-attr]
+                if ws is not None:
+                    worker = ws.address
             elif finish == "erred":
                 kwargs = self._blame(key, kwargs)
             self._capture(
@@ -243,13 +245,24 @@ class EventBusPlugin(SchedulerPlugin):
             logger.debug("dask-eventbus: add_worker capture failed", exc_info=True)
 
     def remove_worker(
-        self, scheduler: Scheduler, worker: str, *, stimulus_id: str | None = None, **kwargs: Any
+        self,
+        scheduler: Scheduler,
+        worker: str,
+        *,
+        stimulus_id: str | None = None,
+        **kwargs: Any,
     ) -> None:
         try:
             info = self._workers.pop(worker, None) or {"address": worker}
             if self._enabled[ev.WORKER_REMOVED]:
                 self._capture(
-                    (self._next_sequence(), ev.WORKER_REMOVED, time(), info, stimulus_id)
+                    (
+                        self._next_sequence(),
+                        ev.WORKER_REMOVED,
+                        time(),
+                        info,
+                        stimulus_id,
+                    )
                 )
         except Exception:
             logger.debug("dask-eventbus: remove_worker capture failed", exc_info=True)
@@ -278,7 +291,11 @@ class EventBusPlugin(SchedulerPlugin):
         if scheduler is None:
             return
         self._capture_simple(
-            type_, scheduler.id, scheduler.address or None, VERSIONS, len(scheduler.workers)
+            type_,
+            scheduler.id,
+            scheduler.address or None,
+            VERSIONS,
+            len(scheduler.workers),
         )
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 import pathlib
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from helpers import Harness, unique_name
 
 from dask_eventbus.backends.memory import drop_store
 
-def memory_harness(tmp_path: Any) -> Harness:
+
+def memory_harness(request: pytest.FixtureRequest) -> Harness:
     name = unique_name()
     return Harness(
         "memory",
@@ -28,7 +28,8 @@ def memory_harness(tmp_path: Any) -> Harness:
     )
 
 
-def jsonl_harness(tmp_path: Any) -> Harness:
+def jsonl_harness(request: pytest.FixtureRequest) -> Harness:
+    tmp_path = request.getfixturevalue("tmp_path")
     return Harness(
         "jsonl",
         {"path": str(tmp_path / "events" / "bus.jsonl")},
@@ -36,21 +37,24 @@ def jsonl_harness(tmp_path: Any) -> Harness:
     )
 
 
-HARNESSES: dict[str, Callable[[Any], Harness]] = {
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
     "memory": memory_harness,
     "jsonl": jsonl_harness,
 }
 
 # Each broker backend's tests bring a module ``harness_<backend>.py`` beside
-# this file with a ``HARNESSES`` dict of factories taking ``tmp_path`` and
-# returning a Harness (or skipping via require_broker).
-for _path in sorted(pathlib.Path(__file__).parent.glob("harness_*.py")):
-    HARNESSES.update(importlib.import_module(_path.stem).HARNESSES)
+# this file with a ``HARNESSES`` dict of factories. A factory takes the
+# pytest request (to reach fixtures such as a broker started for the session,
+# which the module may define: it is loaded as a pytest plugin) and returns a
+# Harness, or skips via require_broker.
+pytest_plugins = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
+for _name in pytest_plugins:
+    HARNESSES.update(importlib.import_module(_name).HARNESSES)
 
 
 @pytest.fixture(params=list(HARNESSES))
-def harness(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Harness]:
-    made = HARNESSES[request.param](tmp_path)
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    made = HARNESSES[request.param](request)
     try:
         yield made
     finally:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from distributed import Client, Event as DaskEvent, Scheduler, Worker
+from distributed import Client, Scheduler, Worker
+from distributed import Event as DaskEvent
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends import Delivery, Message, Subscription

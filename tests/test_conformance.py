@@ -63,9 +63,7 @@ def test_subscribe_from_beginning_replays(harness: Harness) -> None:
 
 def test_subscribe_filters_by_type(harness: Harness) -> None:
     messages = synthetic_messages(20)
-    with subscribe(
-        harness.backend, types=["dask.scheduler.*"], **harness.options
-    ) as events:
+    with subscribe(harness.backend, types=["dask.scheduler.*"], **harness.options) as events:
         publish(harness, [messages])
         assert events.poll(timeout=1.0) is None
 

@@ -33,7 +33,12 @@ logger = logging.getLogger("dask_eventbus")
 ENTRY_POINT_GROUP = "dask_eventbus.backends"
 
 # The pip extra that installs each built-in backend's client library.
-BUILTIN_EXTRAS = {"kafka": "kafka", "rabbitmq": "rabbitmq", "kombu": "kombu", "redis": "redis"}
+BUILTIN_EXTRAS = {
+    "kafka": "kafka",
+    "rabbitmq": "rabbitmq",
+    "kombu": "kombu",
+    "redis": "redis",
+}
 
 
 class Message(NamedTuple):
@@ -91,6 +96,16 @@ class Backend:
     def describe(self) -> str:
         """Where events go, for people: no secrets."""
         return self.name
+
+    def explain(self, exc: BaseException) -> str:
+        """What went wrong, for people: names the cause and how to fix it.
+
+        Used in logs, statistics and ``dask-eventbus check``. Backends
+        override this to turn their client library's errors into a diagnosis
+        (cannot connect to host:port, authentication refused, ...). Must not
+        reveal secrets.
+        """
+        return redact_url(f"{type(exc).__name__}: {exc}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact_url(self.describe())}>"
@@ -257,8 +272,7 @@ def get_backend(name: str) -> type[Backend]:
                 )
             return cls
     raise ConfigError(
-        f"Unknown event bus backend {name!r}. "
-        f"Available backends: {', '.join(available_backends())}"
+        f"Unknown event bus backend {name!r}. Available backends: {', '.join(available_backends())}"
     )
 
 

@@ -7,6 +7,7 @@ JSON Lines reader. Each batch is written with one ``write`` and flushed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -57,10 +58,8 @@ class JsonLinesBackend(Backend):
     def close(self) -> None:
         file, self._file = self._file, None
         if file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass
 
     def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
         if params:
