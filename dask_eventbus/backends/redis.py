@@ -1,0 +1,553 @@
+"""``redis``: one Redis Streams entry per event, with redis-py.
+
+Each batch is one pipeline (no MULTI/EXEC) of ``XADD`` commands, trimmed
+approximately with ``MAXLEN ~``; :meth:`RedisBackend.publish` returns once
+Redis has answered every ``XADD`` with an entry id and raises otherwise.
+An entry holds the event type, subject, id and sequence number as fields of
+their own, so ``redis-cli XRANGE`` is readable, beside the untouched
+CloudEvent JSON in the field ``event``.
+
+Consumers read with ``XREAD`` (from now, from the beginning or after a given
+entry id) or, given ``group=``, with ``XREADGROUP`` in a consumer group that
+is created if missing and acknowledges each event after it was yielded.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..config import Duration, redact_url
+from . import Backend, BackendOptions, Delivery, Message, Subscription
+
+logger = logging.getLogger("dask_eventbus")
+
+SCHEMES = ("redis", "rediss", "unix")
+EVENT_FIELD = b"event"
+# Longest single XREAD BLOCK; longer waits are several reads, so the read
+# timeout of the subscriber's connection stays bounded.
+MAX_BLOCK = 5.0
+# Pause before reading again after a subscriber lost its connection.
+RECONNECT_PAUSE = 0.5
+
+
+class RedisOptions(BackendOptions):
+    """Options of the ``redis`` backend (``eventbus.backends.redis``)."""
+
+    url: str = "redis://localhost:6379/0"
+    username: str | None = None
+    password: str | None = None
+    stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
+    maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
+    connect_timeout: Duration = Duration(5.0)
+    socket_timeout: Duration = Duration(5.0)
+    client_name: str | None = "dask-eventbus"
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"url must start with redis://, rediss:// (TLS) or unix://, "
+                f"got {redact_url(self.url)!r}"
+            )
+        try:
+            parsed = parse_url(self.url)
+        except ValueError as exc:
+            raise ValueError(f"url is not a valid Redis URL: {redact_url(str(exc))}") from None
+        if self.password is not None and parsed.get("password") is not None:
+            raise ValueError("give the password either in url or as password, not both")
+        if self.username is not None and parsed.get("username") is not None:
+            raise ValueError("give the username either in url or as username, not both")
+        for name in ("connect_timeout", "socket_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be greater than 0, got {getattr(self, name)}s"
+                )
+        if self.client_name is not None and (
+            not self.client_name or any(c.isspace() for c in self.client_name)
+        ):
+            raise ValueError(
+                f"client-name must be non-empty without spaces, got {self.client_name!r}"
+            )
+        tls = [
+            name.replace("_", "-")
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+            if getattr(self, name) is not None
+        ]
+        if tls and scheme != "rediss":
+            raise ValueError(f"{', '.join(tls)} need a rediss:// url (TLS)")
+
+    def __repr__(self) -> str:
+        # The default repr would show the password.
+        return (
+            f"RedisOptions(url={redact_url(self.url)!r}, stream={self.stream!r}, "
+            f"maxlen={self.maxlen}, password={'***' if self.password else None})"
+        )
+
+
+class RedisBackend(Backend):
+    """Appends events to a Redis stream, one entry per event."""
+
+    name = "redis"
+    Options = RedisOptions
+    options: RedisOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._client: redis.Redis | None = None
+        parsed = parse_url(self.options.url)
+        if "path" in parsed:
+            self._where = f"unix:{parsed['path']}"
+        else:
+            self._where = f"{parsed.get('host', 'localhost')}:{parsed.get('port', 6379)}"
+        self._user = self.options.username or parsed.get("username") or "default"
+
+    # ------------------------------------------------------------ producer
+
+    def client(self, *, read_timeout: float | None = None, role: str = "") -> redis.Redis:
+        """A new redis-py client configured from the options.
+
+        Connection errors are retried once at once (a pooled connection that
+        Redis closed is found dead on its next use); everything else, and a
+        second failure, raises so the caller's own retry and backoff apply.
+        Timeouts bound every call.
+        """
+        options = self.options
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": options.connect_timeout,
+            "socket_timeout": read_timeout or options.socket_timeout,
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        if options.client_name:
+            kwargs["client_name"] = options.client_name + role
+        if options.username is not None:
+            kwargs["username"] = options.username
+        if options.password is not None:
+            kwargs["password"] = options.password
+        if options.url.lower().startswith("rediss://"):
+            kwargs.update(
+                ssl_ca_certs=options.ssl_ca_certs,
+                ssl_certfile=options.ssl_certfile,
+                ssl_keyfile=options.ssl_keyfile,
+                ssl_cert_reqs=options.ssl_cert_reqs,
+                ssl_check_hostname=options.ssl_check_hostname,
+            )
+        return redis.Redis.from_url(options.url, **kwargs)
+
+    def open(self) -> None:
+        self.close()
+        client = self.client()
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        client = self._client
+        if client is None:
+            raise RuntimeError("redis backend is not open")
+        if not messages:
+            return
+        stream = self.options.stream
+        head: tuple[Any, ...] = ("XADD", stream)
+        if self.options.maxlen:
+            head += ("MAXLEN", "~", self.options.maxlen)
+        head += ("*",)
+        pipe = client.pipeline(transaction=False)
+        queue = pipe.execute_command
+        for m in messages:
+            if m.subject is None:
+                queue(*head, "type", m.type, "id", m.id, "sequence", m.sequence, "event", m.body)
+            else:
+                queue(
+                    *head,
+                    "type",
+                    m.type,
+                    "subject",
+                    m.subject,
+                    "id",
+                    m.id,
+                    "sequence",
+                    m.sequence,
+                    "event",
+                    m.body,
+                )
+        replies = pipe.execute(raise_on_error=False)
+        if len(replies) != len(messages):
+            raise RuntimeError(
+                f"Redis answered {len(replies)} of {len(messages)} XADD commands to {stream!r}"
+            )
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            first = errors[0]
+            message = (
+                f"{len(errors)} of {len(messages)} XADD commands to stream {stream!r} "
+                f"failed; the first: {first}"
+            )
+            try:
+                failure = type(first)(message)
+            except Exception:
+                failure = ResponseError(message)
+            raise failure from first
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                logger.debug("dask-eventbus: closing the Redis client failed", exc_info=True)
+
+    # ------------------------------------------------------------ consumer
+
+    def subscribe(
+        self,
+        *,
+        from_beginning: bool = False,
+        group: str | None = None,
+        consumer: str | None = None,
+        after_id: str | None = None,
+        count: int = 500,
+        **params: Any,
+    ) -> Subscription:
+        """Read the stream back.
+
+        Without ``group``: ``XREAD`` of entries added after this call (the
+        stream's last entry id is taken now), of every entry still held
+        (``from_beginning``), or of the entries after ``after_id``.
+
+        With ``group``: ``XREADGROUP`` as ``consumer`` (default: the host
+        name) in that consumer group, created if missing at the stream's end,
+        its start (``from_beginning``) or ``after_id``. The consumer first
+        gets the entries it was given earlier but never acknowledged, then
+        new ones. Each event is acknowledged (``XACK``) once the next one is
+        asked for or the subscription is closed.
+        """
+        if params:
+            raise TypeError(f"unknown redis subscribe options: {', '.join(params)}")
+        if from_beginning and after_id is not None:
+            raise TypeError("give either from_beginning or after_id, not both")
+        if consumer is not None and group is None:
+            raise TypeError("consumer= needs group=")
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        client = self.client(
+            read_timeout=self.options.socket_timeout + MAX_BLOCK, role="-subscriber"
+        )
+        stream = self.options.stream
+        try:
+            if group is None:
+                if from_beginning:
+                    start = "0-0"
+                elif after_id is not None:
+                    start = after_id
+                else:
+                    last: Any = client.xrevrange(stream, "+", "-", count=1)
+                    start = _text(last[0][0]) if last else "0-0"
+                return _StreamReader(self, client, start, count)
+            start = "0" if from_beginning else after_id or "$"
+            _create_group(client, stream, group, start)
+            return _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+        except BaseException:
+            client.close()
+            raise
+
+    # ------------------------------------------------------------ for people
+
+    def describe(self) -> str:
+        return f"Redis stream {self.options.stream!r} at {redact_url(self.options.url)}"
+
+    def explain(self, exc: BaseException) -> str:
+        where, stream = self._where, self.options.stream
+        detail = redact_url(str(exc))
+        if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
+            exc, "WRONGPASS", "NOAUTH", "AUTH"
+        ):
+            if "required" in detail.lower() or _starts(exc, "NOAUTH"):
+                return (
+                    f"Redis at {where} requires authentication: give a password "
+                    f"in the url or as eventbus.backends.redis.password ({detail})"
+                )
+            return (
+                f"Redis at {where} refused authentication for user {self._user!r}: check "
+                f"the username and password ({detail})"
+            )
+        if isinstance(exc, NoPermissionError) or _starts(exc, "NOPERM"):
+            return (
+                f"Redis user {self._user!r} at {where} may not write stream {stream!r}: "
+                f"its ACL needs +xadd +ping on ~{stream} ({detail})"
+            )
+        if isinstance(exc, OutOfMemoryError) or _starts(exc, "OOM"):
+            return (
+                f"Redis at {where} is out of memory (maxmemory) and refuses new entries: "
+                f"lower eventbus.backends.redis.maxlen, trim or delete streams, or raise "
+                f"maxmemory ({detail})"
+            )
+        if isinstance(exc, ReadOnlyError) or _starts(exc, "READONLY"):
+            return f"Redis at {where} is a read-only replica: point the url at the primary"
+        if _starts(exc, "WRONGTYPE") or "WRONGTYPE" in detail:
+            return (
+                f"the key {stream!r} at {where} exists and is not a stream: choose another "
+                f"eventbus.backends.redis.stream or delete that key"
+            )
+        if isinstance(exc, BusyLoadingError):
+            return f"Redis at {where} is still loading its data after a restart ({detail})"
+        if isinstance(exc, RedisTimeoutError):
+            return (
+                f"Redis at {where} did not answer in time (connect-timeout "
+                f"{self.options.connect_timeout:g}s, socket-timeout "
+                f"{self.options.socket_timeout:g}s): is it overloaded or blocked? ({detail})"
+            )
+        if isinstance(exc, RedisConnectionError):
+            lowered = detail.lower()
+            if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
+                return (
+                    f"TLS with Redis at {where} failed: check the rediss:// url and the "
+                    f"ssl-* options ({detail})"
+                )
+            if "name or service not known" in lowered or "nodename nor servname" in lowered:
+                return f"cannot resolve the Redis host in {where}: check the url ({detail})"
+            return (
+                f"cannot connect to Redis at {where}: is redis-server running there and "
+                f"the url right? ({detail})"
+            )
+        if isinstance(exc, ResponseError):
+            return f"Redis at {where} refused a command on stream {stream!r}: {detail}"
+        return super().explain(exc)
+
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+"""A stream entry as redis-py returns it: id and fields (None when trimmed)."""
+
+
+def _starts(exc: BaseException, *prefixes: str) -> bool:
+    text = str(exc)
+    return any(text.startswith(p) for p in prefixes)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _create_group(client: redis.Redis, stream: str, group: str, start: str) -> None:
+    try:
+        client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if not str(exc).startswith("BUSYGROUP"):
+            raise
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of an XREAD/XREADGROUP reply on one stream (RESP2 or RESP3)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        found: list[Any] = []
+        for value in reply.values():
+            found.extend(value[0] if value and isinstance(value[0], list) else value)
+        return found
+    return list(reply[0][1])
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, backend: RedisBackend, client: redis.Redis, count: int) -> None:
+        super().__init__()
+        self._backend = backend
+        self._client = client
+        self._stream = backend.options.stream
+        self._count = count
+        self._outage_since: float | None = None
+        self._last_entry_id: str | None = None
+
+    @property
+    def last_entry_id(self) -> str | None:
+        """The stream entry id of the event last returned, if any."""
+        if self._unacked is not None:
+            return _text(self._unacked.token)
+        return self._last_entry_id
+
+    def _read(self, block: float) -> list[Entry]:
+        raise NotImplementedError
+
+    def fetch(self, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                entries = self._read(min(max(remaining, 0.001), MAX_BLOCK))
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # Keep following through a restart or a killed connection;
+                # the next call reconnects.
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    logger.warning(
+                        "dask-eventbus: lost Redis while reading %s (%s); reconnecting",
+                        self._stream,
+                        self._backend.explain(exc),
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                time.sleep(min(RECONNECT_PAUSE, remaining))
+                continue
+            if self._outage_since is not None:
+                logger.warning(
+                    "dask-eventbus: reading %s again after %.1fs",
+                    self._stream,
+                    time.monotonic() - self._outage_since,
+                )
+                self._outage_since = None
+            deliveries = self._deliveries(entries)
+            if deliveries or time.monotonic() >= deadline:
+                return deliveries
+
+    def _deliveries(self, entries: list[Entry]) -> list[Delivery]:
+        deliveries = []
+        for entry_id, fields in entries:
+            if not fields:
+                # Trimmed away while pending in a group: nothing to deliver.
+                self.ack(entry_id)
+                continue
+            deliveries.append(Delivery(fields.get(EVENT_FIELD, b""), entry_id))
+        return deliveries
+
+    def _close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            logger.debug("dask-eventbus: closing the Redis subscriber failed", exc_info=True)
+
+
+class _StreamReader(_RedisSubscription):
+    """XREAD after a last-seen entry id."""
+
+    def __init__(self, backend: RedisBackend, client: redis.Redis, start: str, count: int) -> None:
+        super().__init__(backend, client, count)
+        self._after = start
+
+    def _read(self, block: float) -> list[Entry]:
+        reply = self._client.xread(
+            {self._stream: self._after}, count=self._count, block=max(1, int(block * 1000))
+        )
+        entries = _entries(reply)
+        if entries:
+            self._after = _text(entries[-1][0])
+        return entries
+
+    def ack(self, token: Any) -> None:
+        if token is not None:
+            self._last_entry_id = _text(token)
+
+
+class _GroupReader(_RedisSubscription):
+    """XREADGROUP: this consumer's unacknowledged entries first, then new ones."""
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        client: redis.Redis,
+        group: str,
+        consumer: str,
+        count: int,
+    ) -> None:
+        super().__init__(backend, client, count)
+        self.group = group
+        self.consumer = consumer
+        self._pending_after: str | None = "0"
+        self._acks: list[bytes] = []
+
+    def _read(self, block: float) -> list[Entry]:
+        self._flush_acks()
+        try:
+            if self._pending_after is not None:
+                entries = _entries(
+                    self._client.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        {self._stream: self._pending_after},
+                        count=self._count,
+                    )
+                )
+                if entries:
+                    self._pending_after = _text(entries[-1][0])
+                    return entries
+                self._pending_after = None
+            return _entries(
+                self._client.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self._stream: ">"},
+                    count=self._count,
+                    block=max(1, int(block * 1000)),
+                )
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            # The stream or the group went away (deleted, or a Redis restart
+            # without persistence): whatever the stream holds now is new.
+            logger.warning(
+                "dask-eventbus: consumer group %r on %s is gone; creating it again",
+                self.group,
+                self._stream,
+            )
+            _create_group(self._client, self._stream, self.group, "0")
+            self._pending_after = None
+            self._acks.clear()
+            return []
+
+    def ack(self, token: Any) -> None:
+        self._last_entry_id = _text(token)
+        self._acks.append(token)
+        if len(self._acks) >= self._count:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, []
+        try:
+            self._client.xack(self._stream, self.group, *acks)
+        except (RedisConnectionError, RedisTimeoutError, ResponseError):
+            # Unacknowledged entries are delivered again: at least once.
+            logger.warning(
+                "dask-eventbus: could not acknowledge %d entries on %s; they will be "
+                "delivered again",
+                len(acks),
+                self._stream,
+            )
+
+    def _close(self) -> None:
+        try:
+            self._flush_acks()
+        except Exception:
+            logger.debug("dask-eventbus: final XACK failed", exc_info=True)
+        super()._close()
