@@ -100,8 +100,6 @@ class Settings(_Section):
     def __post_init__(self) -> None:
         if not self.backend:
             raise ValueError("backend must name a backend, e.g. 'jsonl'")
-        if self.close_timeout < 0:
-            raise ValueError("close-timeout must not be negative")
 
 
 def _require_positive(seconds: float, name: str) -> None:
@@ -113,6 +111,8 @@ def _decode_custom(type_: type, value: Any) -> Any:
     if type_ is Duration:
         if isinstance(value, bool):
             raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"a duration must not be negative, got {value!r}")
         try:
             return Duration(parse_timedelta(value, default="seconds"))
         except (ValueError, TypeError, KeyError):

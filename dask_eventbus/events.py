@@ -288,7 +288,7 @@ def _truncate(text: object, limit: int) -> str | None:
 def _group_name(key: object) -> str:
     # distributed.utils.key_split_group, without importing distributed here.
     if isinstance(key, tuple):
-        return key_to_str(key[0]) if key else ""
+        return key_to_str(key[0]) if key else "Other"
     text = key_to_str(key)
     if text.startswith("("):
         return text.split(",", 1)[0].strip("()\"'")
@@ -358,7 +358,7 @@ class Normalizer:
             time=datetime.fromtimestamp(timestamp, timezone.utc),
             datacontenttype=DATA_CONTENT_TYPE,
             sequence=f"{seq:0{SEQUENCE_DIGITS}d}",
-            subject=subject,
+            subject=subject or None,  # CloudEvents forbids an empty subject
             data=data,
         )
 

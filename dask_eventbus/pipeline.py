@@ -89,6 +89,8 @@ class Pipeline:
         self.last_error: str | None = None
         self.last_publish_time: float | None = None
         self.connected = False
+        """Whether the last attempt to publish succeeded."""
+        self._opened = False
         self.undelivered = 0
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
@@ -190,9 +192,10 @@ class Pipeline:
                     redact_url(self.backend.describe()),
                 )
             self._close_backend()
+            self.connected = False
 
     def _close_backend(self) -> None:
-        self.connected = False
+        self._opened = False
         try:
             self.backend.close()
         except Exception:
@@ -248,11 +251,12 @@ class Pipeline:
         attempt = 0
         while True:
             try:
-                if not self.connected:
+                if not self._opened:
                     self.backend.open()
-                    self.connected = True
+                    self._opened = True
                 self.backend.publish(messages)
             except Exception as exc:
+                self.connected = False
                 self._close_backend()
                 self._record_failure(exc)
                 attempt += 1
@@ -264,6 +268,7 @@ class Pipeline:
                 self.retries += 1
                 self._closing.wait(min(delay, remaining))
                 continue
+            self.connected = True
             self.published += len(messages)
             self.last_publish_time = time.time()
             if self._failing_since is not None:

@@ -8,8 +8,8 @@ where a missing broker is a failure.
 
 from __future__ import annotations
 
-import importlib
 import pathlib
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -48,11 +48,16 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
 # which the module may define: it is loaded as a pytest plugin) and returns a
 # Harness, or skips via require_broker.
 pytest_plugins = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
-for _name in pytest_plugins:
-    HARNESSES.update(importlib.import_module(_name).HARNESSES)
 
 
-@pytest.fixture(params=list(HARNESSES))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "harness" in metafunc.fixturenames:
+        for name in pytest_plugins:
+            HARNESSES.update(sys.modules[name].HARNESSES)
+        metafunc.parametrize("harness", list(HARNESSES), indirect=True)
+
+
+@pytest.fixture
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     made = HARNESSES[request.param](request)
     try:

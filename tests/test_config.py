@@ -1,0 +1,137 @@
+"""The eventbus config namespace: defaults, sources, validation messages."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from typing import Any
+
+import dask
+import pytest
+
+from dask_eventbus import ConfigError, EventBusPlugin, get_backend, load_settings
+from dask_eventbus.config import DEFAULTS, redact_value
+
+
+def test_defaults_are_merged_into_dask_config() -> None:
+    assert dask.config.get("eventbus.backend") == "jsonl"
+    settings = load_settings()
+    assert settings.queue.flush_interval == 0.05
+    assert settings.queue.overflow == "drop-oldest"
+    assert settings.close_timeout == 10.0
+    assert settings.backends["jsonl"]["path"] == "dask-events.jsonl"
+
+
+def test_environment_variables_configure_the_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DASK_EVENTBUS__BACKEND", "memory")
+    monkeypatch.setenv("DASK_EVENTBUS__QUEUE__MAX_EVENTS", "5000")
+    monkeypatch.setenv("DASK_EVENTBUS__QUEUE__FLUSH_INTERVAL", "2s")
+    monkeypatch.setenv("DASK_EVENTBUS__BACKENDS__MEMORY__NAME", "from-env")
+    try:
+        dask.config.refresh()
+        settings = load_settings()
+        assert settings.backend == "memory"
+        assert settings.queue.max_events == 5000
+        assert settings.queue.flush_interval == 2.0
+        plugin = EventBusPlugin()
+        assert plugin.backend.options.name == "from-env"
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
+    assert load_settings().backend == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        ("queue.max-events", 0, ["eventbus.queue.max-events = 0", ">= 1"]),
+        ("queue.max-events", "lots", ["eventbus.queue.max-events = 'lots'", "Expected `int`"]),
+        ("queue.batch-size", -3, ["eventbus.queue.batch-size = -3", ">= 1"]),
+        ("queue.batch-size", 200_000, ["eventbus.queue", "must not exceed max-events"]),
+        ("queue.overflow", "drop-random", ["eventbus.queue.overflow = 'drop-random'", "enum"]),
+        ("queue.flush-interval", "soon", ["eventbus.queue.flush-interval = 'soon'", "duration"]),
+        ("queue.flush-interval", 0, ["flush-interval must be greater than 0"]),
+        ("retry.initial-backoff", True, ["eventbus.retry.initial-backoff = True", "duration"]),
+        ("retry.max-backoff", "1ms", ["max-backoff (0.001s) must be at least initial-backoff"]),
+        ("close-timeout", -5, ["eventbus.close-timeout = -5", "must not be negative"]),
+        ("events.include", "dask.*", ["eventbus.events.include = 'dask.*'", "Expected `array`"]),
+        ("events.max-text-length", 3, ["eventbus.events.max-text-length = 3", ">= 16"]),
+        ("transitions.exclude", [1], ["eventbus.transitions.exclude[0] = 1", "Expected `str`"]),
+        ("backend", "", ["backend must name a backend"]),
+        ("queue.bogus", 1, ["eventbus.queue", "unknown field `bogus`"]),
+        ("backends", ["redis"], ["eventbus.backends = ['redis']", "Expected `object`"]),
+    ],
+)
+def test_invalid_values_are_refused_with_key_value_and_rule(
+    key: str, value: Any, fragments: list[str]
+) -> None:
+    with dask.config.set({f"eventbus.{key}": value}), pytest.raises(ConfigError) as info:
+        EventBusPlugin("memory")
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_unknown_backend_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        EventBusPlugin("carrier-pigeon")
+    message = str(info.value)
+    assert "'carrier-pigeon'" in message
+    assert "jsonl" in message and "memory" in message
+
+
+def test_unknown_backend_option_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"eventbus\.backends\.jsonl.*unknown field `colour`"):
+        EventBusPlugin("jsonl", colour="blue")
+
+
+def test_a_backend_whose_library_is_missing_says_what_to_install(tmp_path, monkeypatch) -> None:
+    dist = tmp_path / "dask_eventbus_broken_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dask-eventbus-broken-backend\n")
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(
+            """
+            [dask_eventbus.backends]
+            pigeon = pigeon_post_client_not_installed:PigeonBackend
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        get_backend("pigeon")
+    message = str(info.value)
+    assert "No module named 'pigeon_post_client_not_installed'" in message
+    assert "install the package that provides" in message
+    assert "pigeon_post_client_not_installed" not in sys.modules
+
+
+def test_the_defaults_file_is_valid_and_complete() -> None:
+    settings = load_settings()
+    assert set(DEFAULTS["eventbus"]) == {
+        "backend",
+        "source",
+        "events",
+        "transitions",
+        "queue",
+        "retry",
+        "close-timeout",
+        "backends",
+    }
+    assert settings == load_settings({})
+
+
+def test_secrets_are_masked() -> None:
+    masked = redact_value(
+        "eventbus",
+        {
+            "backends": {
+                "redis": {"url": "redis://user:hunter2@localhost:6379/0"},
+                "kafka": {"config": {"sasl.password": "hunter2", "sasl.username": "bob"}},
+                "rabbitmq": {"password": "hunter2", "url": "amqps://bob:hunter2@mq/vhost"},
+            }
+        },
+    )
+    text = repr(masked)
+    assert "hunter2" not in text
+    assert "redis://user:***@localhost:6379/0" in text
+    assert "'sasl.username': 'bob'" in text
