@@ -24,7 +24,7 @@ from common import command_line, markdown_table, median, parse_options
 
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
-from dask_eventbus.events import TASK_TRANSITION, Normalizer
+from dask_eventbus.events import Normalizer, transition_record
 from dask_eventbus.pipeline import build_message
 
 RawPublish = Callable[[list[bytes], dict[str, Any], int], None]
@@ -49,16 +49,8 @@ def messages(count: int) -> list[Message]:
     return [
         build_message(
             normalizer,
-            (
-                i,
-                TASK_TRANSITION,
-                now,
-                f"inc-{i:032x}",
-                "processing",
-                "memory",
-                f"s-{i}",
-                None,
-                extra,
+            transition_record(
+                i, f"inc-{i:032x}", "processing", "memory", f"s-{i}", extra=extra, timestamp=now
             ),
         )
         for i in range(1, count + 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time as _time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -85,8 +86,12 @@ class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fie
     pass
 
 
-class StartStop(_Data):
-    """One timed action of a finished task on its worker."""
+class StartStop(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One timed action of a finished task on its worker.
+
+    Passed through as distributed reports it; fields it may add later appear
+    too (so the schema allows additional properties here).
+    """
 
     action: str
     start: float
@@ -276,6 +281,27 @@ Record = tuple[Any, ...]
 """``(sequence, type, time, *fields)``; the fields per type are built in plugin.py."""
 
 
+def transition_record(
+    sequence: int,
+    key: Any,
+    start: str,
+    finish: str,
+    stimulus_id: str | None = None,
+    *,
+    worker: str | None = None,
+    extra: dict[str, Any] | None = None,
+    group: Any = None,
+    timestamp: float | None = None,
+) -> Record:
+    """A task transition record as ``EventBusPlugin.transition`` captures it.
+
+    ``extra`` is the kwargs the scheduler passed to the hook; ``group`` the
+    task's ``TaskGroup`` (its and its prefix's ``name`` are read).
+    """
+    when = _time.time() if timestamp is None else timestamp
+    return (sequence, TASK_TRANSITION, when, key, start, finish, stimulus_id, worker, extra, group)
+
+
 def _truncate(text: object, limit: int) -> str | None:
     if text is None:
         return None
@@ -357,7 +383,7 @@ class Normalizer:
             type=type_,
             time=datetime.fromtimestamp(timestamp, timezone.utc),
             datacontenttype=DATA_CONTENT_TYPE,
-            sequence=f"{seq:0{SEQUENCE_DIGITS}d}",
+            sequence=str(seq).zfill(SEQUENCE_DIGITS),
             subject=subject or None,  # CloudEvents forbids an empty subject
             data=data,
         )
@@ -365,49 +391,48 @@ class Normalizer:
     # Record layouts: see the matching capture in plugin.py.
 
     def _transition(self, record: Record) -> tuple[str, TaskTransition]:
-        _, _, _, key, start, finish, stimulus_id, worker, extra = record
-        key_str = key_to_str(key)
+        # The hottest path of the publisher thread: values distributed passes
+        # in are JSON-native already and go through untouched (the encoder's
+        # hook still makes any surprise JSON-safe).
+        _, _, _, key, start, finish, stimulus_id, worker, extra, group = record
+        key_str = key if type(key) is str else key_to_str(key)
+        if group is not None:
+            group_name, prefix_name = group.name, group.prefix.name
+        else:
+            group_name, prefix_name = _group_name(key), _prefix_name(key)
+        if not extra:
+            data = TaskTransition(
+                key=key_str,
+                group=group_name,
+                prefix=prefix_name,
+                start=start,
+                finish=finish,
+                stimulus_id=stimulus_id,
+                worker=worker,
+            )
+            return key_str, data
+        get = extra.get
         data = TaskTransition(
             key=key_str,
-            group=_group_name(key),
-            prefix=_prefix_name(key),
+            group=group_name,
+            prefix=prefix_name,
             start=start,
             finish=finish,
             stimulus_id=stimulus_id,
-            worker=worker,
+            worker=worker or get("worker"),
+            nbytes=get("nbytes"),
+            typename=get("typename"),
+            startstops=get("startstops") or None,
         )
-        if extra:
-            self._transition_details(data, extra)
+        if finish == "erred":
+            cause = get("cause")
+            if cause is not None:
+                data.cause = key_to_str(cause)
+            if self.include_tracebacks:
+                limit = self.max_text_length
+                data.exception = _truncate(get("exception_text"), limit)
+                data.traceback = _truncate(get("traceback_text"), limit)
         return key_str, data
-
-    def _transition_details(self, data: TaskTransition, extra: dict[str, Any]) -> None:
-        worker = extra.get("worker")
-        if worker is not None and data.worker is None:
-            data.worker = safe_text(worker)
-        nbytes = extra.get("nbytes")
-        if nbytes is not None:
-            data.nbytes = int(nbytes)
-        typename = extra.get("typename")
-        if typename is not None:
-            data.typename = safe_text(typename)
-        startstops = extra.get("startstops")
-        if startstops:
-            data.startstops = [
-                StartStop(
-                    action=safe_text(s["action"]),
-                    start=float(s["start"]),
-                    stop=float(s["stop"]),
-                    source=s.get("source"),
-                )
-                for s in startstops
-            ]
-        cause = extra.get("cause")
-        if cause is not None:
-            data.cause = key_to_str(cause)
-        if self.include_tracebacks:
-            limit = self.max_text_length
-            data.exception = _truncate(extra.get("exception_text"), limit)
-            data.traceback = _truncate(extra.get("traceback_text"), limit)
 
     def _graph(self, record: Record) -> tuple[str, GraphUpdated]:
         _, _, _, client, tasks, keys, keys_total, stimulus_id = record

@@ -96,6 +96,7 @@ class EventBusPlugin(SchedulerPlugin):
         self._capture: Callable[[Record], None] = _discard
         self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return f"<EventBusPlugin backend={self.backend!r}>"
@@ -106,6 +107,7 @@ class EventBusPlugin(SchedulerPlugin):
         if self._pipeline is not None:
             return
         self.scheduler = scheduler
+        self._tasks = scheduler.tasks
         source = self.settings.source or f"dask://{scheduler.host or 'scheduler'}/{scheduler.id}"
         events = self.settings.events
         normalizer = Normalizer(
@@ -165,13 +167,14 @@ class EventBusPlugin(SchedulerPlugin):
                     )
                 if not ok:
                     return
+            ts = self._tasks.get(key)
             worker = None
             if finish == "processing":
-                ws = self.scheduler.tasks[key].processing_on  # type: ignore[union-attr]
+                ws = ts.processing_on
                 if ws is not None:
                     worker = ws.address
             elif finish == "erred":
-                kwargs = self._blame(key, kwargs)
+                kwargs = self._blame(ts, kwargs)
             self._capture(
                 (
                     self._next_sequence(),
@@ -183,18 +186,19 @@ class EventBusPlugin(SchedulerPlugin):
                     stimulus_id,
                     worker,
                     kwargs,
+                    ts.group if ts is not None else None,
                 )
             )
         except Exception:
             logger.debug("dask-eventbus: transition capture failed", exc_info=True)
 
-    def _blame(self, key: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _blame(ts: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         # Tasks that fail because a dependency failed get no exception text in
         # their transition; it lives on the task to blame, which may be
         # recomputed (and reset) before the publisher thread looks.
         if kwargs.get("exception_text") is not None:
             return kwargs
-        ts = self.scheduler.tasks.get(key) if self.scheduler else None
         blame = ts.exception_blame if ts is not None else None
         if blame is None:
             return kwargs

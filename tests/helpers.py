@@ -15,7 +15,7 @@ from distributed import Event as DaskEvent
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends import Delivery, Message, Subscription
-from dask_eventbus.events import TASK_TRANSITION, Event, Normalizer
+from dask_eventbus.events import Event, Normalizer, transition_record
 from dask_eventbus.pipeline import build_message
 
 IN_CI = bool(os.environ.get("CI"))
@@ -52,16 +52,8 @@ def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> l
     normalizer = Normalizer(f"/tests/{run_id}", run_id)
     states = ["released", "waiting", "processing", "memory"]
     records = [
-        (
-            seq,
-            TASK_TRANSITION,
-            time.time(),
-            f"task-{seq % subjects}",
-            states[seq % 3],
-            states[seq % 3 + 1],
-            f"stimulus-{seq}",
-            None,
-            {},
+        transition_record(
+            seq, f"task-{seq % subjects}", states[seq % 3], states[seq % 3 + 1], f"stimulus-{seq}"
         )
         for seq in range(1, count + 1)
     ]

@@ -23,6 +23,7 @@ from dask_eventbus.events import (
     json_schema,
     key_to_str,
     load_shipped_schema,
+    transition_record,
 )
 
 VALIDATOR = Draft202012Validator(load_shipped_schema(), format_checker=FormatChecker())
@@ -30,7 +31,7 @@ NORMALIZER = Normalizer("/tests/events", "run", max_text_length=100)
 
 
 def transition(key: Any, extra: dict[str, Any] | None = None, finish: str = "erred") -> bytes:
-    record = (1, TASK_TRANSITION, time.time(), key, "processing", finish, "s-1", None, extra or {})
+    record = transition_record(1, key, "processing", finish, "s-1", extra=extra or {})
     return NORMALIZER.event(record).to_json()
 
 
@@ -96,7 +97,7 @@ def test_huge_tracebacks_are_truncated_and_can_be_turned_off() -> None:
     assert len(data["exception"]) == 100 and data["exception"].endswith("...")
     assert len(data["traceback"]) == 100
     quiet = Normalizer("/tests/events", "run", include_tracebacks=False)
-    record = (1, TASK_TRANSITION, time.time(), "k", "processing", "erred", "s", None, extra)
+    record = transition_record(1, "k", "processing", "erred", "s", extra=extra)
     assert "exception" not in quiet.event(record).to_dict()["data"]
 
 

@@ -18,7 +18,7 @@ from helpers import inc, run_workload
 from dask_eventbus import EventBusPlugin, Message, register_backend
 from dask_eventbus.backends.memory import MemoryBackend, MemoryOptions, get_store
 from dask_eventbus.config import load_settings
-from dask_eventbus.events import TASK_TRANSITION, Normalizer
+from dask_eventbus.events import TASK_TRANSITION, Normalizer, transition_record
 from dask_eventbus.pipeline import Pipeline
 
 pytestmark = pytest.mark.timeout(120)
@@ -111,17 +111,7 @@ def make_pipeline(
 def capture_transitions(pipeline: Pipeline, count: int) -> None:
     for i in range(count):
         pipeline.capture(
-            (
-                pipeline.next_sequence(),
-                TASK_TRANSITION,
-                time.time(),
-                f"k-{i}",
-                "waiting",
-                "processing",
-                "s",
-                None,
-                {},
-            )
+            transition_record(pipeline.next_sequence(), f"k-{i}", "waiting", "processing", "s")
         )
 
 

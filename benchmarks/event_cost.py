@@ -1,0 +1,151 @@
+"""Scheduler-process CPU per event: the plugin's whole cost, per configuration.
+
+Starts a real scheduler with one worker, creates task states for N/4 keys in
+``scheduler.tasks`` and drives each key through released->waiting,
+waiting->processing, processing->memory (with the kwargs a finished task
+brings) and memory->released by calling the plugin's ``transition`` hook the
+way the scheduler does. For EventBusPlugin it then waits until the backend
+has acknowledged every event, so the figure includes capture, normalization,
+encoding and publishing (all threads of the process). Configurations run
+alternately; medians are reported.
+
+    python benchmarks/event_cost.py                       # noop, deque, memory, jsonl
+    python benchmarks/event_cost.py -c noop -c eventbus:redis --option redis.url=redis://127.0.0.1:6379
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import tempfile
+import time
+from collections import deque
+from typing import Any
+
+from common import (
+    command_line,
+    make_plugin,
+    markdown_table,
+    median,
+    parse_options,
+)
+from distributed import Scheduler, Worker
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from dask_eventbus import EventBusPlugin
+
+DEFAULT_CONFIGS = ["noop", "deque", "eventbus:memory", "eventbus:jsonl"]
+
+
+class DequePlugin(SchedulerPlugin):
+    """Appends a small tuple per transition: the cost of capture alone."""
+
+    name = "deque"
+
+    def __init__(self) -> None:
+        self.buffer: deque[tuple[Any, ...]] = deque(maxlen=1_000_000)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        self.buffer.append((key, start, finish, time.time(), kwargs))
+
+
+CYCLE = [("released", "waiting"), ("waiting", "processing"), ("processing", "memory"),
+         ("memory", "released")]  # fmt: skip
+
+
+def plugin_for(config: str, options: dict[str, dict[str, Any]]) -> SchedulerPlugin:
+    if config == "deque":
+        return DequePlugin()
+    plugin = make_plugin(config, options)
+    assert plugin is not None, "event_cost needs a plugin; 'none' has nothing to call"
+    return plugin
+
+
+async def measure(
+    config: str, options: dict[str, dict[str, Any]], events: int
+) -> tuple[float, float]:
+    plugin = plugin_for(config, options)
+    keys = [f"inc-{i:032x}" for i in range(events // len(CYCLE))]
+    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Worker(s.address, nthreads=1):
+            ws = next(iter(s.workers.values()))
+            for key in keys:
+                s.new_task(key, None, "released").processing_on = ws
+            counter = itertools.count()
+            published_before = (
+                plugin.stats()["published"] if isinstance(plugin, EventBusPlugin) else 0
+            )
+            wall, cpu = time.perf_counter(), time.process_time()
+            for key in keys:
+                for start, finish in CYCLE:
+                    kwargs: dict[str, Any] = {}
+                    if finish == "memory":
+                        now = time.time()
+                        kwargs = {
+                            "worker": ws.address,
+                            "nbytes": 28,
+                            "type": b"\x80\x04\x95int",
+                            "typename": "int",
+                            "startstops": [{"action": "compute", "start": now, "stop": now}],
+                            "thread": 1,
+                            "metadata": {},
+                            "run_id": next(counter),
+                        }
+                    plugin.transition(
+                        key, start, finish, stimulus_id=f"bench-{next(counter)}", **kwargs
+                    )
+            if isinstance(plugin, EventBusPlugin):
+                target = published_before + len(keys) * len(CYCLE)
+                while plugin.stats()["published"] < target:
+                    await asyncio.sleep(0.001)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            for key in keys:
+                s.tasks[key].processing_on = None
+    return cpu, wall
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", action="append", help="configuration (repeatable)")
+    parser.add_argument("--option", action="append", default=[], help="backend.key=value")
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    configs = args.config or DEFAULT_CONFIGS
+    options = parse_options(args.option)
+    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
+    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    cpus: dict[str, list[float]] = {c: [] for c in configs}
+    walls: dict[str, list[float]] = {c: [] for c in configs}
+    for _ in range(args.repeat):
+        for config in configs:
+            cpu, wall = await measure(config, options, args.events)
+            cpus[config].append(cpu)
+            walls[config].append(wall)
+    n = args.events // len(CYCLE) * len(CYCLE)
+    base = median(cpus[configs[0]])
+    rows = [
+        [
+            config,
+            median(cpus[config]) / n * 1e6,
+            median(cpus[config]) / base,
+            n / median(walls[config]),
+        ]
+        for config in configs
+    ]
+    print(f"{n} transitions per run, {args.repeat} alternating runs (medians)\n")
+    print(
+        markdown_table(
+            ["configuration", "process CPU µs/event", f"ratio to {configs[0]}", "events/s (wall)"],
+            rows,
+        )
+    )
+    print(f"\n`{command_line()}`")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
