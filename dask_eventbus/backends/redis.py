@@ -49,6 +49,9 @@ EVENT_FIELD = b"event"
 MAX_BLOCK = 5.0
 # Pause before reading again after a subscriber lost its connection.
 RECONNECT_PAUSE = 0.5
+# Acknowledgements wait at most this long (or for the next read, or for
+# ``count`` of them) to go out together in one XACK.
+ACK_INTERVAL = 1.0
 
 
 class RedisOptions(BackendOptions):
@@ -126,6 +129,7 @@ class RedisBackend(Backend):
         else:
             self._where = f"{parsed.get('host', 'localhost')}:{parsed.get('port', 6379)}"
         self._user = self.options.username or parsed.get("username") or "default"
+        self._has_password = bool(self.options.password or parsed.get("password"))
 
     # ------------------------------------------------------------ producer
 
@@ -291,7 +295,7 @@ class RedisBackend(Backend):
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
             exc, "WRONGPASS", "NOAUTH", "AUTH"
         ):
-            if "required" in detail.lower() or _starts(exc, "NOAUTH"):
+            if not self._has_password or _starts(exc, "NOAUTH"):
                 return (
                     f"Redis at {where} requires authentication: give a password "
                     f"in the url or as eventbus.backends.redis.password ({detail})"
@@ -483,6 +487,7 @@ class _GroupReader(_RedisSubscription):
         self.consumer = consumer
         self._pending_after: str | None = "0"
         self._acks: list[bytes] = []
+        self._acks_since = 0.0
 
     def _read(self, block: float) -> list[Entry]:
         self._flush_acks()
@@ -526,8 +531,10 @@ class _GroupReader(_RedisSubscription):
 
     def ack(self, token: Any) -> None:
         self._last_entry_id = _text(token)
+        if not self._acks:
+            self._acks_since = time.monotonic()
         self._acks.append(token)
-        if len(self._acks) >= self._count:
+        if len(self._acks) >= self._count or time.monotonic() - self._acks_since >= ACK_INTERVAL:
             self._flush_acks()
 
     def _flush_acks(self) -> None:
