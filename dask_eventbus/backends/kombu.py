@@ -1,0 +1,518 @@
+"""``kombu``: events through any transport Kombu speaks, chosen by one URL.
+
+Kombu is how much of the Python world (Celery above all) talks to brokers:
+``amqp://`` (RabbitMQ through py-amqp), ``redis://``, ``sqs://``,
+``memory://``, ``filesystem://`` and more. Events are published to an
+exchange (``dask-events``, topic, by default) with the same routing keys as
+the ``rabbitmq`` backend: the event type, plus ``.<start>.<finish>`` for task
+transitions.
+
+Bodies go out untouched: the CloudEvents JSON bytes with an explicit
+``content_type`` (``application/cloudevents+json``) and ``content_encoding``
+(``utf-8``), so Kombu never serializes them itself (no pickle, no JSON in
+JSON). ``publish`` uses no Kombu retry (``retry=False``, no ``ensure``): it
+raises, and the pipeline retries with its own backoff. On py-amqp transports
+publisher confirms are on by default (``confirm_publish``), so ``publish``
+returns only once the broker confirmed every message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import string
+import uuid
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
+from kombu.exceptions import KombuError
+from kombu.transport import TRANSPORT_ALIASES
+
+from ..config import ConfigError, Duration, redact_url
+from . import Backend, BackendOptions, Delivery, Message, Subscription
+
+CONTENT_TYPE = "application/cloudevents+json"
+CONTENT_ENCODING = "utf-8"
+APP_ID = "dask-eventbus"
+
+# Placeholders a routing-key template may use.
+_KEY_FIELDS = ("routing_key", "type")
+
+# pip extras of kombu that bring a transport's client library.
+_TRANSPORT_EXTRAS = {
+    "sqs": "sqs",
+    "SQS": "sqs",
+    "mongodb": "mongodb",
+    "zookeeper": "zookeeper",
+    "sqlalchemy": "sqlalchemy",
+    "sqla": "sqlalchemy",
+    "slmq": "slmq",
+    "SLMQ": "slmq",
+    "consul": "consul",
+    "etcd": "etcd",
+    "azurestoragequeues": "azurestoragequeues",
+    "azureservicebus": "azureservicebus",
+    "confluentkafka": "confluentkafka",
+    "kafka": "confluentkafka",
+    "gcpubsub": "gcpubsub",
+    "librabbitmq": "librabbitmq",
+    "qpid": "qpid",
+    "pyro": "pyro",
+    "pgmq": "pgmq",
+    "redis": "redis",
+    "rediss": "redis",
+    "sentinel": "redis",
+}
+
+
+def _transport_alias(url: str) -> str:
+    """``amqp`` for ``amqp://...``, ``sqla`` for ``sqla+postgresql://...``."""
+    scheme = url.split(";", 1)[0].split("://", 1)[0] if "://" in url else url
+    return scheme.split("+", 1)[0]
+
+
+class KombuOptions(BackendOptions):
+    url: str = "amqp://guest:guest@localhost:5672//"
+    exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
+    exchange_type: Literal["topic", "direct", "fanout"] = "topic"
+    routing_key: str = "{routing_key}"
+    durable: bool = True
+    delivery_mode: Literal["persistent", "transient", 1, 2] = "persistent"
+    transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    bindings: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["#"]
+    )
+    ssl: bool | dict[str, Any] | None = None
+    connect_timeout: Duration = Duration(10.0)
+    publish_timeout: Duration = Duration(10.0)
+
+    def __post_init__(self) -> None:
+        alias = _transport_alias(self.url)
+        if alias not in TRANSPORT_ALIASES and "." not in alias:
+            known = ", ".join(sorted({f"{name.lower()}://" for name in TRANSPORT_ALIASES}))
+            raise ValueError(
+                f"url: unknown Kombu transport {alias!r}; expected a URL such as "
+                f"amqp://user:password@host:5672// or redis://host:6379/0 (known: {known})"
+            )
+        for name in ("connect-timeout", "publish-timeout"):
+            seconds = getattr(self, name.replace("-", "_"))
+            if seconds <= 0:
+                raise ValueError(f"{name} must be greater than 0, got {seconds}s")
+        try:
+            fields = {
+                field for _, field, _, _ in string.Formatter().parse(self.routing_key) if field
+            }
+        except ValueError as exc:
+            raise ValueError(
+                f"routing-key {self.routing_key!r} is not a valid template: {exc}"
+            ) from None
+        unknown = fields - set(_KEY_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"routing-key {self.routing_key!r} uses unknown placeholders "
+                f"{sorted(unknown)}; allowed: {{routing_key}}, {{type}}"
+            )
+
+
+class KombuBackend(Backend):
+    """Publishes events with a Kombu ``Producer`` to an exchange."""
+
+    name = "kombu"
+    Options = KombuOptions
+    options: KombuOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        self._alias = _transport_alias(o.url)
+        try:
+            probe = Connection(o.url)
+            # Masked wherever text reaches people, beyond what redact_url finds
+            # (e.g. a password with characters a URL pattern stops at).
+            self._passwords = [
+                str(part.password)
+                for part in [probe, *map(Connection, probe.alt)]
+                if part.password and len(str(part.password)) >= 4 and part.password != part.userid
+            ]
+            transport = probe.get_transport_cls()
+        except ImportError as exc:
+            extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
+            raise ConfigError(
+                f"Invalid event bus config eventbus.backends.kombu.url: the Kombu "
+                f"{self._alias!r} transport needs a library that is not installed "
+                f"({exc}). To fix this: pip install 'kombu[{extra}]'"
+            ) from None
+        self._driver = str(getattr(transport, "driver_type", self._alias))
+        port = probe.port or getattr(transport, "default_port", None)
+        host = probe.hostname or "localhost"
+        self._address = f"{host}:{port}" if port else host
+        self._user = probe.userid
+        self._delivery_mode = 2 if o.delivery_mode in ("persistent", 2) else 1
+        self._conn: Connection | None = None
+        self._producer: Producer | None = None
+        self._batching = False
+        self._healthy = False
+
+    # ------------------------------------------------------------ connections
+
+    def _transport_options(self, consumer: bool) -> dict[str, Any]:
+        """The user's transport options over defaults that bound every call."""
+        o = self.options
+        defaults: dict[str, Any] = {}
+        if self._driver == "amqp":
+            # Wait for the broker's confirm of every publish; bound socket
+            # reads and writes, so a stalled broker cannot hang publish or close.
+            defaults = {
+                "confirm_publish": True,
+                "read_timeout": o.publish_timeout,
+                "write_timeout": o.publish_timeout,
+            }
+        elif self._driver == "redis":
+            defaults = {
+                "socket_timeout": o.publish_timeout,
+                "socket_connect_timeout": o.connect_timeout,
+            }
+        elif self._driver == "memory" and consumer:
+            # Kombu polls virtual transports once a second by default.
+            defaults = {"polling_interval": 0.05}
+        return {**defaults, **o.transport_options}
+
+    def _connect(self, consumer: bool = False) -> Connection:
+        o = self.options
+        extra: dict[str, Any] = {} if o.ssl is None else {"ssl": o.ssl}
+        conn = Connection(
+            o.url,
+            connect_timeout=o.connect_timeout,
+            transport_options=self._transport_options(consumer),
+            **extra,
+        )
+        try:
+            # One attempt per host (failover URLs list several), no Kombu
+            # retry loop: the pipeline owns retries and their backoff.
+            conn.ensure_connection(
+                max_retries=max(len(conn.alt), 1) - 1,
+                interval_start=0,
+                reraise_as_library_errors=False,
+            )
+        except BaseException:
+            _drop(conn)
+            raise
+        return conn
+
+    def _exchange(self) -> Exchange:
+        o = self.options
+        return Exchange(
+            o.exchange,
+            type=o.exchange_type,
+            durable=o.durable,
+            auto_delete=False,
+            delivery_mode=self._delivery_mode,
+        )
+
+    def _bindings(self, exchange: Exchange, keys: Sequence[str]) -> list[binding]:
+        if self.options.exchange_type == "fanout":
+            keys = [""]
+        return [binding(exchange, routing_key=key) for key in keys]
+
+    def _named_queue(self, name: str, exchange: Exchange, keys: Sequence[str]) -> Queue:
+        o = self.options
+        return Queue(
+            name,
+            bindings=self._bindings(exchange, keys),
+            durable=o.durable,
+            auto_delete=False,
+            queue_arguments=dict(o.queue_arguments) or None,
+        )
+
+    # ------------------------------------------------------------ producer
+
+    def open(self) -> None:
+        self.close()
+        conn = self._connect()
+        try:
+            channel = conn.channel()
+            exchange = self._exchange()(channel)
+            exchange.declare()
+            if self.options.queue is not None:
+                queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
+                queue(channel).declare()
+            producer = Producer(channel, exchange=exchange, auto_declare=False)
+        except BaseException:
+            _drop(conn)
+            raise
+        self._conn, self._producer = conn, producer
+        # Kombu >= 5.7 pipelines a batch on transports that can (Redis).
+        self._batching = hasattr(producer, "batch") and producer.supports_batch_publish
+        self._healthy = True
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("the kombu backend is not open")
+        self._healthy = False
+        if self._batching:
+            with producer.batch(max_size=max(1000, 2 * len(messages))):
+                self._publish_each(producer, messages)
+        else:
+            self._publish_each(producer, messages)
+        self._healthy = True
+
+    def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:
+        o = self.options
+        template = o.routing_key
+        per_message = template == "{routing_key}"
+        fixed = not per_message and "{" not in template and "}" not in template
+        timeout = o.publish_timeout
+        publish = producer.publish
+        mode = self._delivery_mode
+        for m in messages:
+            if per_message:
+                key = m.routing_key
+            elif fixed:
+                key = template
+            else:
+                key = template.format(routing_key=m.routing_key, type=m.type)
+            publish(
+                m.body,
+                routing_key=key,
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                delivery_mode=mode,
+                message_id=m.id,
+                type=m.type,
+                timestamp=int(m.time),
+                app_id=APP_ID,
+                retry=False,
+                timeout=timeout,
+                confirm_timeout=timeout,
+            )
+
+    def close(self) -> None:
+        conn, self._conn, self._producer = self._conn, None, None
+        if conn is None:
+            return
+        if self._healthy:
+            try:
+                conn.release()
+                return
+            except Exception:
+                pass
+        # After a failure the connection is in doubt: drop it without the
+        # closing handshake a dead or stalled broker would never answer.
+        _drop(conn)
+
+    # ------------------------------------------------------------ consumer
+
+    def subscribe(
+        self,
+        *,
+        from_beginning: bool = False,
+        queue: str | None = None,
+        bindings: str | Sequence[str] | None = None,
+        prefetch: int = 1000,
+        **params: Any,
+    ) -> Subscription:
+        """Consume from a queue bound to the exchange, acknowledging after yield.
+
+        Without a ``queue`` (here or in the options) a new exclusive,
+        auto-deleted queue receives the events published from now on. A named
+        queue is declared (durable) and bound, and holds what was published
+        while no one consumed it: ``from_beginning`` needs one.
+        """
+        if params:
+            raise TypeError(f"unknown kombu subscribe options: {', '.join(params)}")
+        name = queue or self.options.queue
+        if from_beginning and name is None:
+            raise ValueError(
+                "the kombu backend keeps events only in a named queue: set "
+                "eventbus.backends.kombu.queue (declared by the plugin, so events "
+                "wait there) or pass queue= to read them from the beginning"
+            )
+        if isinstance(bindings, str):
+            bindings = [bindings]
+        keys = list(bindings or self.options.bindings)
+        conn = self._connect(consumer=True)
+        try:
+            channel = conn.channel()
+            exchange = self._exchange()(channel)
+            exchange.declare()
+            if name is not None:
+                declared = self._named_queue(name, exchange, keys)
+            else:
+                declared = Queue(
+                    f"dask-eventbus-{uuid.uuid4().hex}",
+                    bindings=self._bindings(exchange, keys),
+                    durable=False,
+                    auto_delete=True,
+                    exclusive=self._driver == "amqp",
+                )
+            bound = declared(channel)
+            bound.declare()
+            return _KombuSubscription(conn, channel, bound, name is None, prefetch)
+        except BaseException:
+            _drop(conn)
+            raise
+
+    # ------------------------------------------------------------ for people
+
+    def describe(self) -> str:
+        o = self.options
+        where = f"kombu {self._mask(o.url)} exchange {o.exchange!r} ({o.exchange_type})"
+        if o.queue is not None:
+            where += f", queue {o.queue!r}"
+        return where
+
+    def explain(self, exc: BaseException) -> str:
+        return self._mask(self._explain(_root_cause(exc)))
+
+    def _explain(self, exc: BaseException) -> str:
+        where = f"{self._alias}://{self._address}"
+        o = self.options
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        module = type(exc).__module__ or ""
+        text = str(exc)
+        if module.startswith("redis"):
+            if "AuthenticationError" in names or "AuthenticationWrongNumberOfArgsError" in names:
+                return (
+                    f"Redis at {where} refused authentication: check the user name and "
+                    f"password in eventbus.backends.kombu.url ({text})"
+                )
+            if "TimeoutError" in names:
+                return (
+                    f"Redis at {where} did not answer within publish-timeout "
+                    f"({o.publish_timeout:g}s): {text}"
+                )
+            if "ConnectionError" in names:
+                return (
+                    f"cannot connect to Redis at {where} ({text}); is it running and "
+                    f"the url in eventbus.backends.kombu.url right?"
+                )
+            return f"Redis at {where} refused a command: {type(exc).__name__}: {text}"
+        code = getattr(exc, "reply_code", None)
+        if module.startswith("amqp") and code is not None:
+            reply = getattr(exc, "reply_text", "") or text
+            if code == 403:
+                return (
+                    f"the broker at {where} refused access for user {self._user!r}: "
+                    f"check the user name, password and virtual host in "
+                    f"eventbus.backends.kombu.url ({reply})"
+                )
+            if code == 406:
+                return (
+                    f"the broker at {where} refused to declare exchange {o.exchange!r} "
+                    f"(or queue {o.queue!r}): it exists with other settings; make "
+                    f"exchange-type/durable/queue-arguments match or delete it ({reply})"
+                )
+            if code == 530:
+                return (
+                    f"the broker at {where} did not allow this (check the virtual host "
+                    f"in eventbus.backends.kombu.url and the user's permissions): {reply}"
+                )
+            if code == 404:
+                return f"not found on the broker at {where}: {reply}"
+            if code in (320, 541):
+                return f"the broker at {where} closed the connection: {reply}"
+            return f"the broker at {where} answered with AMQP error {code}: {reply}"
+        if "MessageNacked" in names:
+            return f"the broker at {where} refused (nacked) a published message: {text}"
+        if isinstance(exc, ConnectionRefusedError):
+            return (
+                f"cannot connect to {where}: connection refused; is the broker running "
+                f"and the host and port in eventbus.backends.kombu.url right?"
+            )
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve the broker host of {where}: {text}"
+        if isinstance(exc, TimeoutError):
+            return (
+                f"no answer from {where} within its timeout (connect-timeout "
+                f"{o.connect_timeout:g}s, publish-timeout {o.publish_timeout:g}s)"
+            )
+        if isinstance(exc, (ConnectionError, OSError)) and not module.startswith("kombu"):
+            return f"the connection to {where} failed: {type(exc).__name__}: {text}"
+        if isinstance(exc, ImportError):
+            extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
+            return (
+                f"the Kombu {self._alias!r} transport needs a library that is not "
+                f"installed ({text}): pip install 'kombu[{extra}]'"
+            )
+        return f"{type(exc).__name__}: {text}"
+
+    def _mask(self, text: str) -> str:
+        text = redact_url(text)
+        for password in self._passwords:
+            text = text.replace(password, "***")
+        return text
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The client library's own error under Kombu's wrappers."""
+    seen = 0
+    while seen < 5 and isinstance(exc, KombuError) and exc.__cause__:
+        exc = exc.__cause__
+        seen += 1
+    return exc
+
+
+def _drop(conn: Connection) -> None:
+    """Close ``conn`` without waiting for the broker; never raises."""
+    with contextlib.suppress(Exception):
+        conn.collect()
+    with contextlib.suppress(Exception):
+        conn.release()
+
+
+def _as_bytes(body: Any) -> bytes:
+    # py-amqp hands utf-8 bodies over as str.
+    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+class _KombuSubscription(Subscription):
+    def __init__(
+        self, conn: Connection, channel: Any, queue: Queue, anonymous: bool, prefetch: int
+    ) -> None:
+        super().__init__()
+        self._conn = conn
+        self._queue = queue
+        self._anonymous = anonymous
+        self._limit = max(1, prefetch)
+        self._received: list[Any] = []
+        self._consumer = Consumer(
+            channel,
+            [queue],
+            no_ack=False,
+            auto_declare=False,
+            on_message=self._received.append,
+            accept=[CONTENT_TYPE],
+        )
+        self._consumer.qos(prefetch_count=self._limit)
+        self._consumer.consume()
+
+    def fetch(self, timeout: float) -> list[Delivery]:
+        received = self._received
+        drain = self._conn.drain_events
+        try:
+            if not received:
+                drain(timeout=timeout)
+            while len(received) < self._limit:
+                drain(timeout=0)
+        except TimeoutError:  # socket.timeout
+            pass
+        found = [Delivery(_as_bytes(message.body), message) for message in received]
+        received.clear()
+        return found
+
+    def ack(self, token: Any) -> None:
+        token.ack()
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._consumer.cancel()
+        if self._anonymous:
+            with contextlib.suppress(Exception):
+                self._queue.delete()
+        with contextlib.suppress(Exception):
+            self._conn.release()

@@ -1,0 +1,160 @@
+"""The kombu backend in the conformance suite, over three Kombu transports.
+
+* ``kombu-amqp``: ``amqp://`` against RabbitMQ (127.0.0.1:5672, guest/guest,
+  or ``RABBITMQ_URL``), a named durable queue per test;
+* ``kombu-redis``: ``redis://`` against Redis (127.0.0.1:6379 or
+  ``REDIS_URL``), a named queue per test;
+* ``kombu-memory``: ``memory://`` in this process, with the exclusive
+  auto-deleted queue a subscriber gets when no queue is named.
+
+Every test gets its own exchange and queue names; cleanup deletes them, and on
+Redis also the binding keys Kombu keeps (``_kombu.binding.<exchange>``) and
+any unacknowledged copies Kombu parked in its ``unacked`` hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from helpers import Harness, require_broker, unique_name
+
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+BAD_OPTIONS = [
+    ({"exchange-type": "headers"}, "exchange-type"),
+    ({"publish-timeout": 0}, "publish-timeout"),
+    ({"url": "nosuch://host"}, "url"),
+    ({"routing-key": "{subject}"}, "routing-key"),
+    ({"delivery-mode": "sometimes"}, "delivery-mode"),
+]
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=3
+        ):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kombu_rabbitmq_url() -> str:
+    require_broker(reachable(RABBITMQ_URL, 5672), f"RabbitMQ at {RABBITMQ_URL}")
+    return RABBITMQ_URL
+
+
+@pytest.fixture(scope="session")
+def kombu_redis_url() -> str:
+    require_broker(reachable(REDIS_URL, 6379), f"Redis at {REDIS_URL}")
+    return REDIS_URL
+
+
+def delete_amqp(url: str, exchange: str, queues: list[str]) -> None:
+    """Delete ``queues`` and ``exchange`` on RabbitMQ (missing ones are fine)."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=10) as conn:
+        for queue in queues:
+            # A missing entity closes the channel: one channel per deletion.
+            with contextlib.suppress(Exception), conn.channel() as channel:
+                channel.queue_delete(queue)
+        with contextlib.suppress(Exception), conn.channel() as channel:
+            channel.exchange_delete(exchange)
+
+
+def delete_redis(url: str, exchange: str, queues: list[str]) -> None:
+    """Delete the keys the Kombu Redis transport made for ``exchange``.
+
+    The exchange itself is not stored in Redis; its bindings are, in
+    ``_kombu.binding.<exchange>`` (members ``key\\x06\\x16pattern\\x06\\x16queue``),
+    and each queue is a list (plus one list per priority step).
+    """
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        sep = b"\x06\x16"
+        tables = [f"_kombu.binding.{exchange}", f"_kombu.binding_permanent.{exchange}"]
+        names = set(queues)
+        for table in tables:
+            for member in client.smembers(table):
+                names.add(member.split(sep)[-1].decode())
+        keys = [*tables]
+        for name in names:
+            keys.append(name)
+            keys.extend(client.scan_iter(match=f"{name}\x06\x16*"))
+        client.delete(*keys)
+        client.zrem("_kombu.binding_deadlines", exchange)
+        # Messages consumed but never acknowledged wait in "unacked" until
+        # Kombu restores them; ours name our exchange.
+        marker = exchange.encode()
+        for tag, payload in client.hscan_iter("unacked"):
+            if marker in payload:
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+    finally:
+        client.close()
+
+
+def delete_memory(exchange: str) -> None:
+    """Forget ``exchange`` and its queues in this process's memory transport."""
+    from kombu import Connection
+
+    with Connection("memory://") as conn, conn.channel() as channel:
+        if exchange not in channel.state.exchanges:
+            return
+        for _, _, queue in channel.get_table(exchange):
+            channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+
+
+def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
+    url = request.getfixturevalue("kombu_rabbitmq_url")
+    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
+    return Harness(
+        "kombu",
+        {"url": url, "exchange": exchange, "queue": queue},
+        replays=True,
+        bad_options=BAD_OPTIONS,
+        cleanup=lambda: delete_amqp(url, exchange, [queue]),
+    )
+
+
+def kombu_redis_harness(request: pytest.FixtureRequest) -> Harness:
+    url = request.getfixturevalue("kombu_redis_url")
+    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
+    return Harness(
+        "kombu",
+        {"url": url, "exchange": exchange, "queue": queue},
+        replays=True,
+        bad_options=BAD_OPTIONS,
+        cleanup=lambda: delete_redis(url, exchange, [queue]),
+    )
+
+
+def kombu_memory_harness(request: pytest.FixtureRequest) -> Harness:
+    exchange = unique_name("dask-eventbus-test-ex")
+    return Harness(
+        "kombu",
+        {"url": "memory://", "exchange": exchange},
+        replays=False,
+        bad_options=BAD_OPTIONS,
+        cleanup=lambda: delete_memory(exchange),
+    )
+
+
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
+    "kombu-amqp": kombu_amqp_harness,
+    "kombu-redis": kombu_redis_harness,
+    "kombu-memory": kombu_memory_harness,
+}

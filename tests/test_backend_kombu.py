@@ -1,0 +1,450 @@
+"""The kombu backend against real RabbitMQ and Redis (and Kombu's memory transport).
+
+End to end with a real scheduler and workers read back with plain Kombu
+consumers, the broker closing our connections mid-run, a stalled broker,
+subscriptions, routing keys and the diagnoses people see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import pytest
+import redis
+from distributed import Client, Scheduler, Worker
+from distributed.utils_test import gen_test
+from harness_kombu import delete_amqp, delete_memory, delete_redis
+from helpers import inc, is_closing, read_events, read_raw, run_workload, synthetic_messages
+from kombu import Connection, Consumer, Exchange, Queue
+
+from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
+from dask_eventbus.backends.kombu import CONTENT_TYPE, KombuBackend
+from dask_eventbus.events import key_to_str
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture
+def amqp(kombu_rabbitmq_url: str) -> Iterator[dict[str, Any]]:
+    """Options for a fresh exchange and named queue on RabbitMQ."""
+    from helpers import unique_name
+
+    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
+    extra: list[str] = []
+    yield {"url": kombu_rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
+    delete_amqp(kombu_rabbitmq_url, exchange, [queue, *extra])
+
+
+@pytest.fixture
+def redis_options(kombu_redis_url: str) -> Iterator[dict[str, Any]]:
+    from helpers import unique_name
+
+    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
+    yield {"url": kombu_redis_url, "exchange": exchange, "queue": queue}
+    delete_redis(kombu_redis_url, exchange, [queue])
+
+
+def options(fixture: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    result = {k: v for k, v in fixture.items() if not k.startswith("_")}
+    result.update(changes)
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def drain(conn: Connection, queues: list[Queue], idle: float = 2.0) -> dict[str, list[Any]]:
+    """Every message now in ``queues``, read with a plain Kombu consumer."""
+    got: dict[str, list[Any]] = {q.name: [] for q in queues}
+
+    def collector(into: list[Any]) -> Any:
+        def on_message(message: Any) -> None:
+            into.append(message)
+            message.ack()
+
+        return on_message
+
+    with conn.channel() as channel:
+        consumers = [Consumer(channel, [q], on_message=collector(got[q.name])) for q in queues]
+        for consumer in consumers:
+            consumer.consume()
+        while True:
+            try:
+                conn.drain_events(timeout=idle)
+            except TimeoutError:
+                break
+    return got
+
+
+def body_event(message: Any) -> Event:
+    body = message.body
+    return Event.from_json(body.encode() if isinstance(body, str) else body)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@gen_test(timeout=120)
+async def test_end_to_end_plain_kombu_consumers_see_the_transition_log(
+    amqp: dict[str, Any],
+) -> None:
+    url, name = amqp["url"], amqp["exchange"]
+    exchange = Exchange(name, "topic", durable=True)
+    transitions = Queue(f"{name}-transitions", exchange, routing_key="dask.task.transition.#")
+    failures = Queue(f"{name}-erred", exchange, routing_key="dask.task.transition.*.erred")
+    amqp["_extra"].extend([transitions.name, failures.name])
+    with Connection(url) as conn:
+        with conn.channel() as channel:
+            for queue in (transitions, failures):
+                queue(channel).declare()
+        transition_log = await run_workload(EventBusPlugin("kombu", **options(amqp, queue=None)))
+        got = drain(conn, [transitions, failures])
+
+    messages = got[transitions.name]
+    events = [body_event(m) for m in messages]
+    assert {e.type for e in events} == {"dask.task.transition"}
+    expected = [(key_to_str(t.key), t.start, t.finish, t.stimulus_id) for t in transition_log]
+    assert [
+        (e.data["key"], e.data["start"], e.data["finish"], e.data["stimulus_id"]) for e in events
+    ] == expected
+
+    for message, event in zip(messages, events, strict=True):
+        assert message.content_type == CONTENT_TYPE
+        assert message.content_encoding == "utf-8"
+        assert message.properties["message_id"] == event.id
+        assert message.properties["type"] == event.type
+        assert message.properties["app_id"] == "dask-eventbus"
+        assert message.properties["delivery_mode"] == 2
+        assert message.delivery_info["routing_key"] == (
+            f"dask.task.transition.{event.data['start']}.{event.data['finish']}"
+        )
+
+    erred = [body_event(m).data for m in got[failures.name]]
+    assert [(d["key"], d["start"]) for d in erred] == [
+        (key_to_str(t.key), t.start) for t in transition_log if t.finish == "erred"
+    ]
+    assert {d["key"] for d in erred} == {"bad", "downstream"}
+
+
+# ------------------------------------------------------------------ outages
+
+
+def rabbitmqctl(*args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
+def close_connections_named(name: str) -> int:
+    """Have RabbitMQ close every connection whose client named itself ``name``."""
+    listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if f'{{"connection_name","{name}"}}' in line
+    ]
+    for pid in pids:
+        with contextlib.suppress(Exception):  # it may have gone meanwhile
+            rabbitmqctl("close_connection", pid, "dask-eventbus test: the broker closes")
+    return len(pids)
+
+
+@gen_test(timeout=120)
+async def test_broker_closing_the_connection_mid_run_loses_nothing(
+    amqp: dict[str, Any],
+) -> None:
+    connection_name = f"{amqp['exchange']}-publisher"
+    backend_options = options(
+        amqp, **{"transport-options": {"client_properties": {"connection_name": connection_name}}}
+    )
+    fast = {
+        "eventbus.queue.batch-size": 20,
+        "eventbus.queue.flush-interval": "10ms",
+        "eventbus.retry.initial-backoff": "20ms",
+        "eventbus.retry.max-backoff": "200ms",
+    }
+    with dask.config.set(fast):
+        plugin = EventBusPlugin("kombu", **backend_options)
+    closed = rounds = 0
+    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Worker(s.address, nthreads=1), Client(s.address, asynchronous=True) as c:
+            while closed < 3:
+                rounds += 1
+                assert rounds <= 40, f"closed only {closed} connections"
+                futures = c.map(inc, range(30), key=[f"r{rounds}-{i}" for i in range(30)])
+                closer = asyncio.get_running_loop().run_in_executor(
+                    None, close_connections_named, connection_name
+                )
+                assert await c.gather(futures) == list(range(1, 31))
+                closed += await closer
+                del futures
+            assert await c.submit(sum, [1, 2, 3], key="after") == 6
+    stats = plugin.stats()
+    assert stats["retries"] >= 1 and stats["publish_errors"] >= 1
+    assert stats["dropped"] == 0 and stats["undelivered"] == 0
+
+    with subscribe("kombu", from_beginning=True, **backend_options) as events:
+        bodies = read_raw(events, until=is_closing, timeout=60)
+    received = [Event.from_json(body) for body in bodies]
+    last = received[-1].sequence_number
+    assert received[-1].type == "dask.scheduler.closing"
+    # At least once: duplicates of a retried batch may appear, gaps never.
+    assert {e.sequence_number for e in received} == set(range(1, last + 1))
+    assert stats["published"] >= last
+
+
+class StallingProxy:
+    """A TCP proxy to a broker that can stop forwarding: a stalled broker."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.stalled = threading.Event()
+        self.closed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.stalled.is_set() and not self.closed.is_set():
+                    time.sleep(0.01)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def call_bounded(fn: Any, limit: float = 60.0) -> BaseException | None:
+    """Run ``fn`` in a thread; the exception it raised (None if it returned)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert outcome, f"{fn} did not return within {limit}s: a stalled broker hangs it"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("transport", ["amqp", "redis"])
+def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    proxy = StallingProxy(5672 if transport == "amqp" else 6379)
+    try:
+        url = (
+            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+            if transport == "amqp"
+            else f"redis://127.0.0.1:{proxy.port}/0"
+        )
+        backend = create_backend(
+            "kombu", options(fixture, url=url, **{"publish-timeout": 1, "connect-timeout": 2})
+        )
+        messages = synthetic_messages(10)
+        backend.open()
+        backend.publish(messages)
+        proxy.stalled.set()
+        error = call_bounded(lambda: backend.publish(messages))
+        assert error is not None
+        assert "within its timeout" in backend.explain(error) or "did not answer" in (
+            backend.explain(error)
+        )
+        assert call_bounded(backend.close) is None
+        # Nothing can connect while stalled: open is bounded too.
+        assert call_bounded(backend.open) is not None
+        backend.close()
+        proxy.stalled.clear()
+        backend.open()
+        backend.publish(messages)
+        backend.close()
+    finally:
+        proxy.close()
+
+
+# ------------------------------------------------------------------ subscriptions
+
+
+@pytest.mark.parametrize("transport", ["amqp", "redis"])
+def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    opts = options(fixture, queue=None)
+    messages = synthetic_messages(30)
+    with subscribe("kombu", **opts) as events:
+        queue = events._queue.name  # type: ignore[attr-defined]
+        backend = create_backend("kombu", opts)
+        backend.open()
+        backend.publish(messages)
+        backend.close()
+        received = read_events(events, count=30)
+    assert [e.id for e in received] == [m.id for m in messages]
+    if transport == "amqp":
+        names = rabbitmqctl("list_queues", "--no-table-headers", "name").split()
+        assert queue not in names
+    else:
+        client = redis.Redis.from_url(fixture["url"])
+        assert not client.exists(queue)
+        tables = [f"_kombu.binding.{fixture['exchange']}"]
+        assert not any(queue.encode() in m for t in tables for m in client.smembers(t))
+        client.close()
+
+
+def test_from_beginning_needs_a_named_queue(amqp: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="named queue"):
+        subscribe("kombu", from_beginning=True, **options(amqp, queue=None))
+
+
+def test_named_queue_keeps_events_until_a_consumer_comes(amqp: dict[str, Any]) -> None:
+    messages = synthetic_messages(40)
+    backend = create_backend("kombu", options(amqp))
+    backend.open()
+    backend.publish(messages)
+    backend.close()
+    # Unacknowledged events go back to the queue for the next consumer.
+    with subscribe("kombu", **options(amqp)) as events:
+        first = read_events(events, count=5)
+        events.close(ack=False)
+    # The first four were acknowledged as the next was read; the fifth and
+    # those prefetched but never yielded are delivered again, in order.
+    with subscribe("kombu", **options(amqp)) as events:
+        again = read_events(events, count=36)
+        assert events.poll(timeout=1.0) is None
+    assert [e.id for e in first] == [m.id for m in messages[:5]]
+    assert [e.id for e in again] == [m.id for m in messages[4:]]
+
+
+def test_routing_key_template_and_bindings(memory_exchange: str) -> None:
+    opts = {
+        "url": "memory://",
+        "exchange": memory_exchange,
+        "routing-key": "cluster-a.{routing_key}",
+    }
+    messages = synthetic_messages(12)
+    finished = [m for m in messages if m.routing_key.endswith(".memory")]
+    assert finished and len(finished) < len(messages)
+    with subscribe("kombu", bindings=["cluster-a.dask.task.transition.*.memory"], **opts) as only:
+        with subscribe("kombu", bindings=["cluster-b.#"], **opts) as other:
+            backend = create_backend("kombu", opts)
+            backend.open()
+            backend.publish(messages)
+            backend.close()
+            received = read_events(only, count=len(finished))
+            assert other.poll(timeout=0.5) is None
+        assert only.poll(timeout=0.5) is None
+    assert [e.id for e in received] == [m.id for m in finished]
+
+
+def test_fanout_exchange_delivers_to_every_subscriber(memory_exchange: str) -> None:
+    opts = {"url": "memory://", "exchange": memory_exchange, "exchange-type": "fanout"}
+    messages = synthetic_messages(8)
+    with subscribe("kombu", **opts) as one, subscribe("kombu", **opts) as two:
+        backend = create_backend("kombu", opts)
+        backend.open()
+        backend.publish(messages)
+        backend.close()
+        for events in (one, two):
+            assert [e.id for e in read_events(events, count=8)] == [m.id for m in messages]
+
+
+@pytest.fixture
+def memory_exchange() -> Iterator[str]:
+    from helpers import unique_name
+
+    name = unique_name("dask-eventbus-test-ex")
+    yield name
+    delete_memory(name)
+
+
+# ------------------------------------------------------------------ for people
+
+
+def test_secrets_stay_out_of_describe_repr_and_explain(kombu_rabbitmq_url: str) -> None:
+    secret = "s3cr3t-pa55word"
+    backend = create_backend(
+        "kombu", {"url": f"amqp://guest:{secret}@127.0.0.1:5672//", "exchange": "never-made"}
+    )
+    error = call_bounded(backend.open)
+    assert error is not None
+    explained = backend.explain(error)
+    assert "refused access for user 'guest'" in explained
+    for text in (explained, backend.describe(), repr(backend)):
+        assert secret not in text
+    with pytest.raises(ConfigError) as info:
+        create_backend("kombu", {"url": f"nosuch://guest:{secret}@host"})
+    assert secret not in str(info.value)
+
+
+def test_explain_names_an_unreachable_broker() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as unused:
+        port = unused.getsockname()[1]
+    backend = create_backend("kombu", {"url": f"amqp://guest:guest@127.0.0.1:{port}//"})
+    error = call_bounded(backend.open)
+    assert error is not None
+    assert f"cannot connect to amqp://127.0.0.1:{port}" in backend.explain(error)
+    backend.close()
+
+
+def test_missing_transport_library_names_the_extra() -> None:
+    try:
+        import botocore  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install 'kombu\[sqs\]'"):
+            KombuBackend(url="sqs://")
+    else:  # pragma: no cover - only where the SQS client is installed
+        pytest.skip("botocore is installed")
+
+
+def test_bodies_are_not_reserialized(memory_exchange: str) -> None:
+    messages = synthetic_messages(3)
+    opts = {"url": "memory://", "exchange": memory_exchange}
+    with Connection("memory://") as conn:
+        exchange = Exchange(memory_exchange, "topic", durable=True)
+        queue = Queue(f"{memory_exchange}-raw", exchange, routing_key="#")
+        with conn.channel() as channel:
+            queue(channel).declare()
+        backend = create_backend("kombu", opts)
+        backend.open()
+        backend.publish(messages)
+        backend.close()
+        got = drain(conn, [queue], idle=0.2)[queue.name]
+    assert [m.body for m in got] == [m.body for m in messages]
+    assert {m.content_type for m in got} == {CONTENT_TYPE}
