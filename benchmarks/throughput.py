@@ -25,7 +25,7 @@ from common import command_line, markdown_table, median, parse_options
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
 from dask_eventbus.events import Normalizer, transition_record
-from dask_eventbus.pipeline import build_message
+from dask_eventbus.pipeline import build_messages
 
 RawPublish = Callable[[list[bytes], dict[str, Any], int], None]
 
@@ -46,15 +46,13 @@ def messages(count: int) -> list[Message]:
         "typename": "int",
         "startstops": [{"action": "compute", "start": now, "stop": now + 0.001}],
     }
-    return [
-        build_message(
-            normalizer,
-            transition_record(
-                i, f"inc-{i:032x}", "processing", "memory", f"s-{i}", extra=extra, timestamp=now
-            ),
+    records = [
+        transition_record(
+            i, f"inc-{i:032x}", "processing", "memory", f"s-{i}", extra=extra, timestamp=now
         )
         for i in range(1, count + 1)
     ]
+    return build_messages(normalizer, records)
 
 
 def through_backend(

@@ -27,7 +27,7 @@ from typing import Any
 
 from .backends import Backend, Message
 from .config import Settings, redact_url
-from .events import DROPPED, TASK_TRANSITION, Normalizer, Record, safe_text
+from .events import DROPPED, TASK_TRANSITION, Normalizer, Record, encode_many, safe_text
 
 logger = logging.getLogger("dask_eventbus")
 
@@ -35,21 +35,18 @@ logger = logging.getLogger("dask_eventbus")
 LOG_SUMMARY_INTERVAL = 60.0
 
 
-def build_message(normalizer: Normalizer, record: Record) -> Message:
-    """Normalize and encode one record into what backends publish."""
-    event = normalizer.event(record)
-    routing_key = event.type
-    if routing_key == TASK_TRANSITION:
-        routing_key = f"{routing_key}.{event.data.start}.{event.data.finish}"
-    return Message(
-        event.to_json(),
-        event.id,
-        event.type,
-        event.subject,
-        record[0],
-        record[2],
-        routing_key,
-    )
+def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Message]:
+    """Normalize and encode records into what backends publish."""
+    events = [normalizer.event(record) for record in records]
+    messages = []
+    for record, event, body in zip(records, events, encode_many(events), strict=True):
+        routing_key = event.type
+        if routing_key == TASK_TRANSITION:
+            routing_key = f"{routing_key}.{event.data.start}.{event.data.finish}"
+        messages.append(
+            Message(body, event.id, event.type, event.subject, record[0], record[2], routing_key)
+        )
+    return messages
 
 
 class Pipeline:
@@ -236,8 +233,7 @@ class Pipeline:
             if final > self._last_taken:
                 records.append(self._dropped_record(final))
                 self._last_taken = final
-        normalizer = self.normalizer
-        return [build_message(normalizer, record) for record in records]
+        return build_messages(self.normalizer, records)
 
     def _dropped_record(self, last: int) -> Record:
         first = self._last_taken + 1

@@ -16,7 +16,7 @@ from distributed import Event as DaskEvent
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends import Delivery, Message, Subscription
 from dask_eventbus.events import Event, Normalizer, transition_record
-from dask_eventbus.pipeline import build_message
+from dask_eventbus.pipeline import build_messages
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -57,7 +57,7 @@ def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> l
         )
         for seq in range(1, count + 1)
     ]
-    return [build_message(normalizer, record) for record in records]
+    return build_messages(normalizer, records)
 
 
 def read_events(
