@@ -169,7 +169,7 @@ class EventBusPlugin(SchedulerPlugin):
                     return
             ts = self._tasks.get(key)
             worker = None
-            if finish == "processing":
+            if finish == "processing" and ts is not None:
                 ws = ts.processing_on
                 if ws is not None:
                     worker = ws.address
