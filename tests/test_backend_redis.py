@@ -209,6 +209,7 @@ def test_bodies_are_stored_untouched_and_subject_is_omitted_when_absent(
 ) -> None:
     messages = synthetic_messages(3)
     messages[1] = messages[1]._replace(subject=None)
+    messages[2] = messages[2]._replace(subject="('ünïcode ☃', 2)")
     backend = create_backend("redis", {"url": redis_url, "stream": stream})
     backend.open()
     try:
@@ -218,6 +219,8 @@ def test_bodies_are_stored_untouched_and_subject_is_omitted_when_absent(
     raw = entries(rclient, stream)
     assert [fields[b"event"] for _, fields in raw] == [m.body for m in messages]
     assert b"subject" not in raw[1][1] and raw[0][1][b"subject"] == b"task-1"
+    assert raw[2][1][b"subject"].decode() == "('ünïcode ☃', 2)"
+    assert [int(fields[b"sequence"]) for _, fields in raw] == [1, 2, 3]
 
 
 def test_maxlen_trims_approximately_and_zero_keeps_everything(
