@@ -431,6 +431,38 @@ def test_authentication_is_explained_and_secrets_stay_hidden(
     assert "wrong-pass" not in str(config_info.value)
 
 
+def test_missing_acl_permissions_are_explained(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    server = redis_server()
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser(
+        "events", enabled=True, passwords=["+pw"], keys=["dask-events"], commands=["+xadd", "+ping"]
+    )
+    admin.close()
+    url = server.url.replace("redis://", "redis://events:pw@")
+    named = create_backend("redis", {"url": url})
+    with pytest.raises(redis.exceptions.NoPermissionError) as info:
+        named.open()
+    assert "client-name to null" in named.explain(info.value)
+
+    backend = create_backend("redis", {"url": url, "client-name": None})
+    backend.open()
+    try:
+        backend.publish(synthetic_messages(2))
+    finally:
+        backend.close()
+    elsewhere = create_backend("redis", {"url": url, "client-name": None, "stream": "other"})
+    elsewhere.open()
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError) as info:
+            elsewhere.publish(synthetic_messages(2))
+        explanation = elsewhere.explain(info.value)
+        assert "user 'events'" in explanation and "+xadd" in explanation
+    finally:
+        elsewhere.close()
+
+
 def test_a_stalled_server_makes_publish_raise_instead_of_hanging(
     redis_server: Callable[..., RedisServer],
 ) -> None:

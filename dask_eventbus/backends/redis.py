@@ -323,9 +323,15 @@ class RedisBackend(Backend):
                 f"the username and password ({detail})"
             )
         if isinstance(exc, NoPermissionError) or _starts(exc, "NOPERM"):
+            if "client|setname" in detail.lower():
+                return (
+                    f"Redis user {self._user!r} at {where} may not run CLIENT SETNAME: "
+                    f"grant it +client|setname or set eventbus.backends.redis.client-name "
+                    f"to null"
+                )
             return (
-                f"Redis user {self._user!r} at {where} may not write stream {stream!r}: "
-                f"its ACL needs +xadd +ping on ~{stream} ({detail})"
+                f"Redis user {self._user!r} at {where} lacks a permission ({detail}): "
+                f"publishing needs +xadd +ping on ~{stream}"
             )
         if isinstance(exc, OutOfMemoryError) or _starts(exc, "OOM"):
             return (
