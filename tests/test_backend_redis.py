@@ -416,6 +416,11 @@ def test_authentication_is_explained_and_secrets_stay_hidden(
         anonymous.open()
     assert "requires authentication" in anonymous.explain(info.value)
 
+    in_query = create_backend("redis", {"url": server.url + "?password=s3cret-pass"})
+    in_query.open()
+    in_query.close()
+    assert "s3cret-pass" not in in_query.describe() + repr(in_query) + repr(in_query.options)
+
     good = create_backend("redis", {"url": server.url, "password": "s3cret-pass"})
     assert "s3cret-pass" not in repr(good.options) + repr(good)
     revived = pickle.loads(pickle.dumps(good))
