@@ -21,6 +21,7 @@ from .backends import (
 from .config import ConfigError, load_settings
 from .events import Event
 from .plugin import EventBusPlugin
+from .preload import dask_setup
 
 __all__ = [
     "Backend",
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "create_backend",
+    "dask_setup",
     "get_backend",
     "load_settings",
     "register_backend",

@@ -39,6 +39,7 @@ SCHEDULER_CLOSING = "dask.scheduler.closing"
 SCHEDULER_RESTARTED = "dask.scheduler.restarted"
 LOG = "dask.log"
 DROPPED = "dask.eventbus.dropped"
+PROBE = "dask.eventbus.probe"
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -182,6 +183,14 @@ class Dropped(_Data):
     policy: str
 
 
+class Probe(_Data):
+    """``dask.eventbus.probe``: published by ``dask-eventbus check``, not by schedulers."""
+
+    probe_id: str
+    host: str
+    dask_eventbus: str
+
+
 DATA_TYPES: dict[str, type[_Data]] = {
     TASK_TRANSITION: TaskTransition,
     GRAPH_UPDATED: GraphUpdated,
@@ -194,6 +203,7 @@ DATA_TYPES: dict[str, type[_Data]] = {
     SCHEDULER_RESTARTED: SchedulerInfo,
     LOG: LogMessage,
     DROPPED: Dropped,
+    PROBE: Probe,
 }
 EVENT_TYPES: tuple[str, ...] = tuple(DATA_TYPES)
 
@@ -370,6 +380,7 @@ class Normalizer:
             SCHEDULER_RESTARTED: self._scheduler,
             LOG: self._log,
             DROPPED: self._dropped,
+            PROBE: self._probe,
         }
 
     def event(self, record: Record) -> Event:
@@ -480,6 +491,10 @@ class Normalizer:
         _, _, _, topic, message = record
         topic = safe_text(topic)
         return topic, LogMessage(topic=topic, message=message)
+
+    def _probe(self, record: Record) -> tuple[str, Probe]:
+        _, _, _, probe_id, host, version = record
+        return probe_id, Probe(probe_id=probe_id, host=host, dask_eventbus=version)
 
     def _dropped(self, record: Record) -> tuple[None, Dropped]:
         _, _, _, count, first, last, policy = record

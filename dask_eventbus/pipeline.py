@@ -29,7 +29,7 @@ from .backends import Backend, Message
 from .config import Settings, redact_url
 from .events import DROPPED, TASK_TRANSITION, Normalizer, Record, encode_many, safe_text
 
-logger = logging.getLogger("dask_eventbus")
+logger = logging.getLogger("distributed.eventbus")
 
 # After the first error of a kind, repeats are summarised at most this often.
 LOG_SUMMARY_INTERVAL = 60.0
@@ -256,13 +256,16 @@ class Pipeline:
                 self._close_backend()
                 self._record_failure(exc)
                 attempt += 1
-                delay = min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
+                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 30))
                 delay *= random.uniform(0.5, 1.0)
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self.retries += 1
-                self._closing.wait(min(delay, remaining))
+                if self._closing.is_set():
+                    time.sleep(min(delay, remaining))
+                else:  # close() cuts the backoff short to start flushing at once
+                    self._closing.wait(delay)
                 continue
             self.connected = True
             self.published += len(messages)

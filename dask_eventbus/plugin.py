@@ -14,6 +14,7 @@ import asyncio
 import fnmatch
 import itertools
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from time import time
@@ -33,7 +34,7 @@ from .pipeline import Pipeline
 if TYPE_CHECKING:
     from distributed import Scheduler
 
-logger = logging.getLogger("dask_eventbus")
+logger = logging.getLogger("distributed.eventbus")
 
 VERSIONS = {
     "dask": dask.__version__,
@@ -108,7 +109,7 @@ class EventBusPlugin(SchedulerPlugin):
             return
         self.scheduler = scheduler
         self._tasks = scheduler.tasks
-        source = self.settings.source or f"dask://{scheduler.host or 'scheduler'}/{scheduler.id}"
+        source = self.settings.source or f"dask://{socket.gethostname()}/{scheduler.id}"
         events = self.settings.events
         normalizer = Normalizer(
             source,

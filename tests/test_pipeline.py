@@ -124,7 +124,7 @@ def test_overflow_drops_by_policy_and_announces_it(
 ) -> None:
     backend = MemoryBackend(name=memory_store_name)
     pipeline = make_pipeline(backend, max_events=10, batch_size=5, overflow=policy)
-    with caplog.at_level(logging.ERROR, logger="dask_eventbus"):
+    with caplog.at_level(logging.ERROR, logger="distributed.eventbus"):
         capture_transitions(pipeline, 100)  # the publisher is not running yet
         pipeline.start()
         pipeline.close()
@@ -216,7 +216,7 @@ def test_close_gives_up_after_close_timeout(memory_store_name: str, caplog) -> N
     capture_transitions(pipeline, 25)
     try:
         start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="dask_eventbus"):
+        with caplog.at_level(logging.WARNING, logger="distributed.eventbus"):
             pipeline.close()
         took = time.monotonic() - start
     finally:

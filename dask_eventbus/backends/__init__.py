@@ -28,7 +28,7 @@ import msgspec
 from ..config import ConfigError, convert, redact_url
 from ..events import Event
 
-logger = logging.getLogger("dask_eventbus")
+logger = logging.getLogger("distributed.eventbus")
 
 ENTRY_POINT_GROUP = "dask_eventbus.backends"
 

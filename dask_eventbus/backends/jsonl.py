@@ -69,6 +69,16 @@ class JsonLinesBackend(Backend):
     def describe(self) -> str:
         return f"file {self.path}"
 
+    def explain(self, exc: BaseException) -> str:
+        if isinstance(exc, OSError) and exc.strerror:
+            where = exc.filename or self.path
+            return (
+                f"cannot use the events file {where}: {exc.strerror}. Check that "
+                "eventbus.backends.jsonl.path names a writable file in an existing "
+                "or creatable directory"
+            )
+        return super().explain(exc)
+
 
 def _ends_with_newline(path: str) -> bool:
     with open(path, "rb") as f:

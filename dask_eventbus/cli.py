@@ -1,0 +1,368 @@
+"""The ``dask-eventbus`` command (also ``dask eventbus``): demo, tail, check, config."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import dask.config
+import yaml
+
+from ._version import __version__
+from .backends import Backend, Subscription, create_backend
+from .backends.jsonl import JsonLinesBackend
+from .config import ConfigError, load_settings, redact_url, redact_value
+from .events import PROBE, SCHEDULER_CLOSING, Event, Normalizer
+from .pipeline import build_messages
+from .preload import parse_option_pairs
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(command: F) -> F:
+    """Report failures as one clear line instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if os.environ.get("DASK_EVENTBUS_TRACEBACK"):
+                raise
+            raise click.ClickException(
+                redact_url(f"{type(exc).__name__}: {exc}")
+                + " (set DASK_EVENTBUS_TRACEBACK=1 for the traceback)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+backend_option = click.option(
+    "--backend", "-b", default=None, help="Backend name; default: eventbus.backend from config."
+)
+options_option = click.option(
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option, repeatable; overrides eventbus.backends.<name>.KEY.",
+)
+
+
+def _chosen_backend(backend: str | None, options: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    return backend or load_settings().backend, parse_option_pairs(options)
+
+
+@click.group(name="eventbus", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dask-eventbus")
+def main() -> None:
+    """Stream Dask scheduler events to message brokers as CloudEvents.
+
+    The backend and its options come from Dask config (eventbus.*, e.g.
+    DASK_EVENTBUS__BACKEND=redis) unless --backend/--option say otherwise.
+
+    \b
+    Examples:
+      dask-eventbus demo
+      dask-eventbus tail --from-beginning
+      dask-eventbus check --backend redis -o url=redis://localhost:6379/0
+      dask-eventbus config
+    """
+
+
+# ------------------------------------------------------------------ demo
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _add(x: int, y: int) -> int:
+    return x + y
+
+
+def _fail(x: int) -> int:
+    raise ValueError(f"this task fails on purpose (input {x})")
+
+
+@main.command()
+@backend_option
+@options_option
+@_one_line_errors
+def demo(backend: str | None, options: tuple[str, ...]) -> None:
+    """Run a small real workload on a LocalCluster with the event bus.
+
+    Starts a LocalCluster whose scheduler publishes through the configured
+    backend (a dask-events.jsonl file here when nothing is configured), runs
+    a graph with dependencies and one failing task, adds a second worker,
+    shuts down, and summarises what was published and how to read it back.
+
+    \b
+    Examples:
+      dask-eventbus demo
+      dask-eventbus demo --backend redis -o url=redis://localhost:6379/0
+    """
+    from distributed import Client, LocalCluster
+
+    from .plugin import EventBusPlugin
+
+    name, backend_options = _chosen_backend(backend, options)
+    plugin = EventBusPlugin(name, **backend_options)
+    destination = redact_url(plugin.backend.describe())
+    click.echo(f"Publishing to: {name} ({destination})")
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+    with _subscribe(name, backend_options) as events:
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=2,
+                processes=False,
+                dashboard_address=None,
+                scheduler_kwargs={"plugins": [plugin]},
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            a = client.submit(_inc, 1, key="demo-a")
+            b = client.submit(_inc, a, key="demo-b")
+            total = client.submit(_add, a, b, key="demo-total")
+            failing = client.submit(_fail, total, key="demo-fails-on-purpose")
+            click.echo(f"Computed demo-total = {total.result()}")
+            click.echo(f"A task failed on purpose: {failing.exception()}")
+            cluster.scale(2)
+            client.wait_for_workers(2)
+            results = client.gather(
+                client.map(_inc, range(10), key=[f"demo-map-{i}" for i in range(10)])
+            )
+            click.echo(f"A second worker joined; ran 10 more tasks: {results}")
+            del a, b, total, failing
+        received = _read_until_closing(events, timeout=30.0)
+
+    stats = plugin.stats()
+    click.echo(
+        f"\nThe scheduler published {stats['published']} events "
+        f"({stats['dropped']} dropped, {stats['undelivered']} undelivered) to {destination}:"
+    )
+    for type_, count in sorted(Counter(e.type for e in received).items()):
+        click.echo(f"  {count:6d}  {type_}")
+    hint = " ".join(f"-o {pair}" for pair in options)
+    backend_flag = f" --backend {name}" if backend else ""
+    click.echo(
+        "\nRead them back:\n"
+        f"  dask-eventbus tail --from-beginning{backend_flag}{' ' + hint if hint else ''}"
+    )
+    if isinstance(plugin.backend, JsonLinesBackend):
+        click.echo(f"  jq -c '{{type, subject, data}}' {plugin.backend.options.path}")
+
+
+def _subscribe(name: str, options: dict[str, Any]) -> Subscription:
+    from . import subscribe
+
+    return subscribe(name, **options)
+
+
+def _read_until_closing(events: Subscription, timeout: float) -> list[Event]:
+    received: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = events.poll(timeout=0.5)
+        if event is not None:
+            received.append(event)
+            if event.type == SCHEDULER_CLOSING:
+                break
+    return received
+
+
+# ------------------------------------------------------------------ tail
+
+
+def format_event(event: Event) -> str:
+    """One readable line for an event."""
+    data = event.data if isinstance(event.data, dict) else {}
+    clock = event.time.strftime("%H:%M:%S.%f")[:-3]
+    head = f"{clock} #{event.sequence_number:<6d} {event.type:<26}"
+    if event.type == "dask.task.transition":
+        text = f"{data.get('key')}  {data.get('start')} -> {data.get('finish')}"
+        if data.get("worker"):
+            text += f"  on {data['worker']}"
+        if data.get("nbytes") is not None:
+            text += f"  ({data['nbytes']} bytes {data.get('typename', '')})".rstrip()
+        if data.get("exception"):
+            text += f"  {data['exception'].splitlines()[0][:200]}"
+    elif event.type.startswith("dask.worker."):
+        text = f"{data.get('address')}  name={data.get('name')} nthreads={data.get('nthreads')}"
+    elif event.type == "dask.graph.updated":
+        keys = ", ".join(data.get("keys", [])[:3])
+        more = data.get("keys_total", 0) - min(3, len(data.get("keys", [])))
+        text = f"{data.get('tasks')} tasks from {data.get('client')}: {keys}"
+        text += f" (+{more} more)" if more > 0 else ""
+    elif event.type == "dask.log":
+        message = json.dumps(data.get("message"), default=str)
+        text = f"{data.get('topic')}: {message[:200]}"
+    elif event.type == "dask.eventbus.dropped":
+        text = (
+            f"{data.get('count')} events dropped (sequence {data.get('first_sequence')}"
+            f"..{data.get('last_sequence')}, {data.get('policy')})"
+        )
+    else:
+        text = event.subject or ""
+    return f"{head} {text}"
+
+
+@main.command()
+@backend_option
+@options_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw CloudEvents JSON.")
+@click.option(
+    "--type", "-t", "types", multiple=True, metavar="PATTERN", help="Only these types (glob)."
+)
+@click.option("--from-beginning", is_flag=True, help="Replay what the backend still holds.")
+@click.option("--count", "-n", type=int, default=None, help="Stop after this many events.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Stop when no event arrived for this long.",
+)
+@_one_line_errors
+def tail(
+    backend: str | None,
+    options: tuple[str, ...],
+    as_json: bool,
+    types: tuple[str, ...],
+    from_beginning: bool,
+    count: int | None,
+    idle_timeout: float | None,
+) -> None:
+    """Print events as they arrive, one line each. Ctrl-C stops.
+
+    \b
+    Examples:
+      dask-eventbus tail
+      dask-eventbus tail --from-beginning --type 'dask.task.*'
+      dask-eventbus tail --json --type dask.worker.added | jq .data
+      dask-eventbus tail -b kafka -o config.bootstrap.servers=broker:9092 --from-beginning
+    """
+    from . import subscribe
+
+    name, backend_options = _chosen_backend(backend, options)
+    shown = 0
+    try:
+        with subscribe(
+            name, from_beginning=from_beginning, types=list(types) or None, **backend_options
+        ) as events:
+            while count is None or shown < count:
+                event = events.poll(timeout=idle_timeout)
+                if event is None:
+                    break
+                line = event.to_json().decode() if as_json else format_event(event)
+                click.echo(line)
+                shown += 1
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # piped into head and the reader went away
+        sys.stderr.close()
+
+
+# ------------------------------------------------------------------ check
+
+
+class CheckFailed(click.ClickException):
+    exit_code = 1
+
+
+def _step(what: str, action: Callable[[], Any], backend: Backend) -> Any:
+    click.echo(f"  {what} ... ", nl=False)
+    started = time.perf_counter()
+    try:
+        result = action()
+    except Exception as exc:
+        click.echo("failed")
+        raise CheckFailed(backend.explain(exc)) from None
+    click.echo(f"ok ({(time.perf_counter() - started) * 1000:.0f} ms)")
+    return result
+
+
+@main.command()
+@backend_option
+@options_option
+@click.option("--timeout", type=float, default=15.0, show_default=True, metavar="SECONDS")
+@_one_line_errors
+def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None:
+    """Publish a probe event through the backend and read it back.
+
+    Exits 0 only when the round trip worked; otherwise says what failed and
+    how to fix it.
+
+    \b
+    Examples:
+      dask-eventbus check
+      dask-eventbus check --backend rabbitmq -o url=amqp://guest:guest@localhost:5672/
+    """
+    name, backend_options = _chosen_backend(backend, options)
+    settings = load_settings()
+    instance = create_backend(name, backend_options, settings.backends)
+    click.echo(f"Checking the {name} backend: {redact_url(instance.describe())}")
+    probe_id = f"probe-{uuid.uuid4().hex[:12]}"
+    host = socket.gethostname()
+    normalizer = Normalizer(f"dask-eventbus-check://{host}", probe_id)
+    messages = build_messages(normalizer, [(1, PROBE, time.time(), probe_id, host, __version__)])
+
+    subscription: Subscription = _step("subscribing", lambda: instance.subscribe(), instance)
+    subscription.set_types([PROBE])
+    try:
+        _step("connecting", instance.open, instance)
+        _step("publishing a probe event", lambda: instance.publish(messages), instance)
+
+        def read_back() -> Event:
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                event = subscription.poll(timeout=remaining)
+                if event is not None and event.subject == probe_id:
+                    return event
+            raise TimeoutError(f"the probe was published but not read back within {timeout:g}s")
+
+        _step("reading it back", read_back, instance)
+    finally:
+        subscription.close()
+        instance.close()
+    click.echo(f"OK: events published to {name} can be read back.")
+
+
+# ------------------------------------------------------------------ config
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@_one_line_errors
+def show_config(as_json: bool) -> None:
+    """Print the effective eventbus config, secrets masked, and validate it.
+
+    \b
+    Examples:
+      dask-eventbus config
+      DASK_EVENTBUS__BACKEND=redis dask-eventbus config --json
+    """
+    effective = redact_value("eventbus", dask.config.get("eventbus", default={}))
+    if as_json:
+        click.echo(json.dumps({"eventbus": effective}, indent=2, default=str))
+    else:
+        click.echo(yaml.safe_dump({"eventbus": effective}, sort_keys=False).rstrip())
+    load_settings()
