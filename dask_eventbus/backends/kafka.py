@@ -664,6 +664,11 @@ class KafkaBackend(Backend):
                 "enable.partition.eof": False,
             },
         )
+        if "session.timeout.ms" not in self.options.config:
+            # Partitions are assigned, not balanced, so the session timeout
+            # only bounds how long a commit waits for an absent coordinator:
+            # closing the subscription while the broker is down.
+            config["session.timeout.ms"] = max(1000, round(min(self.options.timeout, 10.0) * 1000))
         consumer = Consumer(config)
         try:
             partitions = self._ensure_topic(consumer)
