@@ -17,7 +17,7 @@ import time as _time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from dask.utils import key_split
@@ -42,27 +42,39 @@ DROPPED = "dask.eventbus.dropped"
 PROBE = "dask.eventbus.probe"
 
 
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)
+
+
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """One CloudEvent as dask-eventbus emits it (structured JSON mode).
+    """One CloudEvent as dask-eventbus emits it (structured JSON mode)."""
 
-    ``sequence`` follows the CloudEvents sequence extension: a string of
-    decimal digits, zero-padded so that string order is numeric order, counting
-    up by one per event from 1 for each plugin instance. Use
-    :attr:`sequence_number` for the integer.
-    """
-
-    specversion: str
-    id: str
-    source: str
-    type: str
-    time: datetime
-    datacontenttype: str
-    sequence: str
-    subject: str | None = None
-    data: Any = None
+    specversion: Annotated[str, _doc("CloudEvents version: always 1.0.")]
+    id: Annotated[
+        str, _doc("Unique for its source: a random token per plugin start, '-', the sequence.")
+    ]
+    source: Annotated[
+        str,
+        _doc("The scheduler: dask://<hostname>/<scheduler id> unless eventbus.source says else."),
+    ]
+    type: Annotated[str, _doc("What happened, e.g. dask.task.transition.")]
+    time: Annotated[datetime, _doc("When the scheduler saw it (RFC 3339, UTC).")]
+    datacontenttype: Annotated[str, _doc("Content type of data: always application/json.")]
+    sequence: Annotated[
+        str,
+        _doc(
+            "CloudEvents sequence extension: 20 zero-padded decimal digits, counting up by "
+            "one per event from 1 for each plugin start, so string order is numeric order."
+        ),
+    ]
+    subject: Annotated[
+        str | None, _doc("What it is about: task key, worker address, client id, topic.")
+    ] = None
+    data: Annotated[Any, _doc("The type's fields, documented per type.")] = None
 
     @property
     def sequence_number(self) -> int:
+        """``sequence`` as an integer."""
         return int(self.sequence)
 
     def to_json(self) -> bytes:
@@ -81,6 +93,10 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 
 
 # ---------------------------------------------------------------- data types
+# Each field's description is its documentation: the JSON Schema and the
+# event reference are generated from these.
+
+_StimulusId = Annotated[str | None, _doc("The scheduler's id for the stimulus that caused this.")]
 
 
 class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
@@ -88,107 +104,120 @@ class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fie
 
 
 class StartStop(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One timed action of a finished task on its worker.
+    """One timed action of a finished task on its worker, as distributed reports it.
 
-    Passed through as distributed reports it; fields it may add later appear
-    too (so the schema allows additional properties here).
+    Fields distributed may add later appear too.
     """
 
-    action: str
-    start: float
-    stop: float
-    source: str | None = None
+    action: Annotated[str, _doc("compute, transfer, disk-read, ...")]
+    start: Annotated[float, _doc("Seconds since the epoch, worker clock.")]
+    stop: Annotated[float, _doc("Seconds since the epoch, worker clock.")]
+    source: Annotated[str | None, _doc("For transfers: the worker the data came from.")] = None
 
 
 class TaskTransition(_Data):
-    """``dask.task.transition``: a task moved from one scheduler state to another."""
+    """A task moved from one scheduler state to another."""
 
-    key: str
-    group: str
-    prefix: str
-    start: str
-    finish: str
-    stimulus_id: str | None = None
-    worker: str | None = None
-    nbytes: int | None = None
-    typename: str | None = None
-    startstops: list[StartStop] | None = None
-    exception: str | None = None
-    traceback: str | None = None
-    cause: str | None = None
+    key: Annotated[str, _doc("The task key as a string (tuples as their repr).")]
+    group: Annotated[str, _doc("The task group name, as on the dashboard.")]
+    prefix: Annotated[str, _doc("The task prefix name, e.g. 'inc' or 'read_parquet'.")]
+    start: Annotated[str, _doc("Scheduler state before: released, waiting, processing, ...")]
+    finish: Annotated[str, _doc("Scheduler state after.")]
+    stimulus_id: _StimulusId = None
+    worker: Annotated[
+        str | None,
+        _doc("The worker involved: where it was sent (->processing), ran or failed."),
+    ] = None
+    nbytes: Annotated[int | None, _doc("processing->memory: size of the result in bytes.")] = None
+    typename: Annotated[str | None, _doc("processing->memory: type name of the result.")] = None
+    startstops: Annotated[
+        list[StartStop] | None, _doc("processing->memory/erred: timed actions on the worker.")
+    ] = None
+    exception: Annotated[
+        str | None,
+        _doc("->erred: the exception text, cut to events.max-text-length (unless turned off)."),
+    ] = None
+    traceback: Annotated[str | None, _doc("->erred: the traceback text, cut the same way.")] = None
+    cause: Annotated[
+        str | None, _doc("->erred: key of the task whose failure made this one fail.")
+    ] = None
 
 
 class GraphUpdated(_Data):
-    """``dask.graph.updated``: a client submitted tasks."""
+    """A client submitted tasks (one Client.compute/submit/map call)."""
 
-    client: str
-    tasks: int
-    keys: list[str]
-    keys_total: int
-    prefixes: dict[str, int]
-    stimulus_id: str | None = None
+    client: Annotated[str, _doc("The client id.")]
+    tasks: Annotated[int, _doc("Tasks the graph touched, dependencies included.")]
+    keys: Annotated[list[str], _doc("Requested keys, at most events.max-graph-keys of them.")]
+    keys_total: Annotated[int, _doc("How many keys were requested in all.")]
+    prefixes: Annotated[dict[str, int], _doc("Tasks touched, counted by task prefix.")]
+    stimulus_id: _StimulusId = None
 
 
 class WorkerInfo(_Data):
-    """``dask.worker.added`` and ``dask.worker.removed``."""
+    """A worker joined or left."""
 
-    address: str
-    name: str | None = None
-    host: str | None = None
-    nthreads: int | None = None
-    memory_limit: int | None = None
-    resources: dict[str, float] | None = None
-    stimulus_id: str | None = None
+    address: Annotated[str, _doc("The worker's address.")]
+    name: Annotated[str | None, _doc("The worker's name, as a string.")] = None
+    host: Annotated[str | None, _doc("The worker's host.")] = None
+    nthreads: Annotated[int | None, _doc("Threads the worker runs tasks on.")] = None
+    memory_limit: Annotated[int | None, _doc("Memory limit in bytes (0: none).")] = None
+    resources: Annotated[dict[str, float] | None, _doc("Abstract resources the worker offers.")] = (
+        None
+    )
+    stimulus_id: Annotated[str | None, _doc("dask.worker.removed: why it was removed.")] = None
 
 
 class ClientInfo(_Data):
-    """``dask.client.added`` and ``dask.client.removed``."""
+    """A client connected or disconnected."""
 
-    client: str
+    client: Annotated[str, _doc("The client id.")]
 
 
 class Versions(_Data):
+    """Versions of the packages on the scheduler."""
+
     dask: str
     distributed: str
     dask_eventbus: str
 
 
 class SchedulerInfo(_Data):
-    """``dask.scheduler.started``, ``dask.scheduler.closing``, ``dask.scheduler.restarted``."""
+    """The scheduler started (the event bus started on it), is closing, or restarted."""
 
-    scheduler_id: str
-    address: str | None
-    versions: Versions
-    workers: int | None = None
+    scheduler_id: Annotated[str, _doc("The scheduler's id, unique per scheduler instance.")]
+    address: Annotated[str | None, _doc("The scheduler's address.")]
+    versions: Annotated[Versions, _doc("dask, distributed and dask-eventbus versions.")]
+    workers: Annotated[int | None, _doc("Workers connected at that moment.")] = None
 
 
 class LogMessage(_Data):
-    """``dask.log``: an event logged with ``Scheduler.log_event``/``Client.log_event``."""
+    """An event logged with Scheduler.log_event or Client.log_event (and distributed's own)."""
 
-    topic: str
-    message: Any
+    topic: Annotated[str, _doc("The topic it was logged under.")]
+    message: Annotated[Any, _doc("The message, made JSON-safe (unknown objects as text).")]
 
 
 class Dropped(_Data):
-    """``dask.eventbus.dropped``: events the queue had no room for.
+    """Events the queue had no room for were dropped.
 
-    The dropped events had sequence numbers ``first_sequence`` to
-    ``last_sequence``; this event takes ``last_sequence`` itself, so the
-    sequence stays strictly increasing and the gap it explains is the range.
+    The dropped events had sequence numbers first_sequence to last_sequence;
+    this event takes last_sequence itself, so the sequence stays strictly
+    increasing and the gap before it is explained by it.
     """
 
-    count: int
-    first_sequence: int
-    last_sequence: int
-    policy: str
+    count: Annotated[int, _doc("How many events were dropped.")]
+    first_sequence: Annotated[int, _doc("Sequence number of the first dropped event.")]
+    last_sequence: Annotated[int, _doc("Sequence number of the last dropped event.")]
+    policy: Annotated[str, _doc("The overflow policy that dropped them.")]
 
 
 class Probe(_Data):
-    """``dask.eventbus.probe``: published by ``dask-eventbus check``, not by schedulers."""
+    """Published by ``dask-eventbus check`` to test a backend, never by schedulers."""
 
-    probe_id: str
-    host: str
-    dask_eventbus: str
+    probe_id: Annotated[str, _doc("Random id of this check.")]
+    host: Annotated[str, _doc("Host the check ran on.")]
+    dask_eventbus: Annotated[str, _doc("dask-eventbus version of the check.")]
 
 
 DATA_TYPES: dict[str, type[_Data]] = {

@@ -60,6 +60,12 @@ def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 class EventBusPlugin(SchedulerPlugin):
     """Publish the scheduler's events as CloudEvents through a backend.
 
+    All settings but the backend options come from Dask config
+    (``eventbus.*``) as it is when the plugin is constructed; invalid settings
+    raise :class:`~dask_eventbus.ConfigError` here, before any scheduler
+    starts. The plugin pickles until started, so
+    ``client.register_plugin(EventBusPlugin(...))`` works.
+
     Parameters
     ----------
     backend
@@ -68,12 +74,6 @@ class EventBusPlugin(SchedulerPlugin):
         instance, or ``None`` for the configured ``eventbus.backend``.
     **options
         Backend options, overriding ``eventbus.backends.<name>.*``.
-
-    All other settings come from Dask config (``eventbus.*``) as it is when
-    the plugin is constructed; invalid settings raise
-    :class:`~dask_eventbus.config.ConfigError` here, before any scheduler
-    starts. The plugin pickles until started, so
-    ``client.register_plugin(EventBusPlugin(...))`` works.
     """
 
     name = "eventbus"

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import dask_eventbus
+
+_here = Path(__file__).resolve().parent
+sys.path.insert(0, str(_here / "_ext"))
+
+import eventbus_reference  # noqa: E402
 
 project = "dask-eventbus"
 author = "dask-eventbus developers"
@@ -15,22 +22,20 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "sphinx_click",
 ]
 html_theme = "dask_sphinx_theme"
 html_static_path = ["_static"]
-exclude_patterns = ["_build"]
-nitpicky = False
+exclude_patterns = ["_build", "generated"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-intersphinx_mapping: dict[str, tuple[str, None]] = {}
 
-# The JSON Schema that ships in the package is published with the docs.
-_here = os.path.dirname(__file__)
-os.makedirs(os.path.join(_here, "_static"), exist_ok=True)
+# Reference pages generated from eventbus.yaml and the event structs, and the
+# JSON Schema that ships in the package, published beside the pages.
+eventbus_reference.write_generated(_here)
+os.makedirs(_here / "_static", exist_ok=True)
 shutil.copy(
-    os.path.join(os.path.dirname(dask_eventbus.__file__), "event-schema.json"),
-    os.path.join(_here, "_static", "event-schema.json"),
+    Path(dask_eventbus.__file__).parent / "event-schema.json",
+    _here / "_static" / "event-schema.json",
 )
