@@ -16,6 +16,7 @@ reopens and publishes it again: at-least-once delivery, in order.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import random
@@ -33,6 +34,29 @@ logger = logging.getLogger("distributed.eventbus")
 
 # After the first error of a kind, repeats are summarised at most this often.
 LOG_SUMMARY_INTERVAL = 60.0
+
+
+class Histogram:
+    """Cumulative bucket counts, as Prometheus histograms report them."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def observe_many(self, values: list[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+        self.total += sum(values)
+
+
+PUBLISH_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Message]:
@@ -89,6 +113,10 @@ class Pipeline:
         """Whether the last attempt to publish succeeded."""
         self._opened = False
         self.undelivered = 0
+        self.publish_seconds = Histogram(PUBLISH_SECONDS)
+        """Duration of each successful ``backend.publish`` call."""
+        self.delivery_seconds = Histogram(DELIVERY_SECONDS)
+        """Per event: from the scheduler seeing it to the broker acknowledging it."""
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
         self._failures_since_log = 0
@@ -250,7 +278,9 @@ class Pipeline:
                 if not self._opened:
                     self.backend.open()
                     self._opened = True
+                started = time.perf_counter()
                 self.backend.publish(messages)
+                self.publish_seconds.observe(time.perf_counter() - started)
             except Exception as exc:
                 self.connected = False
                 self._close_backend()
@@ -269,7 +299,8 @@ class Pipeline:
                 continue
             self.connected = True
             self.published += len(messages)
-            self.last_publish_time = time.time()
+            self.last_publish_time = now = time.time()
+            self.delivery_seconds.observe_many([now - m.time for m in messages])
             if self._failing_since is not None:
                 logger.warning(
                     "dask-eventbus: publishing to %s works again after %.1fs and %d "

@@ -25,6 +25,7 @@ import distributed
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import events as ev
+from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
 from .config import Settings, load_settings
@@ -49,6 +50,10 @@ def _discard(record: Record) -> None:
 
 def _no_sequence() -> int:
     return 0
+
+
+def _nothing() -> None:
+    pass
 
 
 def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -98,6 +103,7 @@ class EventBusPlugin(SchedulerPlugin):
         self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
         self._tasks: dict[Any, Any] = {}
+        self._unexport_metrics: Callable[[], None] = _nothing
 
     def __repr__(self) -> str:
         return f"<EventBusPlugin backend={self.backend!r}>"
@@ -121,6 +127,7 @@ class EventBusPlugin(SchedulerPlugin):
         for address, ws in scheduler.workers.items():
             self._workers[address] = _worker_info(ws)
         scheduler.handlers["eventbus_stats"] = self.stats
+        self._unexport_metrics = metrics.export(pipeline)
         self._next_sequence = pipeline.next_sequence
         self._capture = pipeline.capture
         pipeline.start()
@@ -138,6 +145,7 @@ class EventBusPlugin(SchedulerPlugin):
         if self.scheduler is not None:
             self.scheduler.handlers.pop("eventbus_stats", None)
         await asyncio.get_running_loop().run_in_executor(None, pipeline.close)
+        self._unexport_metrics()
 
     def stats(self) -> dict[str, Any]:
         """Delivery statistics; also the scheduler handler ``eventbus_stats``."""

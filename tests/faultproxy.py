@@ -1,0 +1,164 @@
+"""A loopback TCP proxy that tests can make misbehave like a broken network.
+
+Modes:
+
+* ``pass``: forward bytes both ways;
+* ``refuse``: stop listening, so new connections are refused (open ones live on);
+* ``cut``: close every open connection at once (call :meth:`cut`; the mode
+  stays what it was, so reconnecting works unless it is ``refuse``);
+* ``stall``: accept bytes from clients and never answer or forward them,
+  like a broker that hangs;
+* ``garbage``: answer every client with bytes no broker would send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+GARBAGE = b"\x00\xffHTTP/1.1 418 I'm a teapot\r\n\r\n" + bytes(range(256)) * 4
+
+
+class FaultProxy:
+    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self._lock = threading.Lock()
+        self._connections: list[tuple[socket.socket, socket.socket | None]] = []
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+        self.port = port
+        self.accepted = 0
+        self._listen()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    # ---- control
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "refuse", "stall", "garbage"), mode
+        previous, self.mode = self.mode, mode
+        if mode == "refuse" and previous != "refuse":
+            self._close_listener()
+        elif mode != "refuse" and previous == "refuse":
+            self._listen()
+
+    def cut(self) -> int:
+        """Close every open connection; returns how many were cut."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for pair in connections:
+            for sock in pair:
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+        return len(connections)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._close_listener()
+        self.cut()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- machinery
+
+    def _listen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for _ in range(50):  # the port may linger for a moment after a refuse
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self.mode == "garbage":
+            with contextlib.suppress(OSError):
+                client.sendall(GARBAGE)
+            self._track(client, None)
+            self._drain(client)
+            return
+        if self.mode == "stall":
+            self._track(client, None)
+            self._drain(client)
+            return
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        self._track(client, upstream)
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        self._pump(upstream, client)
+
+    def _track(self, client: socket.socket, upstream: socket.socket | None) -> None:
+        with self._lock:
+            self._connections.append((client, upstream))
+
+    def _drain(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                while self.mode == "stall":
+                    # Keep reading nothing further: the peer sees a silent broker.
+                    time.sleep(0.05)
+                    if self._stopped.is_set():
+                        return
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: tuple[str, int]) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
