@@ -1,0 +1,794 @@
+"""``rabbitmq``: events published to a RabbitMQ exchange with pika, confirmed.
+
+The publisher owns one pika :class:`~pika.SelectConnection` with its own I/O
+loop, driven only from the pipeline's publisher thread: ``publish`` writes the
+whole batch to the channel, then runs the loop until the broker has confirmed
+every message (publisher confirms, ``multiple`` acks included), a nack or a
+returned mandatory message arrives, the channel or connection closes, or
+``publish-timeout`` passes. Any of those but the first raises, and the
+pipeline retries the batch on a new connection.
+
+Consumers get a queue of their own (exclusive, deleted when they disconnect)
+or a named durable one, bound to the exchange with routing-key patterns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import ssl
+import string
+import time
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import msgspec
+import pika
+import pika.exceptions as pe
+from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorPhaseErrorBase,
+    AMQPConnectorStackTimeout,
+)
+
+from ..config import Duration, redact_url
+from ..events import CONTENT_TYPE, TASK_TRANSITION
+from . import Backend, BackendOptions, Delivery, Message, Subscription
+
+logger = logging.getLogger("dask_eventbus")
+
+APP_ID = "dask-eventbus"
+ROUTING_KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
+MAX_ROUTING_KEY_BYTES = 255  # an AMQP short string
+_TRANSITION_PREFIX = TASK_TRANSITION + "."
+# How long close() waits for the broker to answer Connection.Close before it
+# drops the socket.
+CLOSE_WAIT = 2.0
+# Publishing hands this many messages at a time to the socket, so that the
+# broker confirms early ones while later ones are still being encoded.
+FLUSH_EVERY = 100
+
+
+class RabbitMQError(Exception):
+    """A publish or subscribe failure this backend detected itself.
+
+    Raised for nacks, returned (unroutable) mandatory messages and timeouts;
+    the message says what happened and what to do about it.
+    """
+
+
+class TLSOptions(BackendOptions):
+    """TLS settings for ``amqps://`` URLs (the system CAs verify by default)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = None
+    verify: bool = True
+    server_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_file and not self.cert_file:
+            raise ValueError("tls key-file needs tls cert-file (the client certificate)")
+
+
+def _duration_in_range(seconds: float, name: str) -> None:
+    if seconds <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {seconds}s")
+
+
+class RabbitMQOptions(BackendOptions):
+    url: str = "amqp://localhost:5672/%2F"
+    exchange: str = "dask-events"
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    durable: bool = True
+    persistent: bool = True
+    routing_key: str | None = None
+    confirm: bool = True
+    mandatory: bool = False
+    declare: bool = True
+    queue: str | None = None
+    queue_max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    queue_message_ttl: Duration | None = None
+    queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    connection_name: str = "dask-eventbus"
+    connect_timeout: Duration = Duration(10.0)
+    publish_timeout: Duration = Duration(30.0)
+    tls: TLSOptions | None = None
+
+    def __post_init__(self) -> None:
+        scheme = self.url.partition("://")[0].lower()
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError("url must start with amqp:// or amqps://")
+        try:
+            pika.URLParameters(self.url)
+        except Exception as exc:
+            raise ValueError(f"url is not a valid RabbitMQ URL: {redact_url(str(exc))}") from None
+        if self.tls is not None and scheme != "amqps":
+            raise ValueError("tls options need an amqps:// url (TLS is off for amqp://)")
+        if self.routing_key is not None:
+            _check_template(self.routing_key)
+        if self.queue is not None and not self.queue:
+            raise ValueError("queue must be a queue name, or null for none")
+        if self.queue and not self.exchange:
+            raise ValueError(
+                "queue needs a named exchange to bind to; the default exchange ('') "
+                "routes by queue name only"
+            )
+        if self.queue_message_ttl is not None and self.queue_message_ttl < 0.001:
+            raise ValueError("queue-message-ttl must be at least 1ms")
+        _duration_in_range(self.connect_timeout, "connect-timeout")
+        _duration_in_range(self.publish_timeout, "publish-timeout")
+
+
+def _check_template(template: str) -> None:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"routing-key is not a valid template: {exc}") from None
+    for name in names:
+        if name not in ROUTING_KEY_FIELDS:
+            allowed = ", ".join("{" + f + "}" for f in ROUTING_KEY_FIELDS)
+            raise ValueError(f"unknown placeholder {{{name}}} in routing-key; allowed: {allowed}")
+
+
+def _truncate_key(key: str) -> str:
+    encoded = key.encode()
+    if len(encoded) <= MAX_ROUTING_KEY_BYTES:
+        return key
+    return encoded[:MAX_ROUTING_KEY_BYTES].decode("utf-8", "ignore")
+
+
+def _nothing() -> None:
+    pass
+
+
+def queue_arguments(options: RabbitMQOptions) -> dict[str, Any]:
+    """The ``x-`` arguments the ``queue`` option's queue is declared with."""
+    arguments = dict(options.queue_arguments)
+    if options.queue_max_length is not None:
+        arguments["x-max-length"] = options.queue_max_length
+    if options.queue_message_ttl is not None:
+        arguments["x-message-ttl"] = round(options.queue_message_ttl * 1000)
+    return arguments
+
+
+class RabbitMQBackend(Backend):
+    """Publishes to a RabbitMQ exchange with publisher confirms (pika)."""
+
+    name = "rabbitmq"
+    Options = RabbitMQOptions
+    options: RabbitMQOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._routing_key: Callable[[Message], str] = self._make_routing_key()
+        self._ioloop: Any = None
+        self._connection: Any = None
+        self._channel: Any = None
+        self._failure: BaseException | None = None
+        self._blocked: str | None = None
+        self._published = 0  # delivery tags are 1, 2, ... per channel
+        self._acked_through = 0
+        self._acked_above: set[int] = set()
+        self._nacked = 0
+        self._returned: list[tuple[int, str, str]] = []
+
+    # ---------------------------------------------------------------- helpers
+
+    def parameters(self) -> pika.URLParameters:
+        """pika connection parameters: the URL, TLS options, a connection name."""
+        options = self.options
+        params = pika.URLParameters(options.url)
+        if options.tls is not None:
+            params.ssl_options = _ssl_options(options.tls)
+        if "stack_timeout=" not in options.url:
+            params.stack_timeout = options.connect_timeout
+        params.client_properties = {
+            "connection_name": options.connection_name,
+            **(params.client_properties or {}),
+        }
+        return params
+
+    def location(self) -> str:
+        """``amqp://user@host:port/vhost``, without the password."""
+        params = pika.URLParameters(self.options.url)
+        scheme = "amqps" if params.ssl_options is not None else "amqp"
+        user = getattr(params.credentials, "username", "")
+        vhost = quote(params.virtual_host, safe="")
+        return f"{scheme}://{user}@{params.host}:{params.port}/{vhost}"
+
+    def describe(self) -> str:
+        options = self.options
+        target = (
+            f"exchange {options.exchange!r} ({options.exchange_type})"
+            if options.exchange
+            else "the default exchange"
+        )
+        queue = f", queue {options.queue!r}" if options.queue else ""
+        return f"RabbitMQ {target}{queue} at {self.location()}"
+
+    def _make_routing_key(self) -> Callable[[Message], str]:
+        template = self.options.routing_key
+        if template is None or template == "{routing_key}":
+            return lambda message: message.routing_key
+
+        def render(message: Message) -> str:
+            start = finish = ""
+            if message.routing_key.startswith(_TRANSITION_PREFIX):
+                start, _, finish = message.routing_key[len(_TRANSITION_PREFIX) :].partition(".")
+            return _truncate_key(
+                template.format(
+                    routing_key=message.routing_key,
+                    type=message.type,
+                    subject=message.subject or "",
+                    start=start,
+                    finish=finish,
+                )
+            )
+
+        return render
+
+    # ---------------------------------------------------------------- producer
+
+    def open(self) -> None:
+        self.close()
+        options = self.options
+        deadline = time.monotonic() + options.connect_timeout
+        self._failure = None
+        self._blocked = None
+        self._published = self._acked_through = self._nacked = 0
+        self._acked_above = set()
+        self._returned = []
+        ioloop = self._ioloop = IOLoop()
+        ioloop.activate_poller()
+        opened: list[Any] = []
+        try:
+            connection = self._connection = SelectConnection(
+                self.parameters(),
+                on_open_callback=opened.append,
+                on_open_error_callback=self._on_connection_failure,
+                on_close_callback=self._on_connection_failure,
+                custom_ioloop=ioloop,
+            )
+            limit = options.connect_timeout
+            self._wait(lambda: bool(opened), deadline, "connecting", limit)
+            connection.add_on_connection_blocked_callback(self._on_blocked)
+            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            channels: list[Any] = []
+            connection.channel(on_open_callback=channels.append)
+            self._wait(lambda: bool(channels), deadline, "opening a channel", limit)
+            channel = self._channel = channels[0]
+            channel.add_on_close_callback(self._on_channel_closed)
+            channel.add_on_return_callback(self._on_return)
+            if options.confirm:
+                self._call(
+                    "enabling publisher confirms",
+                    deadline,
+                    channel.confirm_delivery,
+                    self._on_confirm,
+                )
+            if options.declare and options.exchange:
+                self._call(
+                    f"declaring exchange {options.exchange!r}",
+                    deadline,
+                    channel.exchange_declare,
+                    exchange=options.exchange,
+                    exchange_type=options.exchange_type,
+                    durable=options.durable,
+                )
+            if options.queue:
+                self._call(
+                    f"declaring queue {options.queue!r}",
+                    deadline,
+                    channel.queue_declare,
+                    queue=options.queue,
+                    durable=True,
+                    arguments=queue_arguments(options) or None,
+                )
+                self._call(
+                    f"binding queue {options.queue!r}",
+                    deadline,
+                    channel.queue_bind,
+                    queue=options.queue,
+                    exchange=options.exchange,
+                    routing_key="#",
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        if not self._usable():
+            if self._connection is not None:
+                # Connections die while idle (broker restarts, operators, missed
+                # heartbeats while no batch kept the I/O loop running). Nothing
+                # of this batch was sent yet, so reconnecting is safe.
+                logger.info(
+                    "dask-eventbus: the RabbitMQ connection was closed while idle (%s); "
+                    "reconnecting",
+                    self.explain(self._failure) if self._failure else "closed",
+                )
+            self.open()
+        try:
+            self._publish(messages)
+        except BaseException:
+            # Whatever was sent, the delivery tags no longer tell which events
+            # the broker has: the next publish starts on a new connection.
+            self.close()
+            raise
+
+    def _publish(self, messages: Sequence[Message]) -> None:
+        options = self.options
+        limit = options.publish_timeout
+        deadline = time.monotonic() + limit
+        exchange, mandatory = options.exchange, options.mandatory
+        routing_key = self._routing_key
+        basic_publish = self._channel.basic_publish
+        properties = pika.BasicProperties
+        delivery_mode = 2 if options.persistent else 1
+        with_headers = options.exchange_type == "headers"
+        flush_every = FLUSH_EVERY
+        for count, message in enumerate(messages, 1):
+            basic_publish(
+                exchange,
+                routing_key(message),
+                message.body,
+                properties(
+                    content_type=CONTENT_TYPE,
+                    delivery_mode=delivery_mode,
+                    message_id=message.id,
+                    type=message.type,
+                    timestamp=int(message.time),
+                    app_id=APP_ID,
+                    headers=(
+                        {"type": message.type, "subject": message.subject} if with_headers else None
+                    ),
+                ),
+                mandatory,
+            )
+            if count % flush_every == 0:
+                # Let the broker work on the first events (and confirm them)
+                # while the rest of the batch is encoded.
+                self._pump()
+        self._published += len(messages)
+        last = self._published
+        if options.confirm:
+            self._wait(
+                lambda: self._acked_through >= last or bool(self._nacked or self._returned),
+                deadline,
+                f"waiting for the broker to confirm {len(messages)} events",
+                limit,
+            )
+            if self._nacked or self._returned:
+                raise self._rejection(len(messages))
+        else:
+            connection = self._connection
+            self._wait(
+                lambda: connection._get_write_buffer_size() == 0,
+                deadline,
+                f"sending {len(messages)} events",
+                limit,
+            )
+
+    def _rejection(self, count: int) -> RabbitMQError:
+        if self._nacked:
+            return RabbitMQError(
+                f"the broker rejected {self._nacked} of {count} events (basic.nack): "
+                "a queue refused them (x-overflow reject-publish at its max-length) or "
+                "the broker had an internal error; retrying"
+            )
+        code, text, key = self._returned[0]
+        return RabbitMQError(
+            f"{len(self._returned)} of {count} events were returned as unroutable "
+            f"({code} {text}): no queue is bound to exchange {self.options.exchange!r} "
+            f"for routing key {key!r}. Bind a queue, or set mandatory: false to let "
+            "the exchange drop events nobody listens to"
+        )
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        ioloop, self._ioloop = self._ioloop, None
+        self._channel = None
+        if connection is not None:
+            try:
+                if connection.is_open or not (connection.is_closing or connection.is_closed):
+                    connection.close()
+                deadline = time.monotonic() + CLOSE_WAIT
+                timer = ioloop.call_later(CLOSE_WAIT, _nothing)
+                while not connection.is_closed and time.monotonic() < deadline:
+                    ioloop.poll()
+                    ioloop.process_timeouts()
+                ioloop.remove_timeout(timer)
+                if not connection.is_closed:
+                    # A stalled broker never answers Connection.Close: drop the socket.
+                    connection._adapter_disconnect_stream()
+                    ioloop.poll()
+                    ioloop.process_timeouts()
+            except Exception:
+                logger.debug("dask-eventbus: closing the RabbitMQ connection failed", exc_info=True)
+        if ioloop is not None:
+            with contextlib.suppress(Exception):
+                ioloop.close()
+
+    # ---------------------------------------------------------------- I/O loop
+
+    def _usable(self) -> bool:
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None or self._failure is not None:
+            return False
+        self._pump()
+        return self._failure is None and connection.is_open and channel.is_open
+
+    def _pump(self) -> None:
+        """Handle what already arrived (a close from the broker), without waiting."""
+        ioloop = self._ioloop
+        timer = ioloop.call_later(0, _nothing)
+        try:
+            ioloop.poll()
+            ioloop.process_timeouts()
+        finally:
+            ioloop.remove_timeout(timer)
+
+    def _wait(self, done: Callable[[], bool], deadline: float, what: str, limit: float) -> None:
+        """Run the I/O loop until ``done()``; raise on failure or at ``deadline``."""
+        ioloop = self._ioloop
+        timer = None
+        try:
+            while True:
+                if done():
+                    return
+                if self._failure is not None:
+                    raise self._failure
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timeout(what, limit)
+                if timer is None:
+                    # Wakes the poller at the deadline at the latest.
+                    timer = ioloop.call_later(remaining, _nothing)
+                ioloop.poll()
+                ioloop.process_timeouts()
+        finally:
+            if timer is not None:
+                ioloop.remove_timeout(timer)
+
+    def _timeout(self, what: str, limit: float) -> RabbitMQError:
+        blocked = (
+            f"; the broker is blocking publishers ({self._blocked}): it is short of "
+            "memory or disk, see its resource alarms"
+            if self._blocked
+            else ""
+        )
+        return RabbitMQError(
+            f"RabbitMQ at {self.location()} did not answer within {limit:g}s while {what}{blocked}"
+        )
+
+    def _call(self, what: str, deadline: float, method: Any, *args: Any, **kwargs: Any) -> None:
+        done: list[Any] = []
+        method(*args, callback=done.append, **kwargs)
+        self._wait(lambda: bool(done), deadline, what, self.options.connect_timeout)
+
+    # ---------------------------------------------------------------- callbacks
+
+    def _on_connection_failure(self, connection: Any, error: BaseException) -> None:
+        if connection is self._connection and self._failure is None:
+            self._failure = error
+
+    def _on_channel_closed(self, channel: Any, error: BaseException) -> None:
+        if channel is self._channel and self._failure is None:
+            self._failure = error
+
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = getattr(frame.method, "reason", None) or "connection.blocked"
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = None
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        if isinstance(method, pika.spec.Basic.Nack):
+            above = self._acked_above
+            if method.multiple:
+                settled = sum(1 for t in above if t <= tag)
+                self._nacked += max(1, tag - self._acked_through - settled)
+            else:
+                self._nacked += 1
+            return
+        if method.multiple or tag == self._acked_through + 1:
+            self._acked_through = max(self._acked_through, tag)
+            above = self._acked_above
+            while above and self._acked_through + 1 in above:
+                self._acked_through += 1
+                above.discard(self._acked_through)
+            if above and min(above) <= self._acked_through:
+                above.difference_update([t for t in above if t <= self._acked_through])
+        else:
+            self._acked_above.add(tag)
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._returned.append((method.reply_code, method.reply_text, method.routing_key))
+
+    # ---------------------------------------------------------------- diagnosis
+
+    def explain(self, exc: BaseException) -> str:
+        return redact_url(self._explain(exc))
+
+    def _explain(self, exc: BaseException) -> str:
+        where = f"RabbitMQ at {self.location()}"
+        cause = _root_cause(exc)
+        user = getattr(pika.URLParameters(self.options.url).credentials, "username", "?")
+        if isinstance(cause, RabbitMQError):
+            return str(cause)
+        if isinstance(cause, pe.ProbableAuthenticationError | pe.AuthenticationError):
+            return (
+                f"{where}: authentication refused for user {user!r}; check the user "
+                "name and password in the url"
+            )
+        if isinstance(cause, pe.ProbableAccessDeniedError):
+            return (
+                f"{where}: access to the virtual host refused for user {user!r} "
+                f"({_reply(cause)}); create the vhost or grant the user permissions on it"
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return f"cannot connect to {where}: connection refused; is the broker running there?"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot connect to {where}: the host name does not resolve ({cause})"
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            return (
+                f"TLS with {where} failed: {cause}; check that the port speaks TLS and the "
+                "tls options (ca-file, cert-file, verify, server-hostname)"
+            )
+        if isinstance(cause, AMQPConnectorStackTimeout | TimeoutError | socket.timeout):
+            return f"cannot connect to {where}: timed out"
+        if isinstance(cause, OSError):
+            return f"cannot connect to {where}: {cause}"
+        if isinstance(cause, pe.ConnectionBlockedTimeout):
+            return (
+                f"{where} blocked publishing for longer than blocked_connection_timeout: "
+                "it is short of memory or disk, see its resource alarms"
+            )
+        if isinstance(cause, pe.AMQPHeartbeatTimeout):
+            return f"{where} stopped sending heartbeats; the connection was dropped"
+        if isinstance(cause, pe.ChannelClosedByBroker):
+            return self._explain_channel(cause, where)
+        if isinstance(cause, pe.ConnectionClosedByBroker):
+            return (
+                f"{where} closed the connection ({_reply(cause)}): the broker is restarting "
+                "or an operator closed it; reconnecting"
+            )
+        if isinstance(cause, pe.StreamLostError):
+            return f"lost the connection to {where}: {cause}"
+        if isinstance(cause, pe.AMQPError):
+            return f"{where}: {type(cause).__name__}: {cause!r}"
+        return f"{where}: {type(cause).__name__}: {cause}"
+
+    def _explain_channel(self, cause: pe.ChannelClosedByBroker, where: str) -> str:
+        text = cause.reply_text
+        if cause.reply_code == 404:
+            missing = re.search(r"no (exchange|queue) '([^']*)'", text)
+            if missing and missing.group(1) == "exchange":
+                return (
+                    f"{where}: exchange {missing.group(2)!r} does not exist; create it or "
+                    "set declare: true"
+                )
+            if missing:
+                return f"{where}: queue {missing.group(2)!r} does not exist ({_reply(cause)})"
+        if cause.reply_code == 406:
+            return (
+                f"{where}: {_reply(cause)}; an exchange or queue of that name exists with "
+                "other settings: match exchange-type, durable and the queue options, or "
+                "delete it"
+            )
+        if cause.reply_code == 403:
+            return f"{where}: permission denied ({_reply(cause)}); grant the user access"
+        return f"{where}: the channel was closed ({_reply(cause)})"
+
+    # ---------------------------------------------------------------- consumer
+
+    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+        """Consume events through a queue bound to the exchange.
+
+        Parameters (besides the backend options): ``bindings``, the routing-key
+        patterns to bind with (default ``["#"]``: everything); ``prefetch``,
+        how many unacknowledged events the broker sends ahead (default 1000).
+
+        Without the ``queue`` option the queue is exclusive and deleted when
+        the subscription ends, so it receives only events published after
+        ``subscribe`` returns. With ``queue`` it is that durable queue, which
+        holds whatever was routed to it while nobody consumed.
+        """
+        bindings = params.pop("bindings", ["#"])
+        prefetch = params.pop("prefetch", 1000)
+        if params:
+            raise TypeError(f"unknown rabbitmq subscribe options: {', '.join(params)}")
+        if isinstance(bindings, str):
+            bindings = [bindings]
+        if not self.options.queue and from_beginning:
+            raise ValueError(
+                "RabbitMQ keeps events only in queues: set the rabbitmq queue option (a "
+                "durable queue declared before the events were published) to read what "
+                "it holds"
+            )
+        if not self.options.exchange and not self.options.queue:
+            raise ValueError("subscribing on the default exchange needs the queue option")
+        return _RabbitMQSubscription(self, list(bindings), int(prefetch))
+
+
+def _reply(error: pe.ConnectionClosed | pe.ChannelClosed | BaseException) -> str:
+    code = getattr(error, "reply_code", None)
+    text = getattr(error, "reply_text", None)
+    if code is None:
+        args = getattr(error, "args", ())
+        nested = args[0] if args and isinstance(args[0], str) else ""
+        return nested or type(error).__name__
+    return f"{code} {text}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception under pika's connection-workflow wrappers."""
+    seen = 0
+    while seen < 10:
+        seen += 1
+        if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(exc, AMQPConnectorPhaseErrorBase):
+            exc = exc.exception
+        elif (
+            type(exc) is pe.AMQPConnectionError
+            and exc.args
+            and isinstance(exc.args[0], BaseException)
+        ):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
+
+
+def _ssl_options(tls: TLSOptions) -> pika.SSLOptions:
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file, tls.key_password)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return pika.SSLOptions(context, server_hostname=tls.server_hostname)
+
+
+class _RabbitMQSubscription(Subscription):
+    """A consumer on a blocking pika connection, reconnecting after failures."""
+
+    def __init__(self, backend: RabbitMQBackend, bindings: list[str], prefetch: int) -> None:
+        super().__init__()
+        self._backend = backend
+        self._bindings = bindings
+        self._prefetch = prefetch
+        self._connection: Any = None
+        self._channel: Any = None
+        self._queue = ""
+        self._generation = 0
+        self._received: list[Delivery] = []
+        self._acks: list[int] = []
+        self._acked_through = 0
+        self._broken: BaseException | None = None
+        try:
+            self._connect()
+        except Exception as exc:
+            self._disconnect()
+            raise RabbitMQError(backend.explain(exc)) from exc
+
+    @property
+    def queue(self) -> str:
+        """The name of the queue being consumed (generated for exclusive queues)."""
+        return self._queue
+
+    def _connect(self) -> None:
+        backend, options = self._backend, self._backend.options
+        params = backend.parameters()
+        params.client_properties = {
+            **params.client_properties,
+            "connection_name": f"{options.connection_name} subscriber",
+        }
+        self._generation += 1
+        self._acks, self._acked_through, self._broken = [], 0, None
+        connection = self._connection = pika.BlockingConnection(params)
+        channel = self._channel = connection.channel()
+        if options.declare and options.exchange:
+            channel.exchange_declare(
+                options.exchange, exchange_type=options.exchange_type, durable=options.durable
+            )
+        if options.queue:
+            declared = channel.queue_declare(
+                options.queue, durable=True, arguments=queue_arguments(options) or None
+            )
+        else:
+            declared = channel.queue_declare("", exclusive=True, auto_delete=True)
+        self._queue = declared.method.queue
+        if options.exchange:
+            for key in self._bindings:
+                channel.queue_bind(self._queue, options.exchange, routing_key=key)
+        channel.basic_qos(prefetch_count=self._prefetch)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        channel.basic_consume(self._queue, self._on_message)
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._received.append(Delivery(body, (self._generation, method.delivery_tag)))
+
+    def _on_cancelled(self, method: Any) -> None:
+        self._broken = RabbitMQError(f"the broker cancelled the consumer on queue {self._queue!r}")
+
+    def fetch(self, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        try:
+            if self._broken is not None:
+                raise self._broken
+            self._flush_acks()
+            if not self._received:
+                self._connection.process_data_events(time_limit=timeout)
+            if self._broken is not None:
+                raise self._broken
+        except Exception as exc:
+            self._recover(exc, deadline)
+        received, self._received = self._received, []
+        return received
+
+    def _recover(self, exc: BaseException, deadline: float) -> None:
+        if not isinstance(exc, pe.AMQPError | RabbitMQError | OSError):
+            raise exc
+        kept = "" if self._backend.options.queue else " (events published meanwhile are missed)"
+        logger.warning(
+            "dask-eventbus: lost the RabbitMQ consumer connection: %s; reconnecting%s",
+            self._backend.explain(exc),
+            kept,
+        )
+        self._disconnect()
+        try:
+            self._connect()
+        except Exception as again:
+            self._disconnect()
+            logger.warning(
+                "dask-eventbus: cannot reconnect the RabbitMQ consumer yet: %s",
+                self._backend.explain(again),
+            )
+            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    def ack(self, token: Any) -> None:
+        generation, tag = token
+        if generation == self._generation:
+            # Sent in one go before the next wait; acks of a closed channel are
+            # void (the broker redelivers those events).
+            self._acks.append(tag)
+
+    def _flush_acks(self) -> None:
+        tags, self._acks = self._acks, []
+        if not tags or self._channel is None:
+            return
+        contiguous = tags[0] == self._acked_through + 1 and tags[-1] - tags[0] == len(tags) - 1
+        if contiguous and tags == sorted(tags):
+            self._channel.basic_ack(tags[-1], multiple=True)
+        else:
+            for tag in tags:
+                self._channel.basic_ack(tag)
+        self._acked_through = max(self._acked_through, tags[-1])
+
+    def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._received = []
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _close(self) -> None:
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._flush_acks()
+        except Exception:
+            logger.debug("dask-eventbus: acknowledging on close failed", exc_info=True)
+        finally:
+            self._disconnect()
