@@ -63,13 +63,20 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` of the test's own on a free loopback port."""
 
-    def __init__(self, directory: str, *args: str) -> None:
+    def __init__(self, directory: str, *args: str, tls: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls
+        if tls is None:
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            listen = ["--port", str(self.port)]
+        else:
+            self.url = f"rediss://127.0.0.1:{self.port}/0"
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            listen += ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"]]
+            listen += ["--tls-ca-cert-file", tls["ca"]]
         self.command = [
             shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -94,6 +101,8 @@ class RedisServer:
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if self.tls is not None:
+                        return  # listening is enough: the TLS tests connect properly
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
@@ -125,10 +134,10 @@ def redis_server(tmp_path: Any) -> Iterator[Callable[..., RedisServer]]:
         pytest.skip("redis-server is not installed")
     servers: list[RedisServer] = []
 
-    def start(*args: str) -> RedisServer:
+    def start(*args: str, tls: dict[str, str] | None = None) -> RedisServer:
         directory = tmp_path / f"redis-{len(servers)}"
         directory.mkdir()
-        server = RedisServer(str(directory), *args)
+        server = RedisServer(str(directory), *args, tls=tls)
         servers.append(server)
         server.start()
         return server
@@ -466,6 +475,68 @@ def test_missing_acl_permissions_are_explained(
         assert "user 'events'" in explanation and "+xadd" in explanation
     finally:
         elsewhere.close()
+
+
+def test_unix_socket(redis_server: Callable[..., RedisServer], tmp_path: Any) -> None:
+    path = str(tmp_path / "redis.sock")
+    redis_server("--unixsocket", path, "--unixsocketperm", "700")
+    options = {"url": f"unix://{path}?db=0", "stream": "events"}
+    messages = synthetic_messages(5)
+    publish_all(options["url"], "events", messages)
+    with subscribe("redis", from_beginning=True, **options) as events:
+        assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+    backend = create_backend("redis", options)
+    assert path in backend.describe()
+    assert f"Redis at unix:{path}" in backend.explain(redis.exceptions.OutOfMemoryError("OOM"))
+
+
+def make_certificates(directory: Any) -> dict[str, str]:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
+    csr, ext = str(directory / "server.csr"), directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", files["ca-key"], "-out", files["ca"],
+    )  # fmt: skip
+    run(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", files["key"], "-out", csr,
+    )  # fmt: skip
+    run(
+        "x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
+        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", files["cert"],
+    )  # fmt: skip
+    return files
+
+
+def test_tls_with_a_ca_and_a_clear_error_without(
+    redis_server: Callable[..., RedisServer], tmp_path: Any
+) -> None:
+    certificates = make_certificates(tmp_path)
+    server = redis_server(tls=certificates)
+    options = {"url": server.url, "stream": "events", "ssl-ca-certs": certificates["ca"]}
+    messages = synthetic_messages(5)
+    backend = create_backend("redis", options)
+    backend.open()
+    try:
+        backend.publish(messages)
+    finally:
+        backend.close()
+    with subscribe("redis", from_beginning=True, **options) as events:
+        assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+
+    unverified = create_backend("redis", {"url": server.url, "connect-timeout": 5})
+    with pytest.raises(redis.ConnectionError) as info:
+        unverified.open()
+    assert unverified.explain(info.value).startswith(f"TLS with Redis at 127.0.0.1:{server.port}")
 
 
 def test_a_stalled_server_makes_publish_raise_instead_of_hanging(

@@ -154,9 +154,12 @@ class RedisBackend(Backend):
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect_timeout,
             "socket_timeout": read_timeout or options.socket_timeout,
-            "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
+        if not options.url.lower().startswith("unix://"):
+            # Notices a peer that vanished without closing (a host gone)
+            # while the connection sits idle between batches.
+            kwargs["socket_keepalive"] = True
         if options.client_name:
             kwargs["client_name"] = options.client_name + role
         if options.username is not None:
