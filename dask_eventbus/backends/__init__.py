@@ -137,7 +137,9 @@ class Subscription(Iterator[Event]):
 
     def __init__(self) -> None:
         self._types: list[str] | None = None
-        self._ready: deque[Delivery] = deque()
+        # Decoded events not yet yielded; the last one of each delivery
+        # carries that delivery, acknowledged once the event was yielded.
+        self._ready: deque[tuple[Event, Delivery | None]] = deque()
         self._unacked: Delivery | None = None
         self.closed = False
 
@@ -164,18 +166,20 @@ class Subscription(Iterator[Event]):
         self._ack_previous()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            while self._ready:
-                delivery = self._ready.popleft()
-                event = self._decode(delivery)
-                if event is None:
-                    self.ack(delivery.token)
-                    continue
+            if self._ready:
+                event, delivery = self._ready.popleft()
                 self._unacked = delivery
                 return event
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._ready.extend(self.fetch(min(remaining, 1.0)))
+            for delivery in self.fetch(min(remaining, 1.0)):
+                events = self._decode(delivery)
+                if events:
+                    self._ready.extend((event, None) for event in events[:-1])
+                    self._ready.append((events[-1], delivery))
+                else:
+                    self.ack(delivery.token)
 
     def __next__(self) -> Event:
         if self.closed:
@@ -214,17 +218,34 @@ class Subscription(Iterator[Event]):
             delivery, self._unacked = self._unacked, None
             self.ack(delivery.token)
 
-    def _decode(self, delivery: Delivery) -> Event | None:
+    def _decode(self, delivery: Delivery) -> list[Event]:
+        """The events of one message: one, or several in batched content mode."""
         try:
-            event = Event.from_json(delivery.body)
+            events = decode_body(delivery.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             logger.warning("Skipping a message that is not a dask-eventbus CloudEvent: %s", exc)
-            return None
-        if self._types is not None and not any(
-            fnmatch.fnmatchcase(event.type, pattern) for pattern in self._types
-        ):
-            return None
-        return event
+            return []
+        if self._types is None:
+            return events
+        return [e for e in events if any(fnmatch.fnmatchcase(e.type, p) for p in self._types)]
+
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+
+
+def batch_body(messages: Sequence[Message]) -> bytes:
+    """Several events as one CloudEvents JSON batch (a JSON array of events)."""
+    return b"[" + b",".join([m.body for m in messages]) + b"]"
+
+
+def decode_body(body: bytes) -> list[Event]:
+    """Events in a message body: a structured-mode event or a JSON batch of them."""
+    if body[:1] == b"[" or body.lstrip()[:1] == b"[":
+        return _batch_decoder.decode(body)
+    return [Event.from_json(body)]
+
+
+_batch_decoder = msgspec.json.Decoder(list[Event])
 
 
 # ---------------------------------------------------------------- registry
