@@ -31,7 +31,7 @@ BAD_OPTIONS = [
     ({"exchange-type": "headers"}, "exchange-type"),
     ({"publish-timeout": 0}, "publish-timeout"),
     ({"url": "nosuch://host"}, "url"),
-    ({"routing-key": "{subject}"}, "routing-key"),
+    ({"routing-key": "{worker}"}, "routing-key"),
     ({"delivery-mode": "sometimes"}, "delivery-mode"),
 ]
 

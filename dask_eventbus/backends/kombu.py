@@ -37,8 +37,11 @@ CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
 APP_ID = "dask-eventbus"
 
-# Placeholders a routing-key template may use.
-_KEY_FIELDS = ("routing_key", "type")
+# Placeholders a routing-key template may use (as in the rabbitmq backend).
+_KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
+_TRANSITION_PREFIX = "dask.task.transition."
+# AMQP routing keys are short strings.
+MAX_ROUTING_KEY_BYTES = 255
 
 # pip extras of kombu that bring a transport's client library.
 _TRANSPORT_EXTRAS = {
@@ -77,7 +80,7 @@ class KombuOptions(BackendOptions):
     url: str = "amqp://guest:guest@localhost:5672//"
     exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
-    routing_key: str = "{routing_key}"
+    routing_key: str | None = None
     durable: bool = True
     delivery_mode: Literal["persistent", "transient", 1, 2] = "persistent"
     transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -102,6 +105,8 @@ class KombuOptions(BackendOptions):
             seconds = getattr(self, name.replace("-", "_"))
             if seconds <= 0:
                 raise ValueError(f"{name} must be greater than 0, got {seconds}s")
+        if self.routing_key is None:
+            return
         try:
             fields = {
                 field for _, field, _, _ in string.Formatter().parse(self.routing_key) if field
@@ -114,7 +119,7 @@ class KombuOptions(BackendOptions):
         if unknown:
             raise ValueError(
                 f"routing-key {self.routing_key!r} uses unknown placeholders "
-                f"{sorted(unknown)}; allowed: {{routing_key}}, {{type}}"
+                f"{sorted(unknown)}; allowed: " + ", ".join(f"{{{name}}}" for name in _KEY_FIELDS)
             )
 
 
@@ -263,19 +268,12 @@ class KombuBackend(Backend):
 
     def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:
         o = self.options
-        template = o.routing_key
-        per_message = template == "{routing_key}"
-        fixed = not per_message and "{" not in template and "}" not in template
+        template = "" if o.routing_key in (None, "{routing_key}") else o.routing_key
         timeout = o.publish_timeout
         publish = producer.publish
         mode = self._delivery_mode
         for m in messages:
-            if per_message:
-                key = m.routing_key
-            elif fixed:
-                key = template
-            else:
-                key = template.format(routing_key=m.routing_key, type=m.type)
+            key = _render_key(template, m) if template else m.routing_key
             publish(
                 m.body,
                 routing_key=key,
@@ -402,10 +400,13 @@ class KombuBackend(Backend):
                     f"eventbus.backends.kombu.url ({reply})"
                 )
             if code == 406:
+                what = f"exchange {o.exchange!r}"
+                if o.queue is not None:
+                    what += f" or queue {o.queue!r}"
                 return (
-                    f"the broker at {where} refused to declare exchange {o.exchange!r} "
-                    f"(or queue {o.queue!r}): it exists with other settings; make "
-                    f"exchange-type/durable/queue-arguments match or delete it ({reply})"
+                    f"the broker at {where} refused to declare {what}: it exists with "
+                    f"other settings; make exchange-type, durable and queue-arguments "
+                    f"match it, or delete it ({reply})"
                 )
             if code == 530:
                 return (
@@ -446,6 +447,23 @@ class KombuBackend(Backend):
         for password in self._passwords:
             text = text.replace(password, "***")
         return text
+
+
+def _render_key(template: str, message: Message) -> str:
+    start = finish = ""
+    if message.routing_key.startswith(_TRANSITION_PREFIX):
+        start, _, finish = message.routing_key[len(_TRANSITION_PREFIX) :].partition(".")
+    key = template.format(
+        routing_key=message.routing_key,
+        type=message.type,
+        subject=message.subject or "",
+        start=start,
+        finish=finish,
+    )
+    encoded = key.encode()
+    if len(encoded) > MAX_ROUTING_KEY_BYTES:
+        key = encoded[:MAX_ROUTING_KEY_BYTES].decode(errors="ignore")
+    return key
 
 
 def _root_cause(exc: BaseException) -> BaseException:
