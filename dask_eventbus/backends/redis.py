@@ -41,7 +41,7 @@ from redis.retry import Retry
 from ..config import Duration, redact_url
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 
-logger = logging.getLogger("dask_eventbus")
+logger = logging.getLogger("distributed.eventbus")
 
 SCHEMES = ("redis", "rediss", "unix")
 EVENT_FIELD = b"event"
