@@ -142,19 +142,20 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------ producer
 
-    def client(self, *, read_timeout: float | None = None, role: str = "") -> redis.Redis:
+    def client(
+        self, *, read_timeout: float | None = None, role: str = "", retries: int = 0
+    ) -> redis.Redis:
         """A new redis-py client configured from the options.
 
-        Connection errors are retried once at once (a pooled connection that
-        Redis closed is found dead on its next use); everything else, and a
-        second failure, raises so the caller's own retry and backoff apply.
-        Timeouts bound every call.
+        Timeouts bound every call. redis-py retries a command that failed
+        with a connection error ``retries`` times at once, and never one that
+        timed out: the caller's own retry and backoff apply after that.
         """
         options = self.options
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect_timeout,
             "socket_timeout": read_timeout or options.socket_timeout,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
         }
         if not options.url.lower().startswith("unix://"):
             # Notices a peer that vanished without closing (a host gone)
@@ -195,10 +196,13 @@ class RedisBackend(Backend):
         payload = self._pack(messages)
         try:
             errors = _send(client, payload, len(messages))
-        except RedisConnectionError:
-            # Redis closed the connection since the last batch (a restart,
-            # CLIENT KILL, an idle timeout): once more on a new connection.
-            # XADDs it did apply before closing are repeated: duplicates,
+        except RedisConnectionError as exc:
+            if isinstance(exc, (AuthenticationError, AuthorizationError, BusyLoadingError)):
+                raise
+            # Most likely Redis closed the connection since the last batch
+            # (a restart, CLIENT KILL, an idle timeout): once more at once on
+            # a new connection, before the pipeline's backoff. XADDs Redis
+            # applied before the connection broke are repeated: duplicates,
             # never losses.
             errors = _send(client, payload, len(messages))
         if errors:
@@ -293,8 +297,10 @@ class RedisBackend(Backend):
             raise TypeError("consumer= needs group=")
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
+        # A reader retries a broken connection once at once and then keeps
+        # trying in fetch(): it follows the stream through outages.
         client = self.client(
-            read_timeout=self.options.socket_timeout + MAX_BLOCK, role="-subscriber"
+            read_timeout=self.options.socket_timeout + MAX_BLOCK, role="-subscriber", retries=1
         )
         stream = self.options.stream
         try:
