@@ -15,14 +15,16 @@ or a named durable one, bound to the exchange with routing-key patterns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import socket
 import ssl
 import string
+import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -41,6 +43,53 @@ from . import Backend, BackendOptions, Delivery, Message, Subscription
 
 logger = logging.getLogger("dask_eventbus")
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+_inside = threading.local()
+
+
+class _QuietPika(logging.Filter):
+    """Keeps pika's own messages about this backend's connections at DEBUG.
+
+    pika logs one failed connection attempt as half a dozen ERROR records
+    (with tracebacks for TLS errors); the pipeline already reports each
+    failure once, explained, and summarises repeats. Records pika emits while
+    this backend is calling it are dropped, or relabelled DEBUG when the
+    ``pika`` logger is enabled for DEBUG; pika used elsewhere is untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(_inside, "depth", 0) or record.levelno <= logging.DEBUG:
+            return True
+        if not logging.getLogger("pika").isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_QUIET_PIKA = _QuietPika()
+for _name in list(logging.root.manager.loggerDict):
+    if _name == "pika" or _name.startswith("pika."):
+        logging.getLogger(_name).addFilter(_QUIET_PIKA)
+
+
+@contextlib.contextmanager
+def _quiet_pika() -> Iterator[None]:
+    _inside.depth = getattr(_inside, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _inside.depth -= 1
+
+
+def _quiet(method: _F) -> _F:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _quiet_pika():
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 APP_ID = "dask-eventbus"
 ROUTING_KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
 MAX_ROUTING_KEY_BYTES = 255  # an AMQP short string
@@ -48,9 +97,8 @@ _TRANSITION_PREFIX = TASK_TRANSITION + "."
 # How long close() waits for the broker to answer Connection.Close before it
 # drops the socket.
 CLOSE_WAIT = 2.0
-# Publishing hands this many messages at a time to the socket, so that the
-# broker confirms early ones while later ones are still being encoded.
-FLUSH_EVERY = 100
+# A consumer that cannot reconnect says so at most this often.
+RECONNECT_LOG_INTERVAL = 60.0
 
 
 class RabbitMQError(Exception):
@@ -235,6 +283,7 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- producer
 
+    @_quiet
     def open(self) -> None:
         self.close()
         options = self.options
@@ -302,6 +351,7 @@ class RabbitMQBackend(Backend):
             self.close()
             raise
 
+    @_quiet
     def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
@@ -334,8 +384,7 @@ class RabbitMQBackend(Backend):
         properties = pika.BasicProperties
         delivery_mode = 2 if options.persistent else 1
         with_headers = options.exchange_type == "headers"
-        flush_every = FLUSH_EVERY
-        for count, message in enumerate(messages, 1):
+        for message in messages:
             basic_publish(
                 exchange,
                 routing_key(message),
@@ -353,10 +402,6 @@ class RabbitMQBackend(Backend):
                 ),
                 mandatory,
             )
-            if count % flush_every == 0:
-                # Let the broker work on the first events (and confirm them)
-                # while the rest of the batch is encoded.
-                self._pump()
         self._published += len(messages)
         last = self._published
         if options.confirm:
@@ -392,6 +437,7 @@ class RabbitMQBackend(Backend):
             "the exchange drop events nobody listens to"
         )
 
+    @_quiet
     def close(self) -> None:
         connection, self._connection = self._connection, None
         ioloop, self._ioloop = self._ioloop, None
@@ -677,6 +723,7 @@ class _RabbitMQSubscription(Subscription):
         self._acks: list[int] = []
         self._acked_through = 0
         self._broken: BaseException | None = None
+        self._last_warning = 0.0
         try:
             self._connect()
         except Exception as exc:
@@ -688,6 +735,7 @@ class _RabbitMQSubscription(Subscription):
         """The name of the queue being consumed (generated for exclusive queues)."""
         return self._queue
 
+    @_quiet
     def _connect(self) -> None:
         backend, options = self._backend, self._backend.options
         params = backend.parameters()
@@ -723,8 +771,11 @@ class _RabbitMQSubscription(Subscription):
     def _on_cancelled(self, method: Any) -> None:
         self._broken = RabbitMQError(f"the broker cancelled the consumer on queue {self._queue!r}")
 
+    @_quiet
     def fetch(self, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
+        if self._connection is None and not self._reconnect(deadline):
+            return []
         try:
             if self._broken is not None:
                 raise self._broken
@@ -733,30 +784,38 @@ class _RabbitMQSubscription(Subscription):
                 self._connection.process_data_events(time_limit=timeout)
             if self._broken is not None:
                 raise self._broken
-        except Exception as exc:
-            self._recover(exc, deadline)
+        except (pe.AMQPError, RabbitMQError, OSError) as exc:
+            kept = "" if self._backend.options.queue else "; events published meanwhile are missed"
+            logger.warning(
+                "dask-eventbus: lost the RabbitMQ consumer connection: %s; reconnecting%s",
+                self._backend.explain(exc),
+                kept,
+            )
+            self._disconnect()
+            self._reconnect(deadline)
         received, self._received = self._received, []
         return received
 
-    def _recover(self, exc: BaseException, deadline: float) -> None:
-        if not isinstance(exc, pe.AMQPError | RabbitMQError | OSError):
-            raise exc
-        kept = "" if self._backend.options.queue else " (events published meanwhile are missed)"
-        logger.warning(
-            "dask-eventbus: lost the RabbitMQ consumer connection: %s; reconnecting%s",
-            self._backend.explain(exc),
-            kept,
-        )
-        self._disconnect()
+    def _reconnect(self, deadline: float) -> bool:
         try:
             self._connect()
-        except Exception as again:
+        except (pe.AMQPError, OSError) as exc:
             self._disconnect()
-            logger.warning(
-                "dask-eventbus: cannot reconnect the RabbitMQ consumer yet: %s",
-                self._backend.explain(again),
-            )
+            now = time.monotonic()
+            if now - self._last_warning >= RECONNECT_LOG_INTERVAL:
+                self._last_warning = now
+                logger.warning(
+                    "dask-eventbus: cannot reconnect the RabbitMQ consumer yet (retrying "
+                    "every second, logging every %.0fs): %s",
+                    RECONNECT_LOG_INTERVAL,
+                    self._backend.explain(exc),
+                )
             time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            return False
+        if self._last_warning:
+            logger.warning("dask-eventbus: the RabbitMQ consumer is connected again")
+            self._last_warning = 0.0
+        return True
 
     def ack(self, token: Any) -> None:
         generation, tag = token
@@ -784,6 +843,7 @@ class _RabbitMQSubscription(Subscription):
             with contextlib.suppress(Exception):
                 connection.close()
 
+    @_quiet
     def _close(self) -> None:
         try:
             if self._connection is not None and self._connection.is_open:
