@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
-
-import msgspec
 
 from ._version import __version__
 from .backends import (
@@ -52,10 +51,11 @@ def subscribe(
     """Read events back from a backend, as :class:`Event` objects.
 
     ``backend`` and ``options`` work as for :class:`EventBusPlugin`: by
-    default the configured backend with its configured options. Options that
-    are not backend options go to the backend's ``subscribe`` (for example
-    ``group=`` for Redis consumer groups). ``types`` keeps only events whose
-    type matches one of these glob patterns.
+    default the configured backend with its configured options. Keywords that
+    the backend's ``subscribe`` takes go there (for example ``group=`` for
+    Redis consumer groups, ``bindings=`` for RabbitMQ), the rest are backend
+    options. ``types`` keeps only events whose type matches one of these glob
+    patterns.
 
     >>> with subscribe("jsonl", path="events.jsonl", from_beginning=True) as events:
     ...     for event in events:  # doctest: +SKIP
@@ -67,9 +67,9 @@ def subscribe(
         instance, params = chosen, options
     else:
         cls = get_backend(chosen)
-        names = {f.encode_name for f in msgspec.structs.fields(cls.Options)}
-        backend_options = {k: v for k, v in options.items() if k.replace("_", "-") in names}
-        params = {k: v for k, v in options.items() if k not in backend_options}
+        accepted = inspect.signature(cls.subscribe).parameters
+        params = {k: v for k, v in options.items() if k in accepted and k != "self"}
+        backend_options = {k: v for k, v in options.items() if k not in params}
         instance = create_backend(chosen, backend_options, settings.backends)
     subscription = instance.subscribe(from_beginning=from_beginning, **params)
     subscription.set_types(types)
