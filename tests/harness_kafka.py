@@ -46,22 +46,26 @@ class TansuBroker:
     and came back (without its data: the storage is memory).
     """
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         self.binary = binary
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        # Clients connect to the advertised address after bootstrapping: a
+        # proxy in front of the broker must be the advertised address.
+        self.advertised = f"127.0.0.1:{advertised_port or self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        url = f"tcp://{self.bootstrap}"
         self.process = subprocess.Popen(
             [
                 self.binary,
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://{self.bootstrap}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.advertised}",
                 "--storage-engine",
                 "memory://tansu/",
                 "--silent",

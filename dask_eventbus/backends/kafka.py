@@ -43,7 +43,8 @@ from ..config import Duration, redact_url, redact_value
 from ..events import CONTENT_TYPE
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 
-logger = logging.getLogger("dask_eventbus.kafka")
+# Under distributed's logger, so that a scheduler's logging config covers it.
+logger = logging.getLogger("distributed.eventbus.kafka")
 
 BOOTSTRAP = ("bootstrap.servers", "metadata.broker.list")
 DEFAULT_BOOTSTRAP = "localhost:9092"
@@ -182,6 +183,12 @@ class KafkaOptions(BackendOptions):
                 "idempotent producer, not transactions"
             )
         _check_librdkafka_config(self)
+        names = ("message.timeout.ms", "delivery.timeout.ms")
+        if float(_setting(producer_config(self), names)) <= 0:
+            raise ValueError(
+                "config: message.timeout.ms must be greater than 0 (0 retries a record "
+                "forever, and every publish must be bounded)"
+            )
 
     def __repr__(self) -> str:
         fields = {f: getattr(self, f) for f in self.__struct_fields__}
@@ -364,7 +371,7 @@ class KafkaBackend(Backend):
         """``base`` plus what every client of this backend shares.
 
         Errors are remembered for :meth:`explain`, and logs go to the
-        ``dask_eventbus.kafka`` logger (unless ``config`` brings a logger).
+        ``distributed.eventbus.kafka`` logger (unless ``config`` brings a logger).
         """
         config = dict(base)
         if not _has_any(config, BOOTSTRAP):
@@ -625,7 +632,9 @@ class KafkaBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+    def subscribe(
+        self, *, from_beginning: bool = False, group: str | None = None, **params: Any
+    ) -> Subscription:
         """Read the topic's events: new ones, or all that the topic still holds.
 
         ``group``: a consumer group name. Its committed offsets say where to
@@ -642,7 +651,6 @@ class KafkaBackend(Backend):
         with ``subscribe()`` is for. Two subscriptions with the same group
         therefore both receive everything.
         """
-        group = params.pop("group", None)
         if params:
             raise TypeError(f"unknown kafka subscribe options: {', '.join(params)}")
         if group is not None and (not isinstance(group, str) or not group):
