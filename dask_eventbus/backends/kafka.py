@@ -112,6 +112,9 @@ CONSUMER_ONLY_PREFIXES = (
 # Callbacks the backend owns: it relies on seeing every failed delivery.
 RESERVED = frozenset({"on_delivery", "dr_cb", "dr_msg_cb", "delivery.report.callback"})
 
+# Records a subscription takes from the client per fetch.
+FETCH_MAX = 500
+
 # Margin over message.timeout.ms before a stalled flush is abandoned:
 # librdkafka scans for timed-out messages about once a second.
 FLUSH_GRACE = 2.0
@@ -846,8 +849,16 @@ class _KafkaSubscription(Subscription):
 
     def fetch(self, timeout: float) -> list[Delivery]:
         self._commit_acked(asynchronous=True)
+        consume = self._consumer.consume
+        # consume(n, timeout) waits until n records or the timeout: take what
+        # is there, else wait for the first record only, then what followed.
+        records = consume(FETCH_MAX, 0)
+        if not records:
+            records = consume(1, timeout)
+            if records:
+                records += consume(FETCH_MAX - 1, 0)
         deliveries = []
-        for record in self._consumer.consume(num_messages=500, timeout=timeout):
+        for record in records:
             error = record.error()
             if error is not None:
                 if error.fatal():
