@@ -657,6 +657,10 @@ def test_parameters_honour_the_url_and_pickling_keeps_options(rabbitmq_url: str)
     assert queue_arguments(copy.options) == {"x-max-length": 10, "x-message-ttl": 3_600_000}
     with pytest.raises(ConfigError, match=r"eventbus\.backends\.rabbitmq"):
         create_backend("rabbitmq", {"url": "amqp://x/", "exchange": "", "queue": "q"})
+    with pytest.raises(ConfigError, match="direct exchange cannot"):
+        create_backend("rabbitmq", {"exchange-type": "direct", "queue": "q"})
+    with pytest.raises(ValueError, match="pass bindings"):
+        subscribe("rabbitmq", **{"exchange-type": "direct"})
 
 
 # ---------------------------------------------------------------- consuming

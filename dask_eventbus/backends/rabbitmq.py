@@ -167,6 +167,11 @@ class RabbitMQOptions(BackendOptions):
                 "queue needs a named exchange to bind to; the default exchange ('') "
                 "routes by queue name only"
             )
+        if self.queue and self.exchange_type == "direct":
+            raise ValueError(
+                "queue is bound with '#' (every event), which a direct exchange cannot "
+                "do: use a topic or fanout exchange, or bind your own queues"
+            )
         if self.queue_message_ttl is not None and self.queue_message_ttl < 0.001:
             raise ValueError("queue-message-ttl must be at least 1ms")
         _duration_in_range(self.connect_timeout, "connect-timeout")
@@ -638,20 +643,32 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- consumer
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+    def subscribe(
+        self,
+        *,
+        from_beginning: bool = False,
+        bindings: Sequence[str] | str | None = None,
+        prefetch: int = 1000,
+        **params: Any,
+    ) -> Subscription:
         """Consume events through a queue bound to the exchange.
 
-        Parameters (besides the backend options): ``bindings``, the routing-key
-        patterns to bind with (default ``["#"]``: everything); ``prefetch``,
-        how many unacknowledged events the broker sends ahead (default 1000).
+        ``bindings`` are the routing-key patterns to bind the queue with
+        (default ``["#"]``: everything); ``prefetch`` is how many
+        unacknowledged events the broker sends ahead.
 
         Without the ``queue`` option the queue is exclusive and deleted when
         the subscription ends, so it receives only events published after
         ``subscribe`` returns. With ``queue`` it is that durable queue, which
         holds whatever was routed to it while nobody consumed.
         """
-        bindings = params.pop("bindings", ["#"])
-        prefetch = params.pop("prefetch", 1000)
+        if bindings is None:
+            if self.options.exchange_type == "direct" and not self.options.queue:
+                raise ValueError(
+                    "a direct exchange routes by exact key: pass bindings=[...] with the "
+                    "routing keys to receive"
+                )
+            bindings = ["#"]
         if params:
             raise TypeError(f"unknown rabbitmq subscribe options: {', '.join(params)}")
         if isinstance(bindings, str):
