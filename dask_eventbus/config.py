@@ -208,9 +208,15 @@ _SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
 
 
+_QUERY_SECRET = re.compile(
+    r"(?P<name>[?&;](?:password|passwd|pass|token|secret|sasl_password)=)[^&;\s#]*", re.I
+)
+
+
 def redact_url(text: str) -> str:
-    """``amqp://user:secret@host`` becomes ``amqp://user:***@host``."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    """``amqp://user:secret@host/?password=x`` becomes ``amqp://user:***@host/?password=***``."""
+    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    return _QUERY_SECRET.sub(r"\g<name>***", text)
 
 
 def redact_value(key: str, value: Any) -> Any:

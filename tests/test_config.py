@@ -126,6 +126,7 @@ def test_secrets_are_masked() -> None:
         {
             "backends": {
                 "redis": {"url": "redis://user:hunter2@localhost:6379/0"},
+                "other": {"url": "redis://localhost/0?db=1&password=hunter2&x=1"},
                 "kafka": {"config": {"sasl.password": "hunter2", "sasl.username": "bob"}},
                 "rabbitmq": {"password": "hunter2", "url": "amqps://bob:hunter2@mq/vhost"},
             }
@@ -134,4 +135,5 @@ def test_secrets_are_masked() -> None:
     text = repr(masked)
     assert "hunter2" not in text
     assert "redis://user:***@localhost:6379/0" in text
+    assert "redis://localhost/0?db=1&password=***&x=1" in text
     assert "'sasl.username': 'bob'" in text

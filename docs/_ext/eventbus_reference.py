@@ -25,16 +25,20 @@ _YAML_KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[\w-]+):\s*(?P<rest>.*)$")
 
 def config_entries(path: str = eventbus_config.DEFAULTS_FILE) -> list[tuple[str, str, str]]:
     """``(dotted key, default, meaning)`` for every leaf of the defaults file."""
+    # A comment block describes the keys right below it, up to a blank line.
     entries: list[tuple[str, str, str]] = []
     stack: list[str] = []
     comment: list[str] = []
+    after_key = False
     for line in Path(path).read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
+            if after_key:
+                comment, after_key = [], False
             comment.append(stripped.lstrip("#").strip())
             continue
         if not stripped:
-            comment = []
+            comment, after_key = [], False
             continue
         match = _YAML_KEY.match(line)
         if match is None:
@@ -45,7 +49,9 @@ def config_entries(path: str = eventbus_config.DEFAULTS_FILE) -> list[tuple[str,
         if value.strip():
             meaning = " ".join([*comment, inline.strip().lstrip("#").strip()]).strip()
             entries.append((".".join(stack), value.strip(), meaning))
-        comment = []
+            after_key = True
+        else:
+            comment, after_key = [], False
     return entries
 
 
