@@ -85,6 +85,10 @@ class RetrySettings(_Section):
             )
 
 
+class PipelineSettings(_Section):
+    mode: Literal["auto", "thread", "process"] = "auto"
+
+
 class Settings(_Section):
     """Every ``eventbus.*`` setting except the backend options, typed."""
 
@@ -93,6 +97,7 @@ class Settings(_Section):
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     transitions: TransitionSettings = msgspec.field(default_factory=TransitionSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     close_timeout: Duration = Duration(10.0)
     backends: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)

@@ -256,7 +256,15 @@ def key_to_str(key: object) -> str:
         return key
     if isinstance(key, bytes):
         return key.decode("utf-8", "backslashreplace")
+    if isinstance(key, list):
+        key = _as_tuple(key)
     return safe_text(key)
+
+
+def _as_tuple(key: list[Any]) -> tuple[Any, ...]:
+    # Tuple keys arrive as lists from msgpack (process mode); Dask keys never
+    # contain lists, so turning them back is exact.
+    return tuple(_as_tuple(part) if isinstance(part, list) else part for part in key)
 
 
 def _enc_hook(obj: object) -> object:
@@ -362,6 +370,8 @@ def _truncate(text: object, limit: int) -> str | None:
 
 def _group_name(key: object) -> str:
     # distributed.utils.key_split_group, without importing distributed here.
+    if isinstance(key, list):
+        key = _as_tuple(key)
     if isinstance(key, tuple):
         return key_to_str(key[0]) if key else "Other"
     text = key_to_str(key)
@@ -376,6 +386,8 @@ def _group_name(key: object) -> str:
 
 
 def _prefix_name(key: object) -> str:
+    if isinstance(key, list):
+        key = _as_tuple(key)
     try:
         return key_split(key)
     except Exception:

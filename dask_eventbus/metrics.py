@@ -36,6 +36,7 @@ class EventBusCollector:
 
     def collect(self) -> Iterator[Any]:
         p, labels = self.pipeline, [self.pipeline.backend.name]
+        delivery = p.sink.stats
 
         def counter(name: str, doc: str, value: float) -> Any:
             family = CounterMetricFamily(self.prefix + name, doc, labels=["backend"])
@@ -56,18 +57,24 @@ class EventBusCollector:
             family.add_metric(labels, buckets, h.total)
             return family
 
-        yield counter("events_published", "Events the broker acknowledged.", p.published)
+        yield counter("events_published", "Events the broker acknowledged.", delivery.published)
         yield counter("events_dropped", "Events dropped because the queue was full.", p.dropped)
-        yield counter("publish_retries", "Publishes retried after a failure.", p.retries)
-        yield counter("publish_errors", "Failed attempts to publish a batch.", p.publish_errors)
+        yield counter("publish_retries", "Publishes retried after a failure.", delivery.retries)
+        yield counter(
+            "publish_errors", "Failed attempts to publish a batch.", delivery.publish_errors
+        )
         yield gauge("queue_events", "Events captured and not yet acknowledged.", p.queued())
         yield gauge("queue_capacity_events", "eventbus.queue.max-events.", p.max_events)
-        yield gauge("backend_connected", "1 if the last publish succeeded.", int(p.connected))
-        yield histogram("publish_duration_seconds", "Time to publish one batch.", p.publish_seconds)
+        yield gauge(
+            "backend_connected", "1 if the last publish succeeded.", int(delivery.connected)
+        )
+        yield histogram(
+            "publish_duration_seconds", "Time to publish one batch.", delivery.publish_seconds
+        )
         yield histogram(
             "delivery_latency_seconds",
             "Per event, from the scheduler seeing it to the broker acknowledging it.",
-            p.delivery_seconds,
+            delivery.delivery_seconds,
         )
 
 

@@ -1,17 +1,23 @@
-"""The bounded buffer and the publisher thread between scheduler hooks and a backend.
+"""The bounded buffer between scheduler hooks and the publisher, and delivery.
 
 Hooks call :attr:`Pipeline.capture` with a record whose first item is a
 sequence number from :attr:`Pipeline.next_sequence`. Capturing is a deque
 append: O(1), no lock, no I/O. When the buffer is full the overflow policy
 drops either the oldest records (``deque(maxlen)`` evicts them) or the new one.
-Drops are not counted on the hot path: the publisher sees them as gaps in the
-sequence numbers it takes out, and announces each gap with a
+Drops are not counted on the hot path: the pipeline thread sees them as gaps
+in the sequence numbers it takes out, and announces each gap with a
 ``dask.eventbus.dropped`` event that takes the gap's last sequence number.
 
-The publisher thread wakes when a batch is full or the flush interval passed,
-normalizes and encodes the batch once, and publishes it. A failed publish
-keeps the batch, closes the backend, backs off exponentially with jitter,
-reopens and publishes it again: at-least-once delivery, in order.
+The pipeline thread wakes when a batch is full or the flush interval passed
+and hands the batch to a *sink*:
+
+* in ``thread`` mode a :class:`Publisher` in this process normalizes and
+  encodes the batch once and publishes it; a failed publish keeps the batch,
+  closes the backend, backs off exponentially with jitter, reopens and
+  publishes it again: at-least-once delivery, in order;
+* in ``process`` mode a :class:`~dask_eventbus.process.ProcessSink` ships
+  the raw records to a supervised publisher process that runs the same
+  :class:`Publisher` there (see ``process.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .backends import Backend, Message
 from .config import Settings, redact_url
@@ -37,7 +43,7 @@ LOG_SUMMARY_INTERVAL = 60.0
 
 
 class Histogram:
-    """Cumulative bucket counts, as Prometheus histograms report them."""
+    """Bucket counts, as Prometheus histograms report them."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -53,6 +59,13 @@ class Histogram:
         for value in values:
             counts[bisect.bisect_left(bounds, value)] += 1
         self.total += sum(values)
+
+    def add(self, counts: list[int], total: float) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.total += total
+
+    def state(self) -> tuple[list[int], float]:
+        return list(self.counts), self.total
 
 
 PUBLISH_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -73,19 +86,179 @@ def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Messag
     return messages
 
 
-class Pipeline:
-    """Buffer, publisher thread and delivery accounting for one plugin."""
+class DeliveryStats:
+    """What a sink reports about delivery to the broker."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.retries = 0
+        self.publish_errors = 0
+        self.last_error: str | None = None
+        self.last_publish_time: float | None = None
+        self.connected = False
+        """Whether the last attempt to publish succeeded."""
+        self.publish_seconds = Histogram(PUBLISH_SECONDS)
+        """Duration of each successful ``backend.publish`` call."""
+        self.delivery_seconds = Histogram(DELIVERY_SECONDS)
+        """Per event: from the scheduler seeing it to the broker acknowledging it."""
+
+
+class Sink(Protocol):
+    """Where the pipeline thread hands batches of records."""
+
+    @property
+    def stats(self) -> DeliveryStats: ...
+
+    def start(self) -> None: ...
+
+    def send(self, records: list[Record]) -> bool:
+        """Deliver or take charge of ``records``; False once closing ran out of time."""
+
+    def in_flight(self) -> int:
+        """Records handed over and not yet acknowledged by the broker."""
+
+    def begin_close(self, deadline: float) -> None: ...
+
+    def finish(self) -> int:
+        """After the last send: wait (until the deadline) and release; returns undelivered."""
+
+
+class Publisher:
+    """Publishes batches through a backend, retrying with backoff until accepted."""
 
     def __init__(self, backend: Backend, normalizer: Normalizer, settings: Settings) -> None:
         self.backend = backend
         self.normalizer = normalizer
+        self.initial_backoff = settings.retry.initial_backoff
+        self.max_backoff = settings.retry.max_backoff
+        self.max_events = settings.queue.max_events
+        self._stats = DeliveryStats()
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._opened = False
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
+        self._failures_since_log = 0
+        self.on_failure: Callable[[], None] | None = None
+        """Called after each failed attempt (the publisher process reports it)."""
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._stats
+
+    def start(self) -> None:
+        pass
+
+    def in_flight(self) -> int:
+        return 0
+
+    def begin_close(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._closing.set()
+
+    def send(self, records: list[Record]) -> bool:
+        return self.deliver(build_messages(self.normalizer, records))
+
+    def finish(self) -> int:
+        self.close_backend()
+        self._stats.connected = False
+        return 0
+
+    def close_backend(self) -> None:
+        self._opened = False
+        try:
+            self.backend.close()
+        except Exception:
+            logger.debug("dask-eventbus: closing the backend failed", exc_info=True)
+
+    def deliver(self, messages: list[Message]) -> bool:
+        """Publish until the broker accepts; False if closing ran out of time."""
+        stats, attempt = self._stats, 0
+        while True:
+            try:
+                if not self._opened:
+                    self.backend.open()
+                    self._opened = True
+                started = time.perf_counter()
+                self.backend.publish(messages)
+                stats.publish_seconds.observe(time.perf_counter() - started)
+            except Exception as exc:
+                stats.connected = False
+                self.close_backend()
+                self._record_failure(exc)
+                if self.on_failure is not None:
+                    self.on_failure()
+                attempt += 1
+                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 30))
+                delay *= random.uniform(0.5, 1.0)
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                stats.retries += 1
+                if self._closing.is_set():
+                    time.sleep(min(delay, remaining))
+                else:  # begin_close() cuts the backoff short to start flushing at once
+                    self._closing.wait(delay)
+                continue
+            stats.connected = True
+            stats.published += len(messages)
+            stats.last_publish_time = now = time.time()
+            stats.delivery_seconds.observe_many([now - m.time for m in messages])
+            if self._failing_since is not None:
+                logger.warning(
+                    "dask-eventbus: publishing to %s works again after %.1fs and %d "
+                    "failed attempts",
+                    redact_url(self.backend.describe()),
+                    time.monotonic() - self._failing_since,
+                    attempt,
+                )
+                self._failing_since = None
+            return True
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._stats.publish_errors += 1
+        try:
+            explanation = self.backend.explain(exc)
+        except Exception:
+            explanation = f"{type(exc).__name__}: {safe_text(exc)}"
+        self._stats.last_error = error = redact_url(explanation)[:2000]
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._last_failure_log = now
+            self._failures_since_log = 0
+            logger.error(
+                "dask-eventbus: cannot publish to %s: %s. Retrying with backoff; "
+                "up to %d events are kept meanwhile (eventbus.queue.max-events).",
+                redact_url(self.backend.describe()),
+                error,
+                self.max_events,
+            )
+            return
+        self._failures_since_log += 1
+        if now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
+            logger.warning(
+                "dask-eventbus: still cannot publish to %s after %.0fs (%d more failures): %s",
+                redact_url(self.backend.describe()),
+                now - self._failing_since,
+                self._failures_since_log,
+                error,
+            )
+            self._last_failure_log = now
+            self._failures_since_log = 0
+
+
+class Pipeline:
+    """Buffer, pipeline thread and drop accounting for one plugin."""
+
+    def __init__(self, backend: Backend, sink: Sink, settings: Settings) -> None:
+        self.backend = backend
+        self.sink = sink
         queue = settings.queue
         self.max_events = queue.max_events
         self.batch_size = queue.batch_size
         self.flush_interval = queue.flush_interval
         self.policy = queue.overflow
-        self.initial_backoff = settings.retry.initial_backoff
-        self.max_backoff = settings.retry.max_backoff
         self.close_timeout = settings.close_timeout
 
         self._counter = itertools.count(1)
@@ -98,28 +271,12 @@ class Pipeline:
             self._buffer = deque()
         self.capture: Callable[[Record], None] = self._capture_function()
         self._thread: threading.Thread | None = None
-        self._pending: list[Message] = []
+        self._pending: list[Record] = []
         self._last_taken = 0
         self._final_sequence = 0
         self._deadline = float("inf")
-
-        self.published = 0
         self.dropped = 0
-        self.retries = 0
-        self.publish_errors = 0
-        self.last_error: str | None = None
-        self.last_publish_time: float | None = None
-        self.connected = False
-        """Whether the last attempt to publish succeeded."""
-        self._opened = False
         self.undelivered = 0
-        self.publish_seconds = Histogram(PUBLISH_SECONDS)
-        """Duration of each successful ``backend.publish`` call."""
-        self.delivery_seconds = Histogram(DELIVERY_SECONDS)
-        """Per event: from the scheduler seeing it to the broker acknowledging it."""
-        self._failing_since: float | None = None
-        self._last_failure_log = 0.0
-        self._failures_since_log = 0
         self._last_drop_log = 0.0
         self._drops_since_log = 0
 
@@ -163,6 +320,7 @@ class Pipeline:
         """
         self._final_sequence = self.next_sequence() - 1
         self._deadline = time.monotonic() + self.close_timeout
+        self.sink.begin_close(self._deadline)
         self._closing.set()
         self._wake.set()
         if self._thread is not None:
@@ -184,49 +342,47 @@ class Pipeline:
     # ------------------------------------------------------------ statistics
 
     def queued(self) -> int:
-        return len(self._buffer) + len(self._pending)
+        return len(self._buffer) + len(self._pending) + self.sink.in_flight()
 
     def stats(self) -> dict[str, Any]:
+        delivery = self.sink.stats
         return {
             "backend": self.backend.name,
             "destination": redact_url(self.backend.describe()),
-            "connected": self.connected,
+            "connected": delivery.connected,
             "queued": self.queued(),
-            "published": self.published,
+            "published": delivery.published,
             "dropped": self.dropped,
-            "retries": self.retries,
-            "publish_errors": self.publish_errors,
-            "last_error": self.last_error,
-            "last_publish_time": self.last_publish_time,
+            "retries": delivery.retries,
+            "publish_errors": delivery.publish_errors,
+            "last_error": delivery.last_error,
+            "last_publish_time": delivery.last_publish_time,
             "undelivered": self.undelivered,
         }
 
-    # ------------------------------------------------------------ publisher thread
+    # ------------------------------------------------------------ pipeline thread
 
     def _run(self) -> None:
         try:
-            self._publish_loop()
+            self.sink.start()
+            self._loop()
         except Exception:  # a bug here must not take the scheduler down with it
             logger.exception("dask-eventbus publisher thread failed")
         finally:
-            self.undelivered = self.queued()
-            if self.undelivered:
+            left = len(self._buffer) + len(self._pending)
+            try:
+                left += self.sink.finish()
+            except Exception:
+                logger.exception("dask-eventbus: closing the publisher failed")
+            self.undelivered = left
+            if left:
                 logger.warning(
                     "dask-eventbus: closed with %d events undelivered to %s",
-                    self.undelivered,
+                    left,
                     redact_url(self.backend.describe()),
                 )
-            self._close_backend()
-            self.connected = False
 
-    def _close_backend(self) -> None:
-        self._opened = False
-        try:
-            self.backend.close()
-        except Exception:
-            logger.debug("dask-eventbus: closing the backend failed", exc_info=True)
-
-    def _publish_loop(self) -> None:
+    def _loop(self) -> None:
         buffer = self._buffer
         while True:
             if self._closing.is_set() and time.monotonic() >= self._deadline:
@@ -240,11 +396,11 @@ class Pipeline:
                     if self._closing.is_set():
                         return
                     continue
-            if not self._deliver(self._pending):
+            if not self.sink.send(self._pending):
                 return
             self._pending = []
 
-    def _take_batch(self) -> list[Message]:
+    def _take_batch(self) -> list[Record]:
         buffer, records = self._buffer, []
         popleft = buffer.popleft
         try:
@@ -261,7 +417,7 @@ class Pipeline:
             if final > self._last_taken:
                 records.append(self._dropped_record(final))
                 self._last_taken = final
-        return build_messages(self.normalizer, records)
+        return records
 
     def _dropped_record(self, last: int) -> Record:
         first = self._last_taken + 1
@@ -269,84 +425,6 @@ class Pipeline:
         self.dropped += count
         self._log_drops(count)
         return (last, DROPPED, time.time(), count, first, last, self.policy)
-
-    def _deliver(self, messages: list[Message]) -> bool:
-        """Publish until the broker accepts; False if closing ran out of time."""
-        attempt = 0
-        while True:
-            try:
-                if not self._opened:
-                    self.backend.open()
-                    self._opened = True
-                started = time.perf_counter()
-                self.backend.publish(messages)
-                self.publish_seconds.observe(time.perf_counter() - started)
-            except Exception as exc:
-                self.connected = False
-                self._close_backend()
-                self._record_failure(exc)
-                attempt += 1
-                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 30))
-                delay *= random.uniform(0.5, 1.0)
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self.retries += 1
-                if self._closing.is_set():
-                    time.sleep(min(delay, remaining))
-                else:  # close() cuts the backoff short to start flushing at once
-                    self._closing.wait(delay)
-                continue
-            self.connected = True
-            self.published += len(messages)
-            self.last_publish_time = now = time.time()
-            self.delivery_seconds.observe_many([now - m.time for m in messages])
-            if self._failing_since is not None:
-                logger.warning(
-                    "dask-eventbus: publishing to %s works again after %.1fs and %d "
-                    "failed attempts",
-                    redact_url(self.backend.describe()),
-                    time.monotonic() - self._failing_since,
-                    attempt,
-                )
-                self._failing_since = None
-            return True
-
-    # ------------------------------------------------------------ logging
-
-    def _record_failure(self, exc: BaseException) -> None:
-        self.publish_errors += 1
-        try:
-            explanation = self.backend.explain(exc)
-        except Exception:
-            explanation = f"{type(exc).__name__}: {safe_text(exc)}"
-        self.last_error = redact_url(explanation)[:2000]
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-            self._last_failure_log = now
-            self._failures_since_log = 0
-            logger.error(
-                "dask-eventbus: cannot publish to %s: %s. Retrying with backoff; "
-                "up to %d events are kept meanwhile (eventbus.queue.max-events).",
-                redact_url(self.backend.describe()),
-                self.last_error,
-                self.max_events,
-            )
-            return
-        self._failures_since_log += 1
-        if now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
-            logger.warning(
-                "dask-eventbus: still cannot publish to %s after %.0fs (%d more "
-                "failures, %d events queued): %s",
-                redact_url(self.backend.describe()),
-                now - self._failing_since,
-                self._failures_since_log,
-                self.queued(),
-                self.last_error,
-            )
-            self._last_failure_log = now
-            self._failures_since_log = 0
 
     def _log_drops(self, count: int) -> None:
         now = time.monotonic()

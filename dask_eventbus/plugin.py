@@ -14,6 +14,7 @@ import asyncio
 import fnmatch
 import itertools
 import logging
+import pickle
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,9 +29,10 @@ from . import events as ev
 from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
-from .config import Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .events import Normalizer, Record
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Publisher, Sink
+from .process import ProcessSink
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -87,6 +89,7 @@ class EventBusPlugin(SchedulerPlugin):
         self.settings: Settings = load_settings()
         chosen = self.settings.backend if backend is None else backend
         self.backend = create_backend(chosen, options, self.settings.backends)
+        self.mode = _pipeline_mode(self.settings.pipeline.mode, self.backend)
         events = self.settings.events
         self._enabled = {
             type_: _matches(type_, events.include, events.exclude) for type_ in ev.EVENT_TYPES
@@ -104,6 +107,7 @@ class EventBusPlugin(SchedulerPlugin):
         self._workers: dict[str, dict[str, Any]] = {}
         self._tasks: dict[Any, Any] = {}
         self._unexport_metrics: Callable[[], None] = _nothing
+        self._group_refs = False
 
     def __repr__(self) -> str:
         return f"<EventBusPlugin backend={self.backend!r}>"
@@ -116,14 +120,23 @@ class EventBusPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self._tasks = scheduler.tasks
         source = self.settings.source or f"dask://{socket.gethostname()}/{scheduler.id}"
-        events = self.settings.events
-        normalizer = Normalizer(
-            source,
-            uuid.uuid4().hex[:12],
-            include_tracebacks=events.include_tracebacks,
-            max_text_length=events.max_text_length,
-        )
-        self._pipeline = pipeline = Pipeline(self.backend, normalizer, self.settings)
+        run_id = uuid.uuid4().hex[:12]
+        sink: Sink
+        if self.mode == "process":
+            sink = ProcessSink(self.backend, self.settings, source, run_id)
+        else:
+            events = self.settings.events
+            normalizer = Normalizer(
+                source,
+                run_id,
+                include_tracebacks=events.include_tracebacks,
+                max_text_length=events.max_text_length,
+            )
+            sink = Publisher(self.backend, normalizer, self.settings)
+        # Task groups name a task without parsing its key; in process mode the
+        # publisher process parses the key instead of receiving the group.
+        self._group_refs = self.mode == "thread"
+        self._pipeline = pipeline = Pipeline(self.backend, sink, self.settings)
         for address, ws in scheduler.workers.items():
             self._workers[address] = _worker_info(ws)
         scheduler.handlers["eventbus_stats"] = self.stats
@@ -131,7 +144,9 @@ class EventBusPlugin(SchedulerPlugin):
         self._next_sequence = pipeline.next_sequence
         self._capture = pipeline.capture
         pipeline.start()
-        logger.info("dask-eventbus: publishing scheduler events to %r", self.backend)
+        logger.info(
+            "dask-eventbus: publishing scheduler events to %r (%s mode)", self.backend, self.mode
+        )
         self._capture_scheduler(ev.SCHEDULER_STARTED)
 
     async def before_close(self) -> None:
@@ -195,7 +210,7 @@ class EventBusPlugin(SchedulerPlugin):
                     stimulus_id,
                     worker,
                     kwargs,
-                    ts.group if ts is not None else None,
+                    ts.group if ts is not None and self._group_refs else None,
                 )
             )
         except Exception:
@@ -310,6 +325,25 @@ class EventBusPlugin(SchedulerPlugin):
             VERSIONS,
             len(scheduler.workers),
         )
+
+
+def _pipeline_mode(configured: str, backend: Backend) -> str:
+    mode = backend.modes[0] if configured == "auto" else configured
+    if mode not in backend.modes:
+        raise ConfigError(
+            f"Invalid event bus config eventbus.pipeline.mode = {configured!r}: the "
+            f"{backend.name} backend runs only in {' or '.join(backend.modes)} mode"
+        )
+    if mode == "process":
+        try:
+            pickle.loads(pickle.dumps(backend))
+        except Exception as exc:
+            raise ConfigError(
+                f"The {backend.name} backend cannot be sent to the publisher process "
+                f"({type(exc).__name__}: {exc}); define its class at module level, or set "
+                "eventbus.pipeline.mode to thread"
+            ) from None
+    return mode
 
 
 def _worker_info(ws: Any) -> dict[str, Any]:

@@ -113,6 +113,7 @@ def test_the_defaults_file_is_valid_and_complete() -> None:
         "events",
         "transitions",
         "queue",
+        "pipeline",
         "retry",
         "close-timeout",
         "backends",

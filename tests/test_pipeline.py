@@ -19,7 +19,7 @@ from dask_eventbus import EventBusPlugin, Message, register_backend
 from dask_eventbus.backends.memory import MemoryBackend, MemoryOptions, get_store
 from dask_eventbus.config import load_settings
 from dask_eventbus.events import TASK_TRANSITION, Normalizer, transition_record
-from dask_eventbus.pipeline import Pipeline
+from dask_eventbus.pipeline import Pipeline, Publisher
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,7 +105,8 @@ def make_pipeline(
 ) -> Pipeline:
     overrides = {"queue": {k.replace("_", "-"): v for k, v in queue.items()}, "retry": retry or {}}
     settings = load_settings(overrides)
-    return Pipeline(backend, Normalizer("/tests/pipeline", "run"), settings)
+    publisher = Publisher(backend, Normalizer("/tests/pipeline", "run"), settings)
+    return Pipeline(backend, publisher, settings)
 
 
 def capture_transitions(pipeline: Pipeline, count: int) -> None:
@@ -143,7 +144,7 @@ def test_overflow_drops_by_policy_and_announces_it(
     assert transitions == list(kept)
     sequences = [e.sequence_number for e in events]
     assert sequences == sorted(sequences)
-    assert pipeline.dropped == 90 and pipeline.published == 11
+    assert pipeline.dropped == 90 and pipeline.sink.stats.published == 11
     assert "queue was full" in caplog.text and caplog.text.count("queue was full") == 1
 
 

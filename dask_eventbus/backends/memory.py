@@ -81,6 +81,7 @@ class MemoryBackend(Backend):
 
     name = "memory"
     Options = MemoryOptions
+    modes = ("thread",)  # the store lives in the scheduler's process
     options: MemoryOptions
 
     @property

@@ -1,0 +1,429 @@
+"""Process mode: publishing from a supervised child process.
+
+Normalizing, encoding and above all the broker client cost CPU, and a thread
+of the scheduler's process takes that CPU (and the GIL) from the scheduler.
+In process mode the pipeline thread only packs batches of captured records
+with msgpack and writes them to a child process (running :func:`main`),
+which runs the same :class:`~dask_eventbus.pipeline.Publisher` and
+acknowledges each batch once the broker has.
+
+The parent keeps every batch until it is acknowledged. When the child dies
+it starts a new one and sends the unacknowledged batches again, in order, so
+delivery stays at least once across a crash. At most ``IN_FLIGHT_BATCHES``
+batches are unacknowledged at a time; beyond that the pipeline stops taking
+records, the buffer fills, and the overflow policy applies as in thread mode.
+
+Frames are a 4-byte big-endian length and a msgpack array: parent to child
+``["init", {...}]``, ``["batch", id, records]``, ``["close", seconds]``;
+child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
+``["stats", stats]`` (after a failed attempt), ``["log", level, text]`` and
+``["closed", stats]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import IO, Any
+
+import msgspec
+
+from .backends import Backend
+from .config import Settings, redact_url
+from .events import Normalizer, Record, safe_text
+from .pipeline import LOG_SUMMARY_INTERVAL, DeliveryStats, Histogram, Publisher
+
+logger = logging.getLogger("distributed.eventbus")
+
+IN_FLIGHT_BATCHES = 4
+START_TIMEOUT = 60.0
+_LENGTH = struct.Struct(">I")
+
+
+def _pack_fallback(obj: object) -> object:
+    # Whatever msgpack cannot carry travels as text; the child makes JSON of it.
+    return safe_text(obj)
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_pack_fallback)
+_decoder = msgspec.msgpack.Decoder()
+
+
+def write_frame(stream: IO[bytes], message: Any, lock: threading.Lock | None = None) -> None:
+    payload = _encoder.encode(message)
+    data = _LENGTH.pack(len(payload)) + payload
+    if lock is None:
+        stream.write(data)
+        stream.flush()
+    else:
+        with lock:
+            stream.write(data)
+            stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next frame, or None at end of stream."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return _decoder.decode(payload)
+
+
+def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
+    return {
+        "published": stats.published,
+        "retries": stats.retries,
+        "publish_errors": stats.publish_errors,
+        "last_error": stats.last_error,
+        "last_publish_time": stats.last_publish_time,
+        "connected": stats.connected,
+        "publish_seconds": stats.publish_seconds.state(),
+        "delivery_seconds": stats.delivery_seconds.state(),
+    }
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
+    """``base`` (children that exited) plus the running child's latest report."""
+    merged = DeliveryStats()
+    for name in ("published", "retries", "publish_errors"):
+        setattr(merged, name, getattr(base, name) + state[name])
+    merged.last_error = state["last_error"] or base.last_error
+    merged.last_publish_time = state["last_publish_time"] or base.last_publish_time
+    merged.connected = state["connected"]
+    for name in ("publish_seconds", "delivery_seconds"):
+        histogram: Histogram = getattr(merged, name)
+        histogram.add(*getattr(base, name).state())
+        histogram.add(*state[name])
+    return merged
+
+
+class ProcessSink:
+    """The parent's side: ships batches to the child and supervises it."""
+
+    def __init__(self, backend: Backend, settings: Settings, source: str, run_id: str) -> None:
+        self.backend = backend
+        self.retry = settings.retry
+        self._init = {
+            # Only to our own child: the backend's class and options, the settings.
+            "backend": pickle.dumps(backend),
+            "settings": pickle.dumps(settings),
+            "source": source,
+            "run_id": run_id,
+            "sys_path": list(sys.path),
+        }  # EventBusPlugin checked at construction that these pickle
+        self._changed = threading.Condition()
+        self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._batch_ids = itertools.count(1)
+        self._child: subprocess.Popen[bytes] | None = None
+        self._alive = False
+        self._write_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        # Totals of children that exited, and those plus the running child's.
+        self._finished_stats = DeliveryStats()
+        self._stats = DeliveryStats()
+        self._starts = 0
+        self._failed_starts = 0
+        self._last_failure_log = 0.0
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._stats
+
+    # ---- Sink interface
+
+    def start(self) -> None:
+        self._ensure_child()
+
+    def in_flight(self) -> int:
+        with self._changed:
+            return sum(count for _, count in self._unacked.values())
+
+    def begin_close(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._closing.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def send(self, records: list[Record]) -> bool:
+        batch_id = next(self._batch_ids)
+        frame = _encoder.encode(["batch", batch_id, records])
+        with self._changed:
+            while len(self._unacked) >= IN_FLIGHT_BATCHES:
+                if not self._wait_for_room():
+                    return False
+            self._unacked[batch_id] = (frame, len(records))
+        # A new child is sent every unacknowledged batch, this one included.
+        return self._write(frame) or self._ensure_child()
+
+    def finish(self) -> int:
+        """Wait for acknowledgements until the deadline, then stop the child."""
+        with self._changed:
+            while self._unacked and self._wait_for_room():
+                pass
+        child = self._child
+        if child is not None:
+            if self._alive:
+                self._write(_encoder.encode(["close", max(0.0, self._deadline - time.monotonic())]))
+            try:
+                child.wait(max(0.0, self._deadline - time.monotonic()) + 1.0)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        with self._changed:
+            undelivered = sum(count for _, count in self._unacked.values())
+            self._unacked.clear()
+            self._finish_child_stats()
+        return undelivered
+
+    # ---- supervision
+
+    def _wait_for_room(self) -> bool:
+        """Wait (holding the condition) for an ack or restart a dead child.
+
+        False once closing ran out of time.
+        """
+        if not self._alive:
+            self._changed.release()
+            try:
+                return self._ensure_child()
+            finally:
+                self._changed.acquire()
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._changed.wait(min(remaining, 1.0))
+        return True
+
+    def _ensure_child(self) -> bool:
+        """A running child that has every unacknowledged batch; False past the deadline."""
+        attempt = 0
+        while not self._alive:
+            if self._closing.is_set() and time.monotonic() >= self._deadline:
+                return False
+            if self._spawn():
+                with self._changed:
+                    frames = [frame for frame, _ in self._unacked.values()]
+                if all(self._write(frame) for frame in frames):
+                    return True
+                continue
+            attempt += 1
+            delay = min(self.retry.max_backoff, self.retry.initial_backoff * 2 ** min(attempt, 30))
+            time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
+        return True
+
+    def _spawn(self) -> bool:
+        self._retire_child()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert child.stdin is not None and child.stdout is not None
+            write_frame(child.stdin, ["init", self._init])
+            reply = _read_with_timeout(child.stdout, START_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            self._start_failed(f"{type(exc).__name__}: {safe_text(exc)}")
+            return False
+        if not reply or reply[0] != "ready":
+            child.kill()
+            child.wait()
+            self._start_failed(reply[1] if reply else "it exited before it was ready")
+            return False
+        if self._starts:
+            logger.warning(
+                "dask-eventbus: publisher process restarted; resending %d unacknowledged batches",
+                len(self._unacked),
+            )
+        self._starts += 1
+        self._failed_starts = 0
+        self._child, self._alive = child, True
+        threading.Thread(
+            target=self._read_replies, args=(child,), name="dask-eventbus-replies", daemon=True
+        ).start()
+        return True
+
+    def _start_failed(self, why: str) -> None:
+        why = f"the publisher process failed to start: {redact_url(why)}"
+        self._stats.last_error = self._finished_stats.last_error = why
+        self._failed_starts += 1
+        now = time.monotonic()
+        if self._failed_starts == 1 or now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
+            self._last_failure_log = now
+            logger.error(
+                "dask-eventbus: publishing to %s: %s (%d attempts). Retrying with backoff.",
+                redact_url(self.backend.describe()),
+                why,
+                self._failed_starts,
+            )
+
+    def _retire_child(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with self._changed:
+            self._finish_child_stats()
+        with contextlib.suppress(OSError):
+            child.kill()
+        child.wait()
+
+    def _write(self, frame: bytes) -> bool:
+        child = self._child
+        if child is None or not self._alive:
+            return False
+        try:
+            with self._write_lock:
+                assert child.stdin is not None
+                child.stdin.write(_LENGTH.pack(len(frame)) + frame)
+                child.stdin.flush()
+        except (OSError, ValueError):
+            self._mark_dead(child)
+            return False
+        return True
+
+    def _mark_dead(self, child: subprocess.Popen[bytes]) -> None:
+        with self._changed:
+            if child is self._child and self._alive:
+                self._alive = False
+                if not self._closing.is_set():
+                    logger.error(
+                        "dask-eventbus: the publisher process exited (code %s); restarting it",
+                        child.poll(),
+                    )
+            self._changed.notify_all()
+
+    def _read_replies(self, child: subprocess.Popen[bytes]) -> None:
+        assert child.stdout is not None
+        while True:
+            try:
+                frame = read_frame(child.stdout)
+            except (OSError, ValueError, msgspec.DecodeError):
+                frame = None
+            if frame is None:
+                self._mark_dead(child)
+                return
+            if frame[0] == "log":
+                logger.log(frame[1], frame[2])
+                continue
+            with self._changed:
+                if frame[0] == "ack":
+                    self._unacked.pop(frame[1], None)
+                    self._stats = _merged(self._finished_stats, frame[2])
+                elif frame[0] in ("stats", "closed"):
+                    self._stats = _merged(self._finished_stats, frame[1])
+                self._changed.notify_all()
+
+    def _finish_child_stats(self) -> None:
+        self._finished_stats = self._stats
+        self._finished_stats.connected = False
+
+
+def _read_with_timeout(stream: IO[bytes], timeout: float) -> Any:
+    result: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=lambda: result.put(read_frame(stream)), daemon=True).start()
+    try:
+        return result.get(timeout=timeout)
+    except queue.Empty:
+        return ["failed", f"no answer within {timeout:g}s"]
+
+
+# ---------------------------------------------------------------- child side
+
+
+class _ForwardToParent(logging.Handler):
+    def __init__(self, out: IO[bytes], frame_lock: threading.Lock) -> None:
+        super().__init__(logging.INFO)
+        self.out, self.frame_lock = out, frame_lock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            write_frame(self.out, ["log", record.levelno, record.getMessage()], self.frame_lock)
+
+
+def main() -> None:
+    """Entry point of the publisher process."""
+    sys.exit(_child_main())
+
+
+def _child_main() -> int:
+    # Frames own the real stdout; anything a library prints goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    stdin = sys.stdin.buffer
+    lock = threading.Lock()
+    log = logging.getLogger("distributed.eventbus")
+    log.handlers[:] = [_ForwardToParent(out, lock)]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    frame = read_frame(stdin)
+    if not frame or frame[0] != "init":
+        return 2
+    init = frame[1]
+    try:
+        for path in reversed(init["sys_path"]):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        backend = pickle.loads(init["backend"])
+        settings = pickle.loads(init["settings"])
+        events = settings.events
+        normalizer = Normalizer(
+            init["source"],
+            init["run_id"],
+            include_tracebacks=events.include_tracebacks,
+            max_text_length=events.max_text_length,
+        )
+        publisher = Publisher(backend, normalizer, settings)
+        publisher.on_failure = lambda: write_frame(
+            out, ["stats", _stats_state(publisher.stats)], lock
+        )
+    except Exception as exc:
+        write_frame(out, ["failed", f"{type(exc).__name__}: {safe_text(exc)}"], lock)
+        return 1
+    write_frame(out, ["ready"], lock)
+
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    def read_parent() -> None:
+        while True:
+            try:
+                message = read_frame(stdin)
+            except Exception:
+                message = None
+            if message is None or message[0] == "close":
+                timeout = message[1] if message else 0.0
+                publisher.begin_close(time.monotonic() + timeout)
+                inbox.put(None)
+                return
+            inbox.put(message)
+
+    threading.Thread(target=read_parent, daemon=True).start()
+    while True:
+        message = inbox.get()
+        if message is None:
+            break
+        _, batch_id, records = message
+        if not publisher.send(records):
+            break
+        write_frame(out, ["ack", batch_id, _stats_state(publisher.stats)], lock)
+    publisher.finish()
+    write_frame(out, ["closed", _stats_state(publisher.stats)], lock)
+    return 0
