@@ -152,6 +152,9 @@ class KombuBackend(Backend):
                 f"({exc}). To fix this: pip install 'kombu[{extra}]'"
             ) from None
         self._driver = str(getattr(transport, "driver_type", self._alias))
+        if self._alias == "memory":
+            # The memory transport lives in one process: publish from this one.
+            self.modes = ("thread",)
         port = probe.port or getattr(transport, "default_port", None)
         host = probe.hostname or "localhost"
         self._address = f"{host}:{port}" if port else host
