@@ -71,8 +71,8 @@ class Backend:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BackendOptions]] = BackendOptions
-    modes: ClassVar[tuple[str, ...]] = ("process", "thread")
-    """Pipeline modes this backend runs in; the first is used for ``auto``."""
+    modes: tuple[str, ...] = ("process", "thread")
+    """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
 
     def __init__(self, **options: Any) -> None:
         self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
