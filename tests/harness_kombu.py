@@ -18,11 +18,12 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from helpers import Harness, require_broker, unique_name
+from helpers import Harness, proxy_in_front, require_broker, unique_name
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -118,6 +119,22 @@ def delete_memory(exchange: str) -> None:
         channel.exchange_delete(exchange)
 
 
+def proxied_options(
+    url: str, default_port: int, **options: Any
+) -> Callable[[], AbstractContextManager[tuple[Any, dict[str, Any]]]]:
+    """The fault suite's way in: the same exchange and queue through a proxy."""
+    parsed = urlsplit(url)
+    auth = parsed.netloc.rpartition("@")[0]
+
+    def via(port: int) -> dict[str, Any]:
+        netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
+        proxied_url = urlunsplit(parsed._replace(netloc=netloc))
+        return {"url": proxied_url, "connect-timeout": "2s", "publish-timeout": "3s", **options}
+
+    upstream = (parsed.hostname or "127.0.0.1", parsed.port or default_port)
+    return lambda: proxy_in_front(upstream, via)
+
+
 def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
     url = request.getfixturevalue("kombu_rabbitmq_url")
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
@@ -127,6 +144,7 @@ def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
         replays=True,
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_amqp(url, exchange, [queue]),
+        proxied=proxied_options(url, 5672, exchange=exchange, queue=queue),
     )
 
 
@@ -139,6 +157,7 @@ def kombu_redis_harness(request: pytest.FixtureRequest) -> Harness:
         replays=True,
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_redis(url, exchange, [queue]),
+        proxied=proxied_options(url, 6379, exchange=exchange, queue=queue),
     )
 
 

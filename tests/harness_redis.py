@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from helpers import Harness, require_broker, unique_name
+from helpers import Harness, proxy_in_front, require_broker, unique_name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -47,6 +49,19 @@ def delete_streams(url: str, *streams: str) -> Callable[[], None]:
 def redis_harness(request: pytest.FixtureRequest) -> Harness:
     url = request.getfixturevalue("redis_url")
     stream = unique_name("dask-eventbus-test-stream")
+    parsed = urlsplit(url)
+
+    def via(port: int) -> dict[str, Any]:
+        auth = parsed.netloc.rpartition("@")[0]
+        netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
+        return {
+            "url": urlunsplit(parsed._replace(netloc=netloc)),
+            "stream": stream,
+            "connect-timeout": "1s",
+            "socket-timeout": "2s",
+        }
+
+    upstream = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
     return Harness(
         "redis",
         {"url": url, "stream": stream},
@@ -58,6 +73,7 @@ def redis_harness(request: pytest.FixtureRequest) -> Harness:
             ({"ssl-ca-certs": "/tmp/ca.pem"}, "rediss://"),
         ],
         cleanup=delete_streams(url, stream),
+        proxied=lambda: proxy_in_front(upstream, via),
     )
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
+from faultproxy import FaultProxy
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends import Delivery, Message, Subscription
@@ -45,6 +48,18 @@ class Harness:
     bad_options: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     """Options that must be refused, each with a fragment of the error message."""
     cleanup: Callable[[], None] = lambda: None
+    proxied: Callable[[], AbstractContextManager[tuple[FaultProxy, dict[str, Any]]]] | None = None
+    """A fault proxy in front of the broker and options reaching this harness's
+    broker objects through it, with short timeouts (the fault suite uses it)."""
+
+
+@contextlib.contextmanager
+def proxy_in_front(
+    upstream: tuple[str, int], options_via: Callable[[int], dict[str, Any]]
+) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
+    """A proxy to ``upstream`` and ``options_via(proxy port)``."""
+    with FaultProxy(upstream) as proxy:
+        yield proxy, options_via(proxy.port)
 
 
 def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> list[Message]:

@@ -1,0 +1,233 @@
+"""The fault matrix: every broker backend, in both pipeline modes, through a
+TCP proxy that refuses, cuts and stalls connections.
+
+Each case runs a real scheduler, worker and client through the fault, then
+reads back everything the broker holds and accounts for every sequence
+number: delivered (once or more), dropped by the overflow policy (and
+announced), or lost. The table of results is printed at the end of the run
+and kept in ``docs/operations.rst``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import pytest
+from distributed import Client, Scheduler, Worker
+from faultproxy import FaultProxy
+from helpers import Harness, inc
+
+from dask_eventbus import Event, EventBusPlugin, subscribe
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+FAULTS = ["unreachable-at-start", "cut-mid-run", "stall-until-full", "gone-at-close"]
+MODES = ["thread", "process"]
+WAVES, TASKS_PER_WAVE = 6, 40
+CLOSE_TIMEOUT = 2.0
+QUEUE_FOR_STALL = 300
+
+
+@dataclass
+class Outcome:
+    backend: str
+    mode: str
+    fault: str
+    emitted: int
+    delivered: int
+    duplicated: int
+    dropped: int
+    lost: int
+
+
+RESULTS: list[Outcome] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_fault_matrix(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if not RESULTS:
+        return
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [
+        "",
+        "| backend | mode | fault | emitted | delivered | duplicated | dropped | lost |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(RESULTS, key=lambda r: (r.backend, r.mode, FAULTS.index(r.fault))):
+        lines.append(
+            f"| {r.backend} | {r.mode} | {r.fault} | {r.emitted} | {r.delivered} | "
+            f"{r.duplicated} | {r.dropped} | {r.lost} |"
+        )
+    if reporter is not None:
+        for line in lines:
+            reporter.write_line(line)
+
+
+class UnresponsiveLoop(logging.Handler):
+    """Collects distributed's "event loop was unresponsive" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "unresponsive" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+async def run_through(fault: str, plugin: EventBusPlugin, proxy: FaultProxy) -> float:
+    """Run waves of tasks while the fault happens; returns how long closing took."""
+    if fault == "unreachable-at-start":
+        proxy.set_mode("refuse")
+    s = await Scheduler(dashboard_address=":0", plugins=[plugin])
+    w = await Worker(s.address, nthreads=2)
+    c = await Client(s.address, asynchronous=True)
+    try:
+        for wave in range(WAVES):
+            if fault == "unreachable-at-start" and wave == WAVES // 2:
+                proxy.set_mode("pass")
+            if fault == "cut-mid-run" and wave % 2:
+                proxy.cut()
+            if fault == "stall-until-full" and wave == 1:
+                proxy.set_mode("stall")
+            numbers = range(wave * TASKS_PER_WAVE, (wave + 1) * TASKS_PER_WAVE)
+            results = await c.gather(c.map(inc, numbers, key=[f"wave-{n}" for n in numbers]))
+            assert results == [n + 1 for n in numbers]
+            await asyncio.sleep(0.3)
+        if fault == "stall-until-full":
+            proxy.set_mode("pass")
+            proxy.cut()  # connections hung on the stall are done for
+        deadline = time.monotonic() + 60
+        while plugin.stats()["queued"]:
+            assert time.monotonic() < deadline, f"never caught up: {plugin.stats()}"
+            await asyncio.sleep(0.05)
+        if fault == "gone-at-close":
+            proxy.set_mode("refuse")
+            proxy.cut()
+            await c.gather(c.map(inc, range(10), key=[f"last-{n}" for n in range(10)]))
+    finally:
+        started = time.monotonic()
+        await c.close()
+        await w.close()
+        await s.close()
+    return time.monotonic() - started
+
+
+def read_everything(harness: Harness, options: dict[str, Any], emitted: int) -> list[Event]:
+    """Every event the broker holds for this test, until all are seen or none come."""
+    events: list[Event] = []
+    seen: set[int] = set()
+    with subscribe(harness.backend, from_beginning=True, **options) as subscription:
+        while len(seen) < emitted:
+            event = subscription.poll(timeout=5.0)
+            if event is None:
+                break
+            events.append(event)
+            seen.add(event.sequence_number)
+    return events
+
+
+def account(events: list[Event], emitted: int) -> tuple[int, int, int, int]:
+    """(delivered, duplicated, dropped, lost) by sequence number."""
+    numbers = [e.sequence_number for e in events]
+    delivered = set(numbers)
+    announced = {e.sequence_number: e.data for e in events if e.type == "dask.eventbus.dropped"}
+    covered = set(delivered)
+    for data in announced.values():
+        covered.update(range(data["first_sequence"], data["last_sequence"] + 1))
+    lost = len(set(range(1, emitted + 1)) - covered)
+    dropped = sum(data["count"] for data in announced.values())
+    return len(delivered), len(numbers) - len(delivered), dropped, lost
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_fault(harness: Harness, fault: str, mode: str) -> None:
+    if harness.proxied is None:
+        pytest.skip(f"{harness.backend} has no network connection to break")
+    config: dict[str, Any] = {
+        "eventbus.pipeline.mode": mode,
+        "eventbus.retry.initial-backoff": "50ms",
+        "eventbus.retry.max-backoff": "500ms",
+        "eventbus.close-timeout": f"{CLOSE_TIMEOUT}s",
+        "distributed.admin.tick.limit": "1s",
+    }
+    if fault == "stall-until-full":
+        config["eventbus.queue.max-events"] = QUEUE_FOR_STALL
+        config["eventbus.queue.batch-size"] = 50
+    watcher = UnresponsiveLoop()
+    logging.getLogger("distributed").addHandler(watcher)
+    try:
+        with harness.proxied() as (proxy, options), dask.config.set(config):
+            plugin = EventBusPlugin(harness.backend, **options)
+            if plugin.mode != mode:
+                pytest.skip(f"{harness.backend} with these options runs only in {plugin.mode} mode")
+            closing_took = asyncio.run(run_through(fault, plugin, proxy))
+            stats = plugin.stats()
+            emitted = plugin._pipeline._final_sequence  # type: ignore[union-attr]
+            proxy.set_mode("pass")
+            events = read_everything(harness, options, emitted)
+    finally:
+        logging.getLogger("distributed").removeHandler(watcher)
+
+    delivered, duplicated, dropped, lost = account(events, emitted)
+    name = harness.options.get("url", harness.backend).split(":", 1)[0]
+    backend = harness.backend if harness.backend != "kombu" else f"kombu ({name})"
+    RESULTS.append(Outcome(backend, mode, fault, emitted, delivered, duplicated, dropped, lost))
+
+    assert not watcher.messages, watcher.messages
+    assert closing_took < CLOSE_TIMEOUT + 3.0
+    assert dropped == stats["dropped"], "drops must be exactly counted and announced"
+    if fault == "gone-at-close":
+        # What was not confirmed is counted as undelivered, though the broker
+        # may have taken some of it: nothing is lost without being counted.
+        assert 0 < lost <= stats["undelivered"], (lost, stats)
+    else:
+        assert lost == 0, f"{lost} events lost: {stats}"
+        assert stats["undelivered"] == 0
+    if fault == "stall-until-full":
+        assert dropped > 0, "the stall should have filled the queue"
+    else:
+        assert dropped == 0
+
+
+def test_a_broker_answering_garbage_is_retried_with_backoff(harness: Harness) -> None:
+    if harness.proxied is None:
+        pytest.skip(f"{harness.backend} has no network connection to break")
+    config = {
+        "eventbus.pipeline.mode": "thread",
+        "eventbus.retry.initial-backoff": "100ms",
+        "eventbus.retry.max-backoff": "1s",
+        "eventbus.close-timeout": "1s",
+    }
+    watcher = UnresponsiveLoop()
+    logging.getLogger("distributed").addHandler(watcher)
+    try:
+        with harness.proxied() as (proxy, options), dask.config.set(config):
+            proxy.set_mode("garbage")
+            plugin = EventBusPlugin(harness.backend, **options)
+
+            async def run() -> dict[str, Any]:
+                async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+                    async with Worker(s.address, nthreads=1):
+                        async with Client(s.address, asynchronous=True) as c:
+                            started = time.monotonic()
+                            while time.monotonic() - started < 8.0:
+                                assert await c.submit(inc, 1, pure=False) == 2
+                                await asyncio.sleep(0.2)
+                            return plugin.stats()
+
+            stats = asyncio.run(run())
+    finally:
+        logging.getLogger("distributed").removeHandler(watcher)
+    assert not watcher.messages
+    assert stats["published"] == 0 and stats["last_error"]
+    # From 100 ms doubling to 1 s over 8 s, with timeouts in between: a handful.
+    assert 1 <= stats["publish_errors"] <= 20, stats

@@ -1,0 +1,146 @@
+"""Secrets stay secret; brokers that refuse or babble get clear logs and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import dask
+import pytest
+from distributed import Client, Scheduler, Worker
+from helpers import Harness, inc, unique_name
+
+from dask_eventbus import EventBusPlugin
+
+pytestmark = pytest.mark.timeout(180)
+
+SECRET = "s3cr3t-" + unique_name("token")
+RUN_FOR = 4.0
+
+
+class Everything(logging.Handler):
+    """Every log record of the process, formatted as people would see it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(logging.Formatter().format(record))
+
+
+def with_secret(harness: Harness) -> dict[str, Any]:
+    """The harness's options with a wrong password the broker will refuse."""
+    options = dict(harness.options)
+    if harness.backend == "kafka":
+        config = dict(options["config"])
+        config.update(
+            {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": "dask",
+                "sasl.password": SECRET,
+            }
+        )
+        return {**options, "config": config, "timeout": "3s"}
+    parsed = urlsplit(options["url"])
+    host = parsed.netloc.rpartition("@")[2]
+    if parsed.scheme.startswith("redis"):
+        # redis-py ignores a password the (passwordless) test Redis does not
+        # ask for; a port nobody listens on refuses the connection instead.
+        # (tests/test_backend_redis.py refuses passwords on a Redis of its own.)
+        host = "127.0.0.1:1"
+    user = "guest" if parsed.scheme.startswith("amqp") else ""
+    options["url"] = urlunsplit(parsed._replace(netloc=f"{user}:{SECRET}@{host}"))
+    return options
+
+
+async def run_briefly(plugin: EventBusPlugin) -> dict[str, Any]:
+    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Worker(s.address, nthreads=1):
+            async with Client(s.address, asynchronous=True) as c:
+                deadline = time.monotonic() + RUN_FOR
+                while time.monotonic() < deadline:
+                    assert await c.submit(inc, 1, pure=False) == 2
+                    await asyncio.sleep(0.2)
+                return plugin.stats()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_refused_credentials_log_clearly_back_off_and_never_leak(
+    harness: Harness, mode: str
+) -> None:
+    if harness.proxied is None:
+        pytest.skip(f"{harness.backend} has no credentials")
+    options = with_secret(harness)
+    handler = Everything()
+    for name in ("", "distributed"):
+        logging.getLogger(name).addHandler(handler)
+    config = {
+        "eventbus.pipeline.mode": mode,
+        "eventbus.close-timeout": "1s",
+        "eventbus.retry.initial-backoff": "100ms",
+        "eventbus.retry.max-backoff": "1s",
+    }
+    try:
+        with dask.config.set(config):
+            plugin = EventBusPlugin(harness.backend, **options)
+            stats = asyncio.run(run_briefly(plugin))
+    finally:
+        for name in ("", "distributed"):
+            logging.getLogger(name).removeHandler(handler)
+    seen = "\n".join([*handler.lines, repr(plugin), repr(plugin.backend), json.dumps(stats)])
+    assert SECRET not in seen
+    assert stats["published"] == 0 and stats["connected"] is False
+    # Backoff, not a busy loop: from 100 ms doubling to 1 s, a few attempts a second.
+    assert 1 <= stats["publish_errors"] <= 4 * RUN_FOR
+    assert stats["last_error"]
+    errors = [line for line in handler.lines if "cannot publish" in line]
+    assert len(errors) == 1, "the first failure is an error; repeats are summarised"
+
+
+def test_command_line_output_never_shows_a_secret(tmp_path: Path) -> None:
+    url = f"redis://default:{SECRET}@127.0.0.1:1/0"
+    bin_dir = Path(sys.executable).parent
+    env = {"DASK_EVENTBUS__BACKENDS__REDIS__URL": url, "DASK_EVENTBUS__BACKEND": "redis"}
+    import os
+
+    for args in (["config"], ["config", "--json"], ["check", "--timeout", "2"]):
+        result = subprocess.run(
+            [str(bin_dir / "dask-eventbus"), *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert SECRET not in result.stdout + result.stderr, args
+    assert result.returncode == 1 and "cannot connect" in result.stderr.lower()
+
+
+def test_events_carry_no_task_data_and_tracebacks_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+
+    def leak(value: str) -> str:
+        raise ValueError(f"failed on {value}")
+
+    async def run() -> None:
+        with dask.config.set({"eventbus.events.include-tracebacks": False}):
+            plugin = EventBusPlugin("jsonl", path=str(path))
+        async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+            async with Worker(s.address, nthreads=1):
+                async with Client(s.address, asynchronous=True) as c:
+                    assert await c.submit(str.upper, SECRET) == SECRET.upper()
+                    with pytest.raises(ValueError):
+                        await c.submit(leak, SECRET)
+
+    asyncio.run(run())
+    text = path.read_text()
+    assert "dask.task.transition" in text and '"erred"' in text
+    assert SECRET not in text and SECRET.upper() not in text
