@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 
 import dask
+import msgspec
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
@@ -19,7 +20,14 @@ from helpers import (
 )
 from jsonschema import Draft202012Validator, FormatChecker
 
-from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
+from dask_eventbus import (
+    ConfigError,
+    Event,
+    EventBusPlugin,
+    create_backend,
+    get_backend,
+    subscribe,
+)
 from dask_eventbus.events import EVENT_TYPES, load_shipped_schema
 
 pytestmark = pytest.mark.timeout(180)
@@ -117,6 +125,22 @@ def test_bad_options_are_refused_clearly(harness: Harness) -> None:
         message = str(info.value)
         assert fragment in message
         assert f"eventbus.backends.{harness.backend}" in message
+
+
+def test_batched_content_mode_round_trip(harness: Harness) -> None:
+    cls = get_backend(harness.backend)
+    if "content-mode" not in {f.encode_name for f in msgspec.structs.fields(cls.Options)}:
+        pytest.skip(f"{harness.backend} has no batched content mode")
+    options = {**harness.options, "content-mode": "batched"}
+    messages = synthetic_messages(250, subjects=5)
+    with subscribe(harness.backend, **harness.options) as events:
+        publish(Harness(harness.backend, options), [messages[:100], messages[100:]])
+        bodies = read_raw(events, 2)
+    assert [len(json.loads(body)) for body in bodies] == [100, 150]
+    with subscribe(harness.backend, **harness.options) as events:
+        publish(Harness(harness.backend, options), [messages[:100], messages[100:]])
+        received = read_events(events, count=250)
+    assert [e.id for e in received] == [m.id for m in messages]
 
 
 def test_raw_bodies_are_cloudevents(harness: Harness) -> None:

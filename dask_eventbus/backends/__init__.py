@@ -21,12 +21,12 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
 from ..config import ConfigError, convert, redact_url
-from ..events import Event
+from ..events import CONTENT_TYPE, Event
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -54,6 +54,8 @@ class Message(NamedTuple):
     """Seconds since the epoch, when the scheduler saw what happened."""
     routing_key: str
     """The type, refined for transitions: ``dask.task.transition.<start>.<finish>``."""
+    content_type: str = CONTENT_TYPE
+    """``application/cloudevents+json``, or the batch type for a batched message."""
 
 
 class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
@@ -233,11 +235,40 @@ class Subscription(Iterator[Event]):
 
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+BATCH_ROUTING_KEY = "dask.eventbus.batch"
+
+ContentMode = Literal["structured", "batched"]
+"""``structured``: one message per event (CloudEvents structured mode);
+``batched``: one message per published batch, a JSON array of events
+(CloudEvents batched mode), far fewer messages for the broker to handle."""
 
 
 def batch_body(messages: Sequence[Message]) -> bytes:
     """Several events as one CloudEvents JSON batch (a JSON array of events)."""
     return b"[" + b",".join([m.body for m in messages]) + b"]"
+
+
+def in_content_mode(messages: Sequence[Message], mode: ContentMode) -> Sequence[Message]:
+    """The messages to send: as they are, or all of them as one batched message.
+
+    A batched message takes the id, sequence and time of the batch's first
+    event; its ``type`` and ``routing_key`` are ``dask.eventbus.batch``.
+    """
+    if mode == "structured" or not messages:
+        return messages
+    first = messages[0]
+    return [
+        Message(
+            batch_body(messages),
+            first.id,
+            BATCH_ROUTING_KEY,
+            None,
+            first.sequence,
+            first.time,
+            BATCH_ROUTING_KEY,
+            BATCH_CONTENT_TYPE,
+        )
+    ]
 
 
 def decode_body(body: bytes) -> list[Event]:

@@ -31,7 +31,16 @@ from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
 from ..config import ConfigError, Duration, redact_url
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import (
+    BATCH_CONTENT_TYPE,
+    Backend,
+    BackendOptions,
+    ContentMode,
+    Delivery,
+    Message,
+    Subscription,
+    in_content_mode,
+)
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
@@ -81,6 +90,7 @@ class KombuOptions(BackendOptions):
     exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
     routing_key: str | None = None
+    content_mode: ContentMode = "structured"
     durable: bool = True
     delivery_mode: Literal["persistent", "transient", 1, 2] = "persistent"
     transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -262,6 +272,7 @@ class KombuBackend(Backend):
         if producer is None:
             raise RuntimeError("the kombu backend is not open")
         self._healthy = False
+        messages = in_content_mode(messages, self.options.content_mode)
         if self._batching:
             with producer.batch(max_size=max(1000, 2 * len(messages))):
                 self._publish_each(producer, messages)
@@ -276,11 +287,12 @@ class KombuBackend(Backend):
         publish = producer.publish
         mode = self._delivery_mode
         for m in messages:
-            key = _render_key(template, m) if template else m.routing_key
+            structured = m.content_type == CONTENT_TYPE
+            key = _render_key(template, m) if template and structured else m.routing_key
             publish(
                 m.body,
                 routing_key=key,
-                content_type=CONTENT_TYPE,
+                content_type=m.content_type,
                 content_encoding=CONTENT_ENCODING,
                 delivery_mode=mode,
                 message_id=m.id,
@@ -507,7 +519,7 @@ class _KombuSubscription(Subscription):
             no_ack=False,
             auto_declare=False,
             on_message=self._received.append,
-            accept=[CONTENT_TYPE],
+            accept=[CONTENT_TYPE, BATCH_CONTENT_TYPE],
         )
         self._consumer.qos(prefetch_count=self._limit)
         self._consumer.consume()

@@ -39,7 +39,15 @@ from pika.adapters.utils.connection_workflow import (
 
 from ..config import Duration, redact_url
 from ..events import CONTENT_TYPE, TASK_TRANSITION
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import (
+    Backend,
+    BackendOptions,
+    ContentMode,
+    Delivery,
+    Message,
+    Subscription,
+    in_content_mode,
+)
 
 logger = logging.getLogger("dask_eventbus")
 
@@ -138,6 +146,7 @@ class RabbitMQOptions(BackendOptions):
     routing_key: str | None = None
     confirm: bool = True
     mandatory: bool = False
+    content_mode: ContentMode = "structured"
     declare: bool = True
     queue: str | None = None
     queue_max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -372,7 +381,7 @@ class RabbitMQBackend(Backend):
                 )
             self.open()
         try:
-            self._publish(messages)
+            self._publish(in_content_mode(messages, self.options.content_mode))
         except BaseException:
             # Whatever was sent, the delivery tags no longer tell which events
             # the broker has: the next publish starts on a new connection.
@@ -390,12 +399,13 @@ class RabbitMQBackend(Backend):
         delivery_mode = 2 if options.persistent else 1
         with_headers = options.exchange_type == "headers"
         for message in messages:
+            structured = message.content_type == CONTENT_TYPE
             basic_publish(
                 exchange,
-                routing_key(message),
+                routing_key(message) if structured else message.routing_key,
                 message.body,
                 properties(
-                    content_type=CONTENT_TYPE,
+                    content_type=message.content_type,
                     delivery_mode=delivery_mode,
                     message_id=message.id,
                     type=message.type,

@@ -39,7 +39,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..config import Duration, redact_url
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import (
+    Backend,
+    BackendOptions,
+    ContentMode,
+    Delivery,
+    Message,
+    Subscription,
+    in_content_mode,
+)
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -70,6 +78,7 @@ class RedisOptions(BackendOptions):
     username: str | None = None
     password: str | None = None
     stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
+    content_mode: ContentMode = "structured"
     maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
     connect_timeout: Duration = Duration(5.0)
     socket_timeout: Duration = Duration(5.0)
@@ -193,6 +202,7 @@ class RedisBackend(Backend):
             raise RuntimeError("redis backend is not open")
         if not messages:
             return
+        messages = in_content_mode(messages, self.options.content_mode)
         payload = self._pack(messages)
         try:
             errors = _send(client, payload, len(messages))
