@@ -50,11 +50,20 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
 pytest_plugins = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
 
 
+# Harnesses with no network connection to a broker; a module may add its own
+# in ``LOCAL``. Tests marked ``networked`` (faults, credentials) skip them.
+LOCAL_HARNESSES = {"memory", "jsonl"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "harness" in metafunc.fixturenames:
         for name in pytest_plugins:
             HARNESSES.update(sys.modules[name].HARNESSES)
-        metafunc.parametrize("harness", list(HARNESSES), indirect=True)
+            LOCAL_HARNESSES.update(getattr(sys.modules[name], "LOCAL", ()))
+        names = list(HARNESSES)
+        if metafunc.definition.get_closest_marker("networked"):
+            names = [name for name in names if name not in LOCAL_HARNESSES]
+        metafunc.parametrize("harness", names, indirect=True)
 
 
 @pytest.fixture

@@ -172,6 +172,7 @@ def kombu_memory_harness(request: pytest.FixtureRequest) -> Harness:
     )
 
 
+LOCAL = {"kombu-memory"}  # memory:// has no connection to break
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
     "kombu-amqp": kombu_amqp_harness,
     "kombu-redis": kombu_redis_harness,

@@ -73,12 +73,12 @@ async def run_briefly(plugin: EventBusPlugin) -> dict[str, Any]:
                 return plugin.stats()
 
 
+@pytest.mark.networked
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_refused_credentials_log_clearly_back_off_and_never_leak(
     harness: Harness, mode: str
 ) -> None:
-    if harness.proxied is None:
-        pytest.skip(f"{harness.backend} has no credentials")
+    assert harness.proxied is not None
     options = with_secret(harness)
     handler = Everything()
     for name in ("", "distributed"):
