@@ -42,7 +42,10 @@ _NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _Section(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
-    pass
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({redact_value('', msgspec.to_builtins(self, enc_hook=float))})"
+        )
 
 
 class EventSettings(_Section):
@@ -210,7 +213,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 _SECRET_KEY = re.compile(
     r"password|passphrase|passwd|secret|token|credential|private|key\.pem|oauthbearer"
 )
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+# Greedy up to the authority's last "@": a password may contain "@" itself.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@")
 
 
 _QUERY_SECRET = re.compile(

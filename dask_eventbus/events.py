@@ -22,6 +22,8 @@ from typing import Annotated, Any
 import msgspec
 from dask.utils import key_split
 
+from .config import EventSettings
+
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
@@ -209,7 +211,13 @@ class Dropped(_Data):
     count: Annotated[int, _doc("How many events were dropped.")]
     first_sequence: Annotated[int, _doc("Sequence number of the first dropped event.")]
     last_sequence: Annotated[int, _doc("Sequence number of the last dropped event.")]
-    policy: Annotated[str, _doc("The overflow policy that dropped them.")]
+    policy: Annotated[
+        str,
+        _doc(
+            "Why: the overflow policy that dropped them (drop-oldest, drop-newest), or "
+            "error: a batch that could not be published at all (a bug; see the log)."
+        ),
+    ]
 
 
 class Probe(_Data):
@@ -423,6 +431,15 @@ class Normalizer:
             DROPPED: self._dropped,
             PROBE: self._probe,
         }
+
+    @classmethod
+    def from_settings(cls, source: str, run_id: str, settings: EventSettings) -> Normalizer:
+        return cls(
+            source,
+            run_id,
+            include_tracebacks=settings.include_tracebacks,
+            max_text_length=settings.max_text_length,
+        )
 
     def event(self, record: Record) -> Event:
         """The event for one record; never raises."""

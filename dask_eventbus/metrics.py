@@ -1,19 +1,23 @@
 """Prometheus metrics of the event bus, on the scheduler's own ``/metrics``.
 
 distributed serves ``prometheus_client``'s default registry at the
-dashboard's ``/metrics``; each started plugin registers a collector there
-(when ``prometheus_client`` is installed) and removes it when it closes.
-Labels stay low-cardinality: the backend name only.
+dashboard's ``/metrics``. One collector per process (registered the first time
+a plugin starts, when ``prometheus_client`` is installed) reports every
+running pipeline, summed by backend name: labels stay low-cardinality, and a
+second scheduler in the same process adds to the same series.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask.config
 
-from .pipeline import Histogram, Pipeline
+from .pipeline import DELIVERY_SECONDS, PUBLISH_SECONDS, Histogram, Pipeline
 
 try:
     from prometheus_client import REGISTRY
@@ -25,67 +29,100 @@ try:
 except ImportError:  # metrics are optional, like distributed's own
     REGISTRY = None  # type: ignore[assignment]
 
+logger = logging.getLogger("distributed.eventbus")
+
+_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_registered = False
+_lock = threading.Lock()
+
 
 class EventBusCollector:
-    """Reads one pipeline's statistics whenever Prometheus scrapes."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        namespace = dask.config.get("distributed.dashboard.prometheus.namespace", "dask")
-        self.prefix = f"{namespace}_eventbus_" if namespace else "eventbus_"
+    """Reads the statistics of every live pipeline whenever Prometheus scrapes."""
 
     def collect(self) -> Iterator[Any]:
-        p, labels = self.pipeline, [self.pipeline.backend.name]
-        delivery = p.sink.stats
+        namespace = dask.config.get("distributed.dashboard.prometheus.namespace", "dask")
+        prefix = f"{namespace}_eventbus_" if namespace else "eventbus_"
+        by_backend: dict[str, list[Pipeline]] = {}
+        for pipeline in list(_pipelines):
+            by_backend.setdefault(pipeline.backend.name, []).append(pipeline)
 
-        def counter(name: str, doc: str, value: float) -> Any:
-            family = CounterMetricFamily(self.prefix + name, doc, labels=["backend"])
-            family.add_metric(labels, value)
-            return family
+        def family(kind: Any, name: str, doc: str) -> Any:
+            return kind(prefix + name, doc, labels=["backend"])
 
-        def gauge(name: str, doc: str, value: float) -> Any:
-            family = GaugeMetricFamily(self.prefix + name, doc, labels=["backend"])
-            family.add_metric(labels, value)
-            return family
+        def summed(kind: Any, name: str, doc: str, value: Callable[[Pipeline], float]) -> Any:
+            metric = family(kind, name, doc)
+            for backend, pipelines in by_backend.items():
+                metric.add_metric([backend], sum(value(p) for p in pipelines))
+            return metric
 
-        def histogram(name: str, doc: str, h: Histogram) -> Any:
-            family = HistogramMetricFamily(self.prefix + name, doc, labels=["backend"])
-            cumulative, buckets = 0, []
-            for bound, count in zip([*h.bounds, float("inf")], h.counts, strict=True):
-                cumulative += count
-                buckets.append((_le(bound), cumulative))
-            family.add_metric(labels, buckets, h.total)
-            return family
+        def histogram(name: str, doc: str, bounds: tuple[float, ...], attr: str) -> Any:
+            metric = family(HistogramMetricFamily, name, doc)
+            for backend, pipelines in by_backend.items():
+                total = Histogram(bounds)
+                for p in pipelines:
+                    total.add(*getattr(p.sink.stats, attr).state())
+                cumulative, buckets = 0, []
+                for bound, count in zip([*bounds, float("inf")], total.counts, strict=True):
+                    cumulative += count
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                metric.add_metric([backend], buckets, total.total)
+            return metric
 
-        yield counter("events_published", "Events the broker acknowledged.", delivery.published)
-        yield counter("events_dropped", "Events dropped because the queue was full.", p.dropped)
-        yield counter("publish_retries", "Publishes retried after a failure.", delivery.retries)
-        yield counter(
-            "publish_errors", "Failed attempts to publish a batch.", delivery.publish_errors
-        )
-        yield gauge("queue_events", "Events captured and not yet acknowledged.", p.queued())
-        yield gauge("queue_capacity_events", "eventbus.queue.max-events.", p.max_events)
-        yield gauge(
-            "backend_connected", "1 if the last publish succeeded.", int(delivery.connected)
-        )
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        yield summed(
+            counter, "events_published", "Events the broker acknowledged.",
+            lambda p: p.sink.stats.published,
+        )  # fmt: skip
+        yield summed(
+            counter, "events_dropped", "Events dropped because the queue was full.",
+            lambda p: p.dropped_so_far(),
+        )  # fmt: skip
+        yield summed(
+            counter, "publish_retries", "Publishes retried after a failure.",
+            lambda p: p.sink.stats.retries,
+        )  # fmt: skip
+        yield summed(
+            counter, "publish_errors", "Failed attempts to publish a batch.",
+            lambda p: p.sink.stats.publish_errors,
+        )  # fmt: skip
+        yield summed(
+            gauge, "queue_events", "Events captured and not yet acknowledged.",
+            lambda p: p.queued(),
+        )  # fmt: skip
+        yield summed(
+            gauge, "queue_capacity_events", "eventbus.queue.max-events.",
+            lambda p: p.max_events,
+        )  # fmt: skip
+        yield summed(
+            gauge, "backend_connected", "Pipelines whose last publish succeeded.",
+            lambda p: int(p.sink.stats.connected),
+        )  # fmt: skip
         yield histogram(
-            "publish_duration_seconds", "Time to publish one batch.", delivery.publish_seconds
-        )
+            "publish_duration_seconds", "Time to publish one batch.",
+            PUBLISH_SECONDS, "publish_seconds",
+        )  # fmt: skip
         yield histogram(
             "delivery_latency_seconds",
             "Per event, from the scheduler seeing it to the broker acknowledging it.",
-            delivery.delivery_seconds,
-        )
+            DELIVERY_SECONDS, "delivery_seconds",
+        )  # fmt: skip
 
 
-def _le(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
-
-
-def export(pipeline: Pipeline) -> Callable[[], None]:
-    """Register the pipeline's metrics; returns the function that removes them."""
+def export(pipeline: Pipeline) -> None:
+    """Report the pipeline's metrics while it lives; never raises."""
+    global _registered
     if REGISTRY is None:
-        return lambda: None
-    collector = EventBusCollector(pipeline)
-    REGISTRY.register(collector)
-    return lambda: REGISTRY.unregister(collector)
+        return
+    _pipelines.add(pipeline)
+    with _lock:
+        if _registered:
+            return
+        try:
+            REGISTRY.register(EventBusCollector())
+            _registered = True
+        except Exception:
+            logger.warning("dask-eventbus: cannot export Prometheus metrics", exc_info=True)
+
+
+def unexport(pipeline: Pipeline) -> None:
+    _pipelines.discard(pipeline)

@@ -119,6 +119,9 @@ class Sink(Protocol):
 
     def begin_close(self, deadline: float) -> None: ...
 
+    def idle(self) -> None:
+        """Called when the pipeline thread wakes with nothing to send."""
+
     def finish(self) -> int:
         """After the last send: wait (until the deadline) and release; returns undelivered."""
 
@@ -155,6 +158,9 @@ class Publisher:
     def begin_close(self, deadline: float) -> None:
         self._deadline = deadline
         self._closing.set()
+
+    def idle(self) -> None:
+        pass
 
     def send(self, records: list[Record]) -> bool:
         return self.deliver(build_messages(self.normalizer, records))
@@ -269,6 +275,7 @@ class Pipeline:
             self._buffer: deque[Record] = deque(maxlen=self.max_events)
         else:
             self._buffer = deque()
+        self._overflowed = [0]  # drop-newest: counted where a record is refused
         self.capture: Callable[[Record], None] = self._capture_function()
         self._thread: threading.Thread | None = None
         self._pending: list[Record] = []
@@ -276,6 +283,7 @@ class Pipeline:
         self._final_sequence = 0
         self._deadline = float("inf")
         self.dropped = 0
+        """Drops announced so far; see :meth:`dropped_so_far` for the live count."""
         self.undelivered = 0
         self._last_drop_log = 0.0
         self._drops_since_log = 0
@@ -294,6 +302,7 @@ class Pipeline:
                     wake()
 
         else:
+            overflowed = self._overflowed
 
             def capture(record: Record) -> None:
                 size = len(buffer)
@@ -301,6 +310,8 @@ class Pipeline:
                     append(record)
                     if size + 1 == batch_size:
                         wake()
+                else:
+                    overflowed[0] += 1
 
         return capture
 
@@ -312,13 +323,18 @@ class Pipeline:
         )
         self._thread.start()
 
-    def close(self) -> None:
-        """Deliver what is left within ``close-timeout``. Blocks.
+    def stop_capture(self) -> None:
+        """Mark the end of the sequence; call it on the thread that captures.
 
-        Callers stop calling :attr:`capture` first: what is captured later is
-        neither delivered nor counted.
+        Callers stop calling :attr:`capture` and :attr:`next_sequence` then:
+        anything captured later is neither delivered nor counted.
         """
         self._final_sequence = self.next_sequence() - 1
+
+    def close(self) -> None:
+        """Deliver what is left within ``close-timeout``. Blocks."""
+        if not self._final_sequence:
+            self.stop_capture()
         self._deadline = time.monotonic() + self.close_timeout
         self.sink.begin_close(self._deadline)
         self._closing.set()
@@ -344,6 +360,17 @@ class Pipeline:
     def queued(self) -> int:
         return len(self._buffer) + len(self._pending) + self.sink.in_flight()
 
+    def dropped_so_far(self) -> int:
+        """Drops including those not yet announced (the pipeline thread may be
+        stuck publishing while the queue overflows)."""
+        if self.policy == "drop-newest":
+            return self._overflowed[0]
+        try:
+            unseen = self._buffer[0][0] - self._last_taken - 1
+        except IndexError:
+            unseen = 0
+        return self.dropped + max(0, unseen)
+
     def stats(self) -> dict[str, Any]:
         delivery = self.sink.stats
         return {
@@ -352,7 +379,7 @@ class Pipeline:
             "connected": delivery.connected,
             "queued": self.queued(),
             "published": delivery.published,
-            "dropped": self.dropped,
+            "dropped": self.dropped_so_far(),
             "retries": delivery.retries,
             "publish_errors": delivery.publish_errors,
             "last_error": delivery.last_error,
@@ -395,9 +422,19 @@ class Pipeline:
                 if not self._pending:
                     if self._closing.is_set():
                         return
+                    self.sink.idle()
                     continue
-            if not self.sink.send(self._pending):
-                return
+            try:
+                if not self.sink.send(self._pending):
+                    return
+            except Exception:
+                # A bug must cost this batch, not every event after it.
+                lost = self._pending
+                if len(lost) == 1 and lost[0][1] == DROPPED and lost[0][6] == "error":
+                    self._pending = []  # not even the announcement goes out
+                else:
+                    self._pending = [self._lost_batch(lost)]
+                continue
             self._pending = []
 
     def _take_batch(self) -> list[Record]:
@@ -418,6 +455,17 @@ class Pipeline:
                 records.append(self._dropped_record(final))
                 self._last_taken = final
         return records
+
+    def _lost_batch(self, records: list[Record]) -> Record:
+        """A dropped-event record standing for a batch that could not be sent."""
+        logger.exception(
+            "dask-eventbus: could not publish a batch of %d events; they are dropped and announced",
+            len(records),
+        )
+        first, last = records[0][0], records[-1][0]
+        count = len(records)
+        self.dropped += count
+        return (last, DROPPED, time.time(), count, first, last, "error")
 
     def _dropped_record(self, last: int) -> Record:
         first = self._last_taken + 1

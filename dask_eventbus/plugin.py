@@ -54,10 +54,6 @@ def _no_sequence() -> int:
     return 0
 
 
-def _nothing() -> None:
-    pass
-
-
 def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(
         fnmatch.fnmatchcase(name, p) for p in exclude
@@ -106,7 +102,6 @@ class EventBusPlugin(SchedulerPlugin):
         self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
         self._tasks: dict[Any, Any] = {}
-        self._unexport_metrics: Callable[[], None] = _nothing
         self._group_refs = False
 
     def __repr__(self) -> str:
@@ -125,13 +120,7 @@ class EventBusPlugin(SchedulerPlugin):
         if self.mode == "process":
             sink = ProcessSink(self.backend, self.settings, source, run_id)
         else:
-            events = self.settings.events
-            normalizer = Normalizer(
-                source,
-                run_id,
-                include_tracebacks=events.include_tracebacks,
-                max_text_length=events.max_text_length,
-            )
+            normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
             sink = Publisher(self.backend, normalizer, self.settings)
         # Task groups name a task without parsing its key; in process mode the
         # publisher process parses the key instead of receiving the group.
@@ -140,10 +129,10 @@ class EventBusPlugin(SchedulerPlugin):
         for address, ws in scheduler.workers.items():
             self._workers[address] = _worker_info(ws)
         scheduler.handlers["eventbus_stats"] = self.stats
-        self._unexport_metrics = metrics.export(pipeline)
         self._next_sequence = pipeline.next_sequence
         self._capture = pipeline.capture
         pipeline.start()
+        metrics.export(pipeline)
         logger.info(
             "dask-eventbus: publishing scheduler events to %r (%s mode)", self.backend, self.mode
         )
@@ -154,13 +143,17 @@ class EventBusPlugin(SchedulerPlugin):
 
     async def close(self) -> None:
         pipeline = self._pipeline
-        if pipeline is None:
+        if pipeline is None or self._capture is _discard:
             return
+        # On the event loop, so that no hook runs between the last sequence
+        # number and the end of capture.
         self._capture = _discard
+        self._next_sequence = _no_sequence
+        pipeline.stop_capture()
         if self.scheduler is not None:
             self.scheduler.handlers.pop("eventbus_stats", None)
         await asyncio.get_running_loop().run_in_executor(None, pipeline.close)
-        self._unexport_metrics()
+        metrics.unexport(pipeline)
 
     def stats(self) -> dict[str, Any]:
         """Delivery statistics; also the scheduler handler ``eventbus_stats``."""
@@ -329,6 +322,15 @@ class EventBusPlugin(SchedulerPlugin):
 
 def _pipeline_mode(configured: str, backend: Backend) -> str:
     mode = backend.modes[0] if configured == "auto" else configured
+    if mode == "process" and type(backend).__module__ == "__main__":
+        # The publisher process cannot import the script that defines it.
+        if configured == "auto" and "thread" in backend.modes:
+            return "thread"
+        raise ConfigError(
+            f"Invalid event bus config eventbus.pipeline.mode = {configured!r}: the "
+            f"{backend.name} backend's class is defined in __main__, which the "
+            "publisher process cannot import; move it to a module, or use thread mode"
+        )
     if mode not in backend.modes:
         raise ConfigError(
             f"Invalid event bus config eventbus.pipeline.mode = {configured!r}: the "

@@ -29,7 +29,9 @@ logger = logging.getLogger("distributed.eventbus")
 def parse_option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     """``["url=redis://x", "maxlen=0", "config.linger.ms=5"]`` to backend options.
 
-    Values are read as YAML scalars (numbers, booleans, lists). A dotted name
+    Values stay strings (the backend's option types convert ``"0"`` or
+    ``"true"``), so a password is never reinterpreted; a value written as a
+    YAML list or mapping (``bindings=[a, b]``) is read as one. A dotted name
     sets one key of a mapping option: ``config.linger.ms=5`` sets
     ``config["linger.ms"]``.
     """
@@ -37,8 +39,16 @@ def parse_option_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name:
-            raise ConfigError(f"Invalid event bus option {pair!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text) if text else ""
+            raise ConfigError(f"Invalid event bus option {name or '(empty)'!r}: expected KEY=VALUE")
+        value: Any = text
+        if text[:1] in ("[", "{"):
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ConfigError(
+                    f"Invalid event bus option {name!r}: its value is not a valid "
+                    "YAML list or mapping"
+                ) from None
         option, dot, key = name.partition(".")
         if dot:
             options.setdefault(option, {})[key] = value

@@ -14,7 +14,8 @@ batches are unacknowledged at a time; beyond that the pipeline stops taking
 records, the buffer fills, and the overflow policy applies as in thread mode.
 
 Frames are a 4-byte big-endian length and a msgpack array: parent to child
-``["init", {...}]``, ``["batch", id, records]``, ``["close", seconds]``;
+``["init", {...}]``, ``["batch", id, records]``, ``["deadline", seconds]``
+(closing has begun: stop backing off), ``["close", seconds]``;
 child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
 ``["stats", stats]`` (after a failed attempt), ``["log", level, text]`` and
 ``["closed", stats]``.
@@ -47,6 +48,8 @@ logger = logging.getLogger("distributed.eventbus")
 
 IN_FLIGHT_BATCHES = 4
 START_TIMEOUT = 60.0
+# A child that dies sooner than this after starting counts as a failed start.
+CRASH_WINDOW = 10.0
 _LENGTH = struct.Struct(">I")
 
 
@@ -132,15 +135,17 @@ class ProcessSink:
         self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
         self._batch_ids = itertools.count(1)
         self._child: subprocess.Popen[bytes] | None = None
+        self._replies: threading.Thread | None = None
         self._alive = False
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the pipeline thread and close() write
         self._closing = threading.Event()
         self._deadline = float("inf")
         # Totals of children that exited, and those plus the running child's.
         self._finished_stats = DeliveryStats()
         self._stats = DeliveryStats()
         self._starts = 0
-        self._failed_starts = 0
+        self._started_at = 0.0
+        self._failures = 0  # failed or short-lived starts in a row
         self._last_failure_log = 0.0
 
     @property
@@ -159,19 +164,29 @@ class ProcessSink:
     def begin_close(self, deadline: float) -> None:
         self._deadline = deadline
         self._closing.set()
+        # Lets the child cut a retry's backoff short, as thread mode does.
+        self._write(_encoder.encode(["deadline", max(0.0, deadline - time.monotonic())]))
         with self._changed:
             self._changed.notify_all()
 
+    def idle(self) -> None:
+        # A child that died while nothing was being sent still owes batches.
+        if not self._alive and self._unacked:
+            self._ensure_child()
+
     def send(self, records: list[Record]) -> bool:
         batch_id = next(self._batch_ids)
-        frame = _encoder.encode(["batch", batch_id, records])
+        frame = _pack(["batch", batch_id, records])
         with self._changed:
             while len(self._unacked) >= IN_FLIGHT_BATCHES:
                 if not self._wait_for_room():
                     return False
             self._unacked[batch_id] = (frame, len(records))
-        # A new child is sent every unacknowledged batch, this one included.
-        return self._write(frame) or self._ensure_child()
+        # From here the batch is ours to deliver or count as undelivered. A new
+        # child is sent every unacknowledged batch, this one included.
+        if not self._write(frame):
+            self._ensure_child()
+        return True
 
     def finish(self) -> int:
         """Wait for acknowledgements until the deadline, then stop the child."""
@@ -180,13 +195,14 @@ class ProcessSink:
                 pass
         child = self._child
         if child is not None:
-            if self._alive:
-                self._write(_encoder.encode(["close", max(0.0, self._deadline - time.monotonic())]))
+            self._write(_encoder.encode(["close", max(0.0, self._deadline - time.monotonic())]))
             try:
-                child.wait(max(0.0, self._deadline - time.monotonic()) + 1.0)
+                child.wait(max(0.0, self._deadline - time.monotonic()) + 0.5)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            if self._replies is not None:
+                self._replies.join(1.0)  # the last acks and stats are read
         with self._changed:
             undelivered = sum(count for _, count in self._unacked.values())
             self._unacked.clear()
@@ -214,39 +230,44 @@ class ProcessSink:
 
     def _ensure_child(self) -> bool:
         """A running child that has every unacknowledged batch; False past the deadline."""
-        attempt = 0
         while not self._alive:
-            if self._closing.is_set() and time.monotonic() >= self._deadline:
+            if self._failures:
+                # Children that fail to start, or die soon after, are restarted
+                # with backoff rather than in a tight loop.
+                delay = self.retry.initial_backoff * 2 ** min(self._failures - 1, 30)
+                delay = min(self.retry.max_backoff, delay)
+                time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
+            if time.monotonic() >= self._deadline:
                 return False
             if self._spawn():
                 with self._changed:
                     frames = [frame for frame, _ in self._unacked.values()]
                 if all(self._write(frame) for frame in frames):
                     return True
-                continue
-            attempt += 1
-            delay = min(self.retry.max_backoff, self.retry.initial_backoff * 2 ** min(attempt, 30))
-            time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
         return True
 
     def _spawn(self) -> bool:
         self._retire_child()
+        child = None
         try:
             child = subprocess.Popen(
                 [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                # Ctrl-C reaches the scheduler, which then closes the child in order.
+                start_new_session=True,
             )
             assert child.stdin is not None and child.stdout is not None
             write_frame(child.stdin, ["init", self._init])
-            reply = _read_with_timeout(child.stdout, START_TIMEOUT)
+            timeout = min(START_TIMEOUT, max(0.1, self._deadline - time.monotonic()))
+            reply = _read_reply(child.stdout, timeout)
         except (OSError, ValueError) as exc:
-            self._start_failed(f"{type(exc).__name__}: {safe_text(exc)}")
-            return False
-        if not reply or reply[0] != "ready":
-            child.kill()
-            child.wait()
-            self._start_failed(reply[1] if reply else "it exited before it was ready")
+            reply = ["failed", f"{type(exc).__name__}: {safe_text(exc)}"]
+        if reply[0] != "ready":
+            if child is not None:
+                child.kill()
+                child.wait()
+            self._failed(f"the publisher process failed to start: {redact_url(str(reply[1]))}")
             return False
         if self._starts:
             logger.warning(
@@ -254,36 +275,38 @@ class ProcessSink:
                 len(self._unacked),
             )
         self._starts += 1
-        self._failed_starts = 0
+        self._started_at = time.monotonic()
         self._child, self._alive = child, True
-        threading.Thread(
+        self._replies = threading.Thread(
             target=self._read_replies, args=(child,), name="dask-eventbus-replies", daemon=True
-        ).start()
+        )
+        self._replies.start()
         return True
 
-    def _start_failed(self, why: str) -> None:
-        why = f"the publisher process failed to start: {redact_url(why)}"
+    def _failed(self, why: str) -> None:
         self._stats.last_error = self._finished_stats.last_error = why
-        self._failed_starts += 1
+        self._failures += 1
         now = time.monotonic()
-        if self._failed_starts == 1 or now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
+        if self._failures == 1 or now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
             self._last_failure_log = now
             logger.error(
-                "dask-eventbus: publishing to %s: %s (%d attempts). Retrying with backoff.",
+                "dask-eventbus: publishing to %s: %s (%d in a row). Retrying with backoff.",
                 redact_url(self.backend.describe()),
                 why,
-                self._failed_starts,
+                self._failures,
             )
 
     def _retire_child(self) -> None:
         child, self._child = self._child, None
         if child is None:
             return
-        with self._changed:
-            self._finish_child_stats()
         with contextlib.suppress(OSError):
             child.kill()
         child.wait()
+        if self._replies is not None:
+            self._replies.join(1.0)
+        with self._changed:
+            self._finish_child_stats()
 
     def _write(self, frame: bytes) -> bool:
         child = self._child
@@ -304,10 +327,15 @@ class ProcessSink:
             if child is self._child and self._alive:
                 self._alive = False
                 if not self._closing.is_set():
-                    logger.error(
-                        "dask-eventbus: the publisher process exited (code %s); restarting it",
-                        child.poll(),
-                    )
+                    lived = time.monotonic() - self._started_at
+                    if lived < CRASH_WINDOW:
+                        self._failed(f"the publisher process died after {lived:.1f}s")
+                    else:
+                        self._failures = 0
+                        logger.error(
+                            "dask-eventbus: the publisher process exited (code %s); restarting it",
+                            child.poll(),
+                        )
             self._changed.notify_all()
 
     def _read_replies(self, child: subprocess.Popen[bytes]) -> None:
@@ -324,6 +352,8 @@ class ProcessSink:
                 logger.log(frame[1], frame[2])
                 continue
             with self._changed:
+                if child is not self._child:
+                    continue  # a retired child's late news is already counted
                 if frame[0] == "ack":
                     self._unacked.pop(frame[1], None)
                     self._stats = _merged(self._finished_stats, frame[2])
@@ -336,13 +366,42 @@ class ProcessSink:
         self._finished_stats.connected = False
 
 
-def _read_with_timeout(stream: IO[bytes], timeout: float) -> Any:
-    result: queue.Queue[Any] = queue.Queue()
-    threading.Thread(target=lambda: result.put(read_frame(stream)), daemon=True).start()
+def _pack(message: Any) -> bytes:
     try:
-        return result.get(timeout=timeout)
+        return _encoder.encode(message)
+    except (OverflowError, TypeError, ValueError):
+        # Integers beyond 64 bits, say, in a log_event message: as text.
+        return _encoder.encode(_packable(message))
+
+
+def _packable(obj: Any) -> Any:
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_packable(item) for item in obj]
+    if isinstance(obj, dict):
+        return {_packable(k): _packable(v) for k, v in obj.items()}
+    return obj
+
+
+def _read_reply(stream: IO[bytes], timeout: float) -> list[Any]:
+    """The child's first answer other than a log line (which is logged)."""
+    result: queue.Queue[Any] = queue.Queue()
+
+    def read() -> None:
+        while True:
+            frame = read_frame(stream)
+            if frame is None or frame[0] != "log":
+                result.put(frame)
+                return
+            logger.log(frame[1], frame[2])
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        reply = result.get(timeout=timeout)
     except queue.Empty:
         return ["failed", f"no answer within {timeout:g}s"]
+    return reply if reply else ["failed", "it exited before it was ready"]
 
 
 # ---------------------------------------------------------------- child side
@@ -384,13 +443,7 @@ def _child_main() -> int:
                 sys.path.insert(0, path)
         backend = pickle.loads(init["backend"])
         settings = pickle.loads(init["settings"])
-        events = settings.events
-        normalizer = Normalizer(
-            init["source"],
-            init["run_id"],
-            include_tracebacks=events.include_tracebacks,
-            max_text_length=events.max_text_length,
-        )
+        normalizer = Normalizer.from_settings(init["source"], init["run_id"], settings.events)
         publisher = Publisher(backend, normalizer, settings)
         publisher.on_failure = lambda: write_frame(
             out, ["stats", _stats_state(publisher.stats)], lock
@@ -413,6 +466,9 @@ def _child_main() -> int:
                 publisher.begin_close(time.monotonic() + timeout)
                 inbox.put(None)
                 return
+            if message[0] == "deadline":
+                publisher.begin_close(time.monotonic() + message[1])
+                continue
             inbox.put(message)
 
     threading.Thread(target=read_parent, daemon=True).start()

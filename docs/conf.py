@@ -27,7 +27,7 @@ extensions = [
 ]
 html_theme = "dask_sphinx_theme"
 html_static_path = ["_static"]
-exclude_patterns = ["_build", "generated"]
+exclude_patterns = ["_build", "generated", "_includes"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 

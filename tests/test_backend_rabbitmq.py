@@ -450,7 +450,8 @@ def test_nacked_events_raise(rabbitmq_url: str, names: dict[str, Any]) -> None:
     backend.open()
     try:
         backend.publish(messages[:5])
-        with pytest.raises(RabbitMQError, match=r"rejected 3 of 3 events \(basic.nack\)"):
+        # It raises on the first nack; the others may not have arrived yet.
+        with pytest.raises(RabbitMQError, match=r"rejected [1-3] of 3 events \(basic.nack\)"):
             backend.publish(messages[5:])
         # The backend reconnects by itself on the next call; still full.
         with pytest.raises(RabbitMQError, match=r"basic\.nack"):

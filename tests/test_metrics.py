@@ -64,3 +64,24 @@ async def test_metrics_are_served_on_the_scheduler_dashboard(memory_store_name: 
     )
     assert "dask_eventbus_publish_duration_seconds" in metrics
     assert "dask_eventbus_queue_events" in metrics
+
+
+@gen_test(timeout=60)
+async def test_two_schedulers_in_one_process_share_the_metrics() -> None:
+    from dask_eventbus.backends.memory import drop_store
+
+    plugins = [EventBusPlugin("memory", name=f"metrics-{i}") for i in range(2)]
+    try:
+        async with Scheduler(dashboard_address="127.0.0.1:0", plugins=[plugins[0]]) as a:
+            async with Scheduler(dashboard_address=":0", plugins=[plugins[1]]):
+                while any(p.stats()["published"] < 1 for p in plugins):
+                    await asyncio.sleep(0.05)
+                url = f"http://127.0.0.1:{a.http_server.port}/metrics"
+                metrics = await asyncio.get_running_loop().run_in_executor(None, scrape, url)
+                total = sum(p.stats()["published"] for p in plugins)
+    finally:
+        for i in range(2):
+            drop_store(f"metrics-{i}")
+    label = (("backend", "memory"),)
+    published = metrics["dask_eventbus_events_published"]
+    assert published[("dask_eventbus_events_published_total", label)] == total >= 2

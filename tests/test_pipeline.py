@@ -226,3 +226,23 @@ def test_close_gives_up_after_close_timeout(memory_store_name: str, caplog) -> N
     assert pipeline.undelivered == 25
     assert "25 events undelivered" in caplog.text
     assert get_store(memory_store_name).events() == []
+
+
+def test_drops_are_counted_while_the_publisher_is_stuck(memory_store_name: str) -> None:
+    GatedBackend.down.set()
+    backend = GatedBackend(name=memory_store_name)
+    fast = {"initial-backoff": "5ms", "max-backoff": "5ms"}
+    for policy in ("drop-oldest", "drop-newest"):
+        pipeline = make_pipeline(backend, retry=fast, max_events=20, batch_size=5, overflow=policy)
+        pipeline.start()
+        try:
+            capture_transitions(pipeline, 5)
+            time.sleep(0.2)  # the publisher took a batch and is retrying it
+            capture_transitions(pipeline, 100)
+            assert pipeline.dropped_so_far() == 80, policy
+            assert pipeline.stats()["dropped"] == 80
+        finally:
+            GatedBackend.down.clear()
+            pipeline.close()
+            GatedBackend.down.set()
+    GatedBackend.down.clear()

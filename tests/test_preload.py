@@ -174,3 +174,22 @@ def test_config_preload_reaches_a_local_cluster(memory_store_name: str) -> None:
     events = get_store(memory_store_name).events()
     assert events[0].type == "dask.scheduler.started"
     assert any(e.subject == "via-config" for e in events)
+
+
+def test_option_values_stay_strings_unless_written_as_lists_or_mappings() -> None:
+    from dask_eventbus import ConfigError
+    from dask_eventbus.preload import parse_option_pairs
+
+    options = parse_option_pairs(
+        ["password=@hunter2*", "maxlen=0", "bindings=[a.#, b.*]", "config.linger.ms=5", "x="]
+    )
+    assert options == {
+        "password": "@hunter2*",
+        "maxlen": "0",
+        "bindings": ["a.#", "b.*"],
+        "config": {"linger.ms": "5"},
+        "x": "",
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_option_pairs(["secret=[unclosed, hunter2"])
+    assert "hunter2" not in str(info.value)

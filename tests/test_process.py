@@ -216,3 +216,17 @@ async def test_the_whole_workload_in_process_mode(tmp_path: Path) -> None:
     assert transitions == [(key_to_str(t.key), t.start, t.finish) for t in log]
     groups = {e["data"]["key"]: e["data"]["group"] for e in events if "group" in e.get("data", {})}
     assert groups["('total', 0)"] == "total"
+
+
+@gen_test(timeout=60)
+async def test_values_msgpack_cannot_carry_still_arrive(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    with dask.config.set(PROCESS):
+        plugin = EventBusPlugin("jsonl", path=str(path))
+    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        # Scheduler-side code may log what no client could send.
+        s.log_event("huge", {"n": 2**70, "nested": [{"m": -(2**80)}]})
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    (logged,) = [e for e in events if e.get("subject") == "huge"]
+    assert logged["data"]["message"] == {"n": str(2**70), "nested": [{"m": str(-(2**80))}]}
+    assert plugin.stats()["dropped"] == 0

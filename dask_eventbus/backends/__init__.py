@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from ..config import ConfigError, convert, redact_url
+from ..config import ConfigError, convert, redact_url, redact_value
 from ..events import CONTENT_TYPE, Event
 
 logger = logging.getLogger("distributed.eventbus")
@@ -60,6 +60,10 @@ class Message(NamedTuple):
 
 class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
     """Base for a backend's options; subclasses declare fields with defaults."""
+
+    def __repr__(self) -> str:  # secrets masked, as everywhere people look
+        fields = redact_value("", msgspec.to_builtins(self, enc_hook=float))
+        return f"{type(self).__name__}({fields})"
 
 
 class Backend:

@@ -16,6 +16,7 @@ from typing import IO, Any
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 
 POLL_INTERVAL = 0.05
+READ_SIZE = 1 << 20
 
 
 class JsonLinesOptions(BackendOptions):
@@ -127,7 +128,7 @@ class _FileFollower(Subscription):
         while True:
             self._reopen_if_needed()
             if self._file is not None:
-                chunk = self._file.read()
+                chunk = self._file.read(READ_SIZE)
                 if chunk:
                     *lines, self._partial = (self._partial + chunk).split(b"\n")
                     found = [Delivery(line) for line in lines if line.strip()]

@@ -559,9 +559,9 @@ class RabbitMQBackend(Backend):
             if method.multiple:
                 settled = sum(1 for t in above if t <= tag)
                 self._nacked += max(1, tag - self._acked_through - settled)
-            else:
+            elif tag > self._acked_through and tag not in above:
                 self._nacked += 1
-            return
+            # A nacked tag is settled too: a later multiple nack must not count it again.
         if method.multiple or tag == self._acked_through + 1:
             self._acked_through = max(self._acked_through, tag)
             above = self._acked_above
