@@ -9,9 +9,11 @@ acknowledges each batch once the broker has.
 
 The parent keeps every batch until it is acknowledged. When the child dies
 it starts a new one and sends the unacknowledged batches again, in order, so
-delivery stays at least once across a crash. At most ``IN_FLIGHT_BATCHES``
-batches are unacknowledged at a time; beyond that the pipeline stops taking
-records, the buffer fills, and the overflow policy applies as in thread mode.
+delivery stays at least once across a crash. Batches leave the buffer as
+soon as they are packed (compact bytes the garbage collector need not scan,
+unlike the captured tuples), up to ``queue.max-events`` unacknowledged events;
+beyond that the pipeline stops taking records, the buffer fills, and the
+overflow policy applies as in thread mode.
 
 Frames are a 4-byte big-endian length and a msgpack array: parent to child
 ``["init", {...}]``, ``["batch", id, records]``, ``["deadline", seconds]``
@@ -46,7 +48,6 @@ from .pipeline import LOG_SUMMARY_INTERVAL, DeliveryStats, Histogram, Publisher
 
 logger = logging.getLogger("distributed.eventbus")
 
-IN_FLIGHT_BATCHES = 4
 START_TIMEOUT = 60.0
 # A child that dies sooner than this after starting counts as a failed start.
 CRASH_WINDOW = 10.0
@@ -123,6 +124,8 @@ class ProcessSink:
     def __init__(self, backend: Backend, settings: Settings, source: str, run_id: str) -> None:
         self.backend = backend
         self.retry = settings.retry
+        self._window = settings.queue.max_events
+        self._in_flight = 0  # events in unacknowledged batches
         self._init = {
             # Only to our own child: the backend's class and options, the settings.
             "backend": pickle.dumps(backend),
@@ -158,8 +161,7 @@ class ProcessSink:
         self._ensure_child()
 
     def in_flight(self) -> int:
-        with self._changed:
-            return sum(count for _, count in self._unacked.values())
+        return self._in_flight
 
     def begin_close(self, deadline: float) -> None:
         self._deadline = deadline
@@ -178,10 +180,11 @@ class ProcessSink:
         batch_id = next(self._batch_ids)
         frame = _pack(["batch", batch_id, records])
         with self._changed:
-            while len(self._unacked) >= IN_FLIGHT_BATCHES:
+            while self._unacked and self._in_flight + len(records) > self._window:
                 if not self._wait_for_room():
                     return False
             self._unacked[batch_id] = (frame, len(records))
+            self._in_flight += len(records)
         # From here the batch is ours to deliver or count as undelivered. A new
         # child is sent every unacknowledged batch, this one included.
         if not self._write(frame):
@@ -204,8 +207,9 @@ class ProcessSink:
             if self._replies is not None:
                 self._replies.join(1.0)  # the last acks and stats are read
         with self._changed:
-            undelivered = sum(count for _, count in self._unacked.values())
+            undelivered = self._in_flight
             self._unacked.clear()
+            self._in_flight = 0
             self._finish_child_stats()
         return undelivered
 
@@ -355,7 +359,8 @@ class ProcessSink:
                 if child is not self._child:
                     continue  # a retired child's late news is already counted
                 if frame[0] == "ack":
-                    self._unacked.pop(frame[1], None)
+                    _, count = self._unacked.pop(frame[1], (b"", 0))
+                    self._in_flight -= count
                     self._stats = _merged(self._finished_stats, frame[2])
                 elif frame[0] in ("stats", "closed"):
                     self._stats = _merged(self._finished_stats, frame[1])
