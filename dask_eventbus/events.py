@@ -376,6 +376,9 @@ def _truncate(text: object, limit: int) -> str | None:
     return text[: limit - 3] + "..."
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 def _group_name(key: object) -> str:
     # distributed.utils.key_split_group, without importing distributed here.
     if isinstance(key, list):
@@ -479,18 +482,7 @@ class Normalizer:
             group_name, prefix_name = group.name, group.prefix.name
         else:
             group_name, prefix_name = _group_name(key), _prefix_name(key)
-        if not extra:
-            data = TaskTransition(
-                key=key_str,
-                group=group_name,
-                prefix=prefix_name,
-                start=start,
-                finish=finish,
-                stimulus_id=stimulus_id,
-                worker=worker,
-            )
-            return key_str, data
-        get = extra.get
+        get = (extra or _NO_EXTRA).get
         data = TaskTransition(
             key=key_str,
             group=group_name,
