@@ -355,16 +355,19 @@ def transition_record(
     *,
     worker: str | None = None,
     extra: dict[str, Any] | None = None,
-    group: Any = None,
+    group: str | None = None,
+    prefix: str | None = None,
     timestamp: float | None = None,
 ) -> Record:
     """A task transition record as ``EventBusPlugin.transition`` captures it.
 
-    ``extra`` is the kwargs the scheduler passed to the hook; ``group`` the
-    task's ``TaskGroup`` (its and its prefix's ``name`` are read).
+    ``extra`` is the kwargs the scheduler passed to the hook; ``group`` and
+    ``prefix`` the names of the task's group and prefix (parsed from the key
+    when None).
     """
     when = _time.time() if timestamp is None else timestamp
-    return (sequence, TASK_TRANSITION, when, key, start, finish, stimulus_id, worker, extra, group)
+    return (sequence, TASK_TRANSITION, when, key, start, finish, stimulus_id, worker, extra,
+            group, prefix)  # fmt: skip
 
 
 def _truncate(text: object, limit: int) -> str | None:
@@ -476,11 +479,9 @@ class Normalizer:
         # The hottest path of the publisher thread: values distributed passes
         # in are JSON-native already and go through untouched (the encoder's
         # hook still makes any surprise JSON-safe).
-        _, _, _, key, start, finish, stimulus_id, worker, extra, group = record
+        _, _, _, key, start, finish, stimulus_id, worker, extra, group_name, prefix_name = record
         key_str = key if type(key) is str else key_to_str(key)
-        if group is not None:
-            group_name, prefix_name = group.name, group.prefix.name
-        else:
+        if group_name is None:
             group_name, prefix_name = _group_name(key), _prefix_name(key)
         get = (extra or _NO_EXTRA).get
         data = TaskTransition(

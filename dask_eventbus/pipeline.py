@@ -72,17 +72,26 @@ PUBLISH_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DELIVERY_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_transition_keys: dict[tuple[str, str], str] = {}
+
+
+def _transition_routing_key(start: str, finish: str) -> str:
+    routing_key = _transition_keys.get((start, finish))
+    if routing_key is None:
+        routing_key = _transition_keys[start, finish] = f"{TASK_TRANSITION}.{start}.{finish}"
+    return routing_key
+
+
 def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Message]:
     """Normalize and encode records into what backends publish."""
     events = [normalizer.event(record) for record in records]
-    messages = []
+    messages: list[Message] = []
+    append = messages.append
     for record, event, body in zip(records, events, encode_many(events), strict=True):
-        routing_key = event.type
-        if routing_key == TASK_TRANSITION:
-            routing_key = f"{routing_key}.{event.data.start}.{event.data.finish}"
-        messages.append(
-            Message(body, event.id, event.type, event.subject, record[0], record[2], routing_key)
-        )
+        type_ = routing_key = event.type
+        if type_ == TASK_TRANSITION:
+            routing_key = _transition_routing_key(event.data.start, event.data.finish)
+        append(Message(body, event.id, type_, event.subject, record[0], record[2], routing_key))
     return messages
 
 

@@ -102,7 +102,7 @@ class EventBusPlugin(SchedulerPlugin):
         self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
         self._tasks: dict[Any, Any] = {}
-        self._group_refs = False
+        self._group_names = False
 
     def __repr__(self) -> str:
         return f"<EventBusPlugin backend={self.backend!r}>"
@@ -123,8 +123,8 @@ class EventBusPlugin(SchedulerPlugin):
             normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
             sink = Publisher(self.backend, normalizer, self.settings)
         # Task groups name a task without parsing its key; in process mode the
-        # publisher process parses the key instead of receiving the group.
-        self._group_refs = self.mode == "thread"
+        # publisher process parses the key instead of receiving the names.
+        self._group_names = self.mode == "thread"
         self._pipeline = pipeline = Pipeline(self.backend, sink, self.settings)
         for address, ws in scheduler.workers.items():
             self._workers[address] = _worker_info(ws)
@@ -192,6 +192,14 @@ class EventBusPlugin(SchedulerPlugin):
                     worker = ws.address
             elif finish == "erred":
                 kwargs = self._blame(ts, kwargs)
+            # Names, not the TaskGroup: a record of strings and numbers is
+            # untracked by the cyclic GC at its first collection, so a burst
+            # of buffered records does not set off full collections of the
+            # scheduler's heap.
+            group = prefix = None
+            if ts is not None and self._group_names:
+                task_group = ts.group
+                group, prefix = task_group.name, task_group.prefix.name
             self._capture(
                 (
                     self._next_sequence(),
@@ -203,7 +211,8 @@ class EventBusPlugin(SchedulerPlugin):
                     stimulus_id,
                     worker,
                     kwargs,
-                    ts.group if ts is not None and self._group_refs else None,
+                    group,
+                    prefix,
                 )
             )
         except Exception:
