@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -83,6 +84,9 @@ async def measure(
             # What an idle scheduler (periodic callbacks, the worker's
             # heartbeats) costs per second: slow backends keep the clock
             # running while it ticks, which is not the event bus's cost.
+            # Garbage the previous configuration left must not be collected
+            # on this one's clock.
+            gc.collect()
             idle_cpu = time.process_time()
             await asyncio.sleep(1.0)
             idle_rate = time.process_time() - idle_cpu
