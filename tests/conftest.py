@@ -12,9 +12,11 @@ import pathlib
 import sys
 from collections.abc import Callable, Iterator
 
+import msgspec
 import pytest
 from helpers import Harness, unique_name
 
+from dask_eventbus.backends import get_backend
 from dask_eventbus.backends.memory import drop_store
 
 
@@ -51,8 +53,12 @@ pytest_plugins = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("har
 
 
 # Harnesses with no network connection to a broker; a module may add its own
-# in ``LOCAL``. Tests marked ``networked`` (faults, credentials) skip them.
+# in ``LOCAL``. Tests marked ``networked`` (faults, credentials) leave them out.
 LOCAL_HARNESSES = {"memory", "jsonl"}
+# Harnesses whose subscribe(from_beginning=True) cannot return events
+# published earlier (a module's ``NO_REPLAY``); tests marked ``replays``
+# leave them out.
+NO_REPLAY_HARNESSES: set[str] = set()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -60,10 +66,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for name in pytest_plugins:
             HARNESSES.update(sys.modules[name].HARNESSES)
             LOCAL_HARNESSES.update(getattr(sys.modules[name], "LOCAL", ()))
+            NO_REPLAY_HARNESSES.update(getattr(sys.modules[name], "NO_REPLAY", ()))
         names = list(HARNESSES)
         if metafunc.definition.get_closest_marker("networked"):
             names = [name for name in names if name not in LOCAL_HARNESSES]
+        if metafunc.definition.get_closest_marker("replays"):
+            names = [name for name in names if name not in NO_REPLAY_HARNESSES]
+        if metafunc.definition.get_closest_marker("batched"):
+            names = [name for name in names if has_batched_mode(name)]
         metafunc.parametrize("harness", names, indirect=True)
+
+
+def has_batched_mode(harness_name: str) -> bool:
+    """Whether the harness's backend (``kombu`` for ``kombu-redis``) has content-mode."""
+    options = get_backend(harness_name.partition("-")[0]).Options
+    return "content-mode" in {f.encode_name for f in msgspec.structs.fields(options)}
 
 
 @pytest.fixture

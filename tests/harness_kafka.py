@@ -212,7 +212,6 @@ def kafka_harness(request: pytest.FixtureRequest) -> Harness:
         # One partition: the suite checks publish order across all subjects,
         # which Kafka keeps only within a partition.
         {"topic": topic, "partitions": 1, "config": {"bootstrap.servers": bootstrap}},
-        replays=True,
         bad_options=[
             ({"partitions": 0}, "partitions"),
             ({"key": "colour"}, "key"),

@@ -141,7 +141,6 @@ def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
     return Harness(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
-        replays=True,
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_amqp(url, exchange, [queue]),
         proxied=proxied_options(url, 5672, exchange=exchange, queue=queue),
@@ -154,7 +153,6 @@ def kombu_redis_harness(request: pytest.FixtureRequest) -> Harness:
     return Harness(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
-        replays=True,
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_redis(url, exchange, [queue]),
         proxied=proxied_options(url, 6379, exchange=exchange, queue=queue),
@@ -166,13 +164,13 @@ def kombu_memory_harness(request: pytest.FixtureRequest) -> Harness:
     return Harness(
         "kombu",
         {"url": "memory://", "exchange": exchange},
-        replays=False,
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_memory(exchange),
     )
 
 
 LOCAL = {"kombu-memory"}  # memory:// has no connection to break
+NO_REPLAY = {"kombu-memory"}  # memory:// keeps nothing for late subscribers
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
     "kombu-amqp": kombu_amqp_harness,
     "kombu-redis": kombu_redis_harness,

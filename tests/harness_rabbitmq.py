@@ -80,7 +80,6 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Harness:
             "queue": queue,
             "connection-name": unique_name("dask-eventbus-test"),
         },
-        replays=True,
         bad_options=[
             ({"exchange-type": "round-robin"}, "exchange-type"),
             ({"url": "http://127.0.0.1:5672"}, "url"),

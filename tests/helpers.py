@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -37,14 +38,22 @@ def require_broker(available: bool, what: str) -> None:
     pytest.skip(f"{what} is not reachable")
 
 
+def require_program(name: str) -> str:
+    """The path of a program a test runs; skip without it, fail under CI."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    if IN_CI:
+        pytest.fail(f"{name} is not installed, and CI must run this test")
+    pytest.skip(f"{name} is not installed")
+
+
 @dataclass
 class Harness:
     """How one backend joins the conformance suite."""
 
     backend: str
     options: dict[str, Any]
-    replays: bool = True
-    """``subscribe(from_beginning=True)`` returns events published earlier."""
     bad_options: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     """Options that must be refused, each with a fragment of the error message."""
     cleanup: Callable[[], None] = lambda: None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,14 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import delete_streams
-from helpers import is_closing, read_events, run_workload, synthetic_messages, unique_name
+from helpers import (
+    is_closing,
+    read_events,
+    require_program,
+    run_workload,
+    synthetic_messages,
+    unique_name,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
@@ -75,7 +81,7 @@ class RedisServer:
             listen += ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"]]
             listen += ["--tls-ca-cert-file", tls["ca"]]
         self.command = [
-            shutil.which("redis-server") or "redis-server",
+            require_program("redis-server"),
             *listen,
             "--bind",
             "127.0.0.1",
@@ -130,8 +136,6 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Any) -> Iterator[Callable[..., RedisServer]]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
     servers: list[RedisServer] = []
 
     def start(*args: str, tls: dict[str, str] | None = None) -> RedisServer:
@@ -492,9 +496,7 @@ def test_unix_socket(redis_server: Callable[..., RedisServer], tmp_path: Any) ->
 
 def make_certificates(directory: Any) -> dict[str, str]:
     """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    openssl = require_program("openssl")
     files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
     csr, ext = str(directory / "server.csr"), directory / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")

@@ -6,7 +6,6 @@ import json
 from collections import defaultdict
 
 import dask
-import msgspec
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
@@ -25,7 +24,6 @@ from dask_eventbus import (
     Event,
     EventBusPlugin,
     create_backend,
-    get_backend,
     subscribe,
 )
 from dask_eventbus.events import EVENT_TYPES, load_shipped_schema
@@ -59,9 +57,8 @@ def test_round_trip_keeps_every_event_and_per_subject_order(harness: Harness) ->
     assert first.type == "dask.task.transition"
 
 
+@pytest.mark.replays
 def test_subscribe_from_beginning_replays(harness: Harness) -> None:
-    if not harness.replays:
-        pytest.skip(f"{harness.backend} keeps no events for late subscribers")
     messages = synthetic_messages(50)
     publish(harness, [messages])
     with subscribe(harness.backend, from_beginning=True, **harness.options) as events:
@@ -127,10 +124,8 @@ def test_bad_options_are_refused_clearly(harness: Harness) -> None:
         assert f"eventbus.backends.{harness.backend}" in message
 
 
+@pytest.mark.batched
 def test_batched_content_mode_round_trip(harness: Harness) -> None:
-    cls = get_backend(harness.backend)
-    if "content-mode" not in {f.encode_name for f in msgspec.structs.fields(cls.Options)}:
-        pytest.skip(f"{harness.backend} has no batched content mode")
     options = {**harness.options, "content-mode": "batched"}
     messages = synthetic_messages(250, subjects=5)
     with subscribe(harness.backend, **harness.options) as events:
