@@ -13,7 +13,9 @@ Bodies go out untouched: the CloudEvents JSON bytes with an explicit
 JSON). ``publish`` uses no Kombu retry (``retry=False``, no ``ensure``): it
 raises, and the pipeline retries with its own backoff. On py-amqp transports
 publisher confirms are on by default (``confirm_publish``), so ``publish``
-returns only once the broker confirmed every message.
+returns only once the broker confirmed every message. py-amqp would wait for
+each message's confirm before sending the next; this backend sends the whole
+batch and then waits for its confirms once, as the ``rabbitmq`` backend does.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import string
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
@@ -174,6 +178,13 @@ class KombuBackend(Backend):
         self._producer: Producer | None = None
         self._batching = False
         self._healthy = False
+        # py-amqp publisher confirms, awaited per batch (see _await_confirms).
+        self._confirms = self._driver == "amqp" and bool(
+            o.transport_options.get("confirm_publish", True)
+        )
+        self._sent = 0
+        self._unconfirmed: set[int] = set()
+        self._nacked = 0
 
     # ------------------------------------------------------------ connections
 
@@ -182,13 +193,9 @@ class KombuBackend(Backend):
         o = self.options
         defaults: dict[str, Any] = {}
         if self._driver == "amqp":
-            # Wait for the broker's confirm of every publish; bound socket
-            # reads and writes, so a stalled broker cannot hang publish or close.
-            defaults = {
-                "confirm_publish": True,
-                "read_timeout": o.publish_timeout,
-                "write_timeout": o.publish_timeout,
-            }
+            # Bound socket reads and writes, so a stalled broker cannot hang
+            # publish or close.
+            defaults = {"read_timeout": o.publish_timeout, "write_timeout": o.publish_timeout}
         elif self._driver == "redis":
             defaults = {
                 "socket_timeout": o.publish_timeout,
@@ -197,7 +204,11 @@ class KombuBackend(Backend):
         elif self._driver == "memory" and consumer:
             # Kombu polls virtual transports once a second by default.
             defaults = {"polling_interval": 0.05}
-        return {**defaults, **o.transport_options}
+        options = {**defaults, **o.transport_options}
+        if self._driver == "amqp":
+            # Confirms are awaited per batch here, not per message by py-amqp.
+            options["confirm_publish"] = False
+        return options
 
     def _connect(self, consumer: bool = False) -> Connection:
         o = self.options
@@ -259,6 +270,11 @@ class KombuBackend(Backend):
                 queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
                 queue(channel).declare()
             producer = Producer(channel, exchange=exchange, auto_declare=False)
+            if self._confirms:
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+                self._sent, self._unconfirmed, self._nacked = 0, set(), 0
         except BaseException:
             _drop(conn)
             raise
@@ -278,7 +294,45 @@ class KombuBackend(Backend):
                 self._publish_each(producer, messages)
         else:
             self._publish_each(producer, messages)
+        if self._confirms:
+            self._await_confirms(len(messages))
         self._healthy = True
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
+        else:
+            self._unconfirmed.discard(delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        before = len(self._unconfirmed)
+        self._on_ack(delivery_tag, multiple)
+        self._nacked += before - len(self._unconfirmed)
+
+    def _await_confirms(self, count: int) -> None:
+        """Wait until the broker confirmed the ``count`` messages just published.
+
+        Delivery tags count the channel's publishes from 1; a nack of any of
+        them, a timeout or a lost connection raises, and the pipeline
+        publishes the whole batch again.
+        """
+        first, self._sent = self._sent + 1, self._sent + count
+        self._unconfirmed.update(range(first, self._sent + 1))
+        timeout = self.options.publish_timeout
+        deadline = time.monotonic() + timeout
+        assert self._conn is not None
+        while self._unconfirmed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"the broker confirmed {count - len(self._unconfirmed)} of {count} "
+                    f"messages within publish-timeout ({timeout:g}s)"
+                )
+            with contextlib.suppress(socket.timeout):
+                self._conn.drain_events(timeout=remaining)
+        if self._nacked:
+            nacked, self._nacked = self._nacked, 0
+            raise MessageNacked(f"the broker nacked {nacked} of {count} messages")
 
     def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:
         o = self.options
