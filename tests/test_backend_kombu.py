@@ -19,6 +19,7 @@ from typing import Any
 import dask
 import pytest
 import redis
+from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
@@ -351,6 +352,46 @@ def test_named_queue_keeps_events_until_a_consumer_comes(amqp: dict[str, Any]) -
         assert events.poll(timeout=1.0) is None
     assert [e.id for e in first] == [m.id for m in messages[:5]]
     assert [e.id for e in again] == [m.id for m in messages[4:]]
+
+
+def test_confirms_read_while_a_batch_is_written_are_not_missed(amqp: dict[str, Any]) -> None:
+    # py-amqp reads what the broker sent before each publish, so confirms of
+    # a batch's first messages arrive while its last ones are written. Slow
+    # the writing down so that they surely do.
+    backend = create_backend("kombu", options(amqp, **{"publish-timeout": 5}))
+    backend.open()
+    producer = backend._producer  # type: ignore[attr-defined]
+    publish = producer.publish
+
+    def slow_publish(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.005)
+        return publish(*args, **kwargs)
+
+    producer.publish = slow_publish
+    messages = synthetic_messages(60)
+    try:
+        for i in range(0, len(messages), 20):
+            backend.publish(messages[i : i + 20])
+    finally:
+        backend.close()
+    with subscribe("kombu", **options(amqp)) as events:
+        received = read_events(events, count=len(messages))
+    assert [e.id for e in received] == [m.id for m in messages]
+
+
+def test_a_nacked_batch_raises(amqp: dict[str, Any]) -> None:
+    # A queue that rejects what does not fit makes the broker nack it.
+    limited = options(
+        amqp, **{"queue-arguments": {"x-max-length": 5, "x-overflow": "reject-publish"}}
+    )
+    backend = create_backend("kombu", limited)
+    backend.open()
+    try:
+        with pytest.raises(MessageNacked, match="nacked 5 of 10"):
+            backend.publish(synthetic_messages(10))
+        assert "refused (nacked)" in backend.explain(MessageNacked("nacked 5 of 10"))
+    finally:
+        backend.close()
 
 
 def test_routing_key_template_and_bindings(memory_exchange: str) -> None:

@@ -289,6 +289,9 @@ class KombuBackend(Backend):
             raise RuntimeError("the kombu backend is not open")
         self._healthy = False
         messages = in_content_mode(messages, self.options.content_mode)
+        if self._confirms:
+            # Before publishing: py-amqp may read confirms while it writes.
+            self._expect_confirms(len(messages))
         if self._batching:
             with producer.batch(max_size=max(1000, 2 * len(messages))):
                 self._publish_each(producer, messages)
@@ -309,15 +312,20 @@ class KombuBackend(Backend):
         self._on_ack(delivery_tag, multiple)
         self._nacked += before - len(self._unconfirmed)
 
-    def _await_confirms(self, count: int) -> None:
-        """Wait until the broker confirmed the ``count`` messages just published.
+    def _expect_confirms(self, count: int) -> None:
+        """Note the delivery tags of the next ``count`` publishes as unconfirmed.
 
-        Delivery tags count the channel's publishes from 1; a nack of any of
-        them, a timeout or a lost connection raises, and the pipeline
-        publishes the whole batch again.
+        Tags count the channel's publishes from 1 (reset by ``open``).
         """
         first, self._sent = self._sent + 1, self._sent + count
         self._unconfirmed.update(range(first, self._sent + 1))
+
+    def _await_confirms(self, count: int) -> None:
+        """Wait until the broker confirmed the ``count`` messages just published.
+
+        A nack of any of them, a timeout or a lost connection raises, and the
+        pipeline publishes the whole batch again.
+        """
         timeout = self.options.publish_timeout
         deadline = time.monotonic() + timeout
         assert self._conn is not None
