@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ async def test_a_killed_publisher_process_is_restarted_and_nothing_is_lost(
                 for round_ in range(3):
                     futures = c.map(inc, range(round_ * 100, round_ * 100 + 100))
                     while not sink._alive:
-                        await __import__("asyncio").sleep(0.05)
+                        await asyncio.sleep(0.05)
                     killed.append(sink._child.pid)
                     os.kill(sink._child.pid, signal.SIGKILL)
                     assert len(await c.gather(futures)) == 100
@@ -159,7 +160,7 @@ async def test_close_is_bounded_when_the_destination_is_broken(tmp_path: Path) -
             async with Client(s.address, asynchronous=True) as c:
                 assert await c.submit(inc, 1) == 2
                 while not plugin.stats()["publish_errors"]:
-                    await __import__("asyncio").sleep(0.05)
+                    await asyncio.sleep(0.05)
                 assert "cannot use the events file" in plugin.stats()["last_error"]
         started = time.monotonic()
     took = time.monotonic() - started
