@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
-from helpers import Harness, proxy_in_front, require_broker, unique_name
+from helpers import Harness, proxied_url, require_broker, unique_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -58,20 +56,6 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Harness:
     url = request.getfixturevalue("rabbitmq_url")
     exchange = unique_name("dask-eventbus-test-x")
     queue = unique_name("dask-eventbus-test-q")
-    parsed = urlsplit(url)
-
-    def via(port: int) -> dict[str, Any]:
-        auth = parsed.netloc.rpartition("@")[0]
-        netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
-        return {
-            "url": urlunsplit(parsed._replace(netloc=netloc)),
-            "exchange": exchange,
-            "queue": queue,
-            "connect-timeout": "2s",
-            "publish-timeout": "3s",
-        }
-
-    upstream = (parsed.hostname or "127.0.0.1", parsed.port or 5672)
     return Harness(
         "rabbitmq",
         {
@@ -90,7 +74,16 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Harness:
             ({"tls": {"ca-file": "/ca.pem"}}, "tls"),
         ],
         cleanup=lambda: delete_rabbitmq_objects(url, exchanges=[exchange], queues=[queue]),
-        proxied=lambda: proxy_in_front(upstream, via),
+        proxied=proxied_url(
+            url,
+            5672,
+            {
+                "exchange": exchange,
+                "queue": queue,
+                "connect-timeout": "2s",
+                "publish-timeout": "3s",
+            },
+        ),
     )
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from helpers import Harness, proxy_in_front, require_broker, unique_name
+from helpers import Harness, proxied_url, require_broker, unique_name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -49,19 +47,6 @@ def delete_streams(url: str, *streams: str) -> Callable[[], None]:
 def redis_harness(request: pytest.FixtureRequest) -> Harness:
     url = request.getfixturevalue("redis_url")
     stream = unique_name("dask-eventbus-test-stream")
-    parsed = urlsplit(url)
-
-    def via(port: int) -> dict[str, Any]:
-        auth = parsed.netloc.rpartition("@")[0]
-        netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
-        return {
-            "url": urlunsplit(parsed._replace(netloc=netloc)),
-            "stream": stream,
-            "connect-timeout": "1s",
-            "socket-timeout": "2s",
-        }
-
-    upstream = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
     return Harness(
         "redis",
         {"url": url, "stream": stream},
@@ -73,7 +58,9 @@ def redis_harness(request: pytest.FixtureRequest) -> Harness:
             ({"ssl-ca-certs": "/tmp/ca.pem"}, "rediss://"),
         ],
         cleanup=delete_streams(url, stream),
-        proxied=lambda: proxy_in_front(upstream, via),
+        proxied=proxied_url(
+            url, 6379, {"stream": stream, "connect-timeout": "1s", "socket-timeout": "2s"}
+        ),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from distributed import Client, Scheduler, Worker
@@ -62,13 +63,23 @@ class Harness:
     broker objects through it, with short timeouts (the fault suite uses it)."""
 
 
-@contextlib.contextmanager
-def proxy_in_front(
-    upstream: tuple[str, int], options_via: Callable[[int], dict[str, Any]]
-) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
-    """A proxy to ``upstream`` and ``options_via(proxy port)``."""
-    with FaultProxy(upstream) as proxy:
-        yield proxy, options_via(proxy.port)
+def proxied_url(
+    url: str, default_port: int, options: dict[str, Any]
+) -> Callable[[], AbstractContextManager[tuple[FaultProxy, dict[str, Any]]]]:
+    """For ``Harness.proxied``: a fault proxy in front of the broker at ``url``,
+    and ``options`` plus that url rewritten to reach the broker through it."""
+    parsed = urlsplit(url)
+    auth = parsed.netloc.rpartition("@")[0]
+    upstream = (parsed.hostname or "127.0.0.1", parsed.port or default_port)
+
+    @contextlib.contextmanager
+    def proxied() -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
+        with FaultProxy(upstream) as proxy:
+            host = f"127.0.0.1:{proxy.port}"
+            netloc = f"{auth}@{host}" if auth else host
+            yield proxy, {"url": urlunsplit(parsed._replace(netloc=netloc)), **options}
+
+    return proxied
 
 
 def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> list[Message]:
