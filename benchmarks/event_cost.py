@@ -73,7 +73,7 @@ async def measure(
 ) -> tuple[float, float, float]:
     plugin = plugin_for(config, options)
     keys = [f"inc-{i:032x}" for i in range(events // len(CYCLE))]
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1):
             ws = next(iter(s.workers.values()))
             for key in keys:

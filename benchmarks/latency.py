@@ -46,7 +46,7 @@ async def measure(
     with dask.config.set({"eventbus.pipeline.mode": mode}):
         plugin = make_plugin(config, options)
     assert isinstance(plugin, EventBusPlugin)
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1):
             ws = next(iter(s.workers.values()))
             while not plugin.stats()["published"]:

@@ -35,7 +35,7 @@ def run_once(config: str, options: dict, tasks: int) -> tuple[float, float]:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",
             scheduler_kwargs={"plugins": [plugin] if plugin is not None else []},
         ) as cluster,
         Client(cluster) as client,

@@ -174,7 +174,9 @@ async def run_workload(plugin: EventBusPlugin, *, workers: int = 2) -> list[Any]
     fails once and is retried, a key released and recomputed, a worker that
     joins late, and a log_event. Returns the scheduler's transition log.
     """
-    async with Scheduler(dashboard_address=":0", plugins=[plugin], validate=True) as s:
+    async with Scheduler(
+        host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin], validate=True
+    ) as s:
         async with Worker(s.address, nthreads=1) as first:
             async with Client(s.address, asynchronous=True) as c:
                 a = c.submit(inc, 1, key="a")

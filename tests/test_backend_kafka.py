@@ -301,7 +301,7 @@ async def test_outage_every_event_emitted_during_it_arrives(tansu: TansuBroker) 
         plugin = EventBusPlugin("kafka", **options)
     gate = unique_name("gate")
     async with (
-        Scheduler(dashboard_address=":0", plugins=[plugin]) as s,
+        Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s,
         Worker(s.address, nthreads=2),
         Client(s.address, asynchronous=True) as c,
     ):
@@ -343,7 +343,7 @@ async def test_close_is_bounded_when_the_broker_never_returns(tansu: TansuBroker
     options = options_for(tansu.bootstrap, topic, partitions=1, timeout=8)
     with dask.config.set({**FAST_RETRY, "eventbus.close-timeout": "2s"}):
         plugin = EventBusPlugin("kafka", **options)
-    s = await Scheduler(dashboard_address=":0", plugins=[plugin])
+    s = await Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin])
     try:
         async with Worker(s.address, nthreads=1), Client(s.address, asynchronous=True) as c:
             assert await c.submit(inc, 1, key="before") == 2

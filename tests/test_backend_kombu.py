@@ -175,7 +175,7 @@ async def test_broker_closing_the_connection_mid_run_loses_nothing(
     with dask.config.set(fast):
         plugin = EventBusPlugin("kombu", **backend_options)
     closed = rounds = 0
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1), Client(s.address, asynchronous=True) as c:
             while closed < 3:
                 rounds += 1

@@ -300,7 +300,7 @@ async def _waves_during(
     plugin: EventBusPlugin, disruption: Callable[[], Any]
 ) -> tuple[int, dict[str, Any], Any]:
     """Keep a cluster computing while ``disruption`` runs in a thread."""
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=2), Client(s.address, asynchronous=True) as c:
             deadline = time.monotonic() + 30
             while not (plugin.stats().get("connected") and plugin.stats().get("published")):

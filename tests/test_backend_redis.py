@@ -596,7 +596,7 @@ async def test_client_kill_of_the_publisher_connection_loses_nothing(
             client.close()
 
     thread = threading.Thread(target=killer)
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=2), Worker(s.address, nthreads=2):
             async with Client(s.address, asynchronous=True) as c:
                 thread.start()
@@ -645,7 +645,9 @@ async def test_redis_restart_mid_computation_loses_nothing(
     reader = threading.Thread(target=follow)
     reader.start()
     try:
-        async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Scheduler(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+        ) as s:
             async with Worker(s.address, nthreads=2), Worker(s.address, nthreads=2):
                 async with Client(s.address, asynchronous=True) as c:
                     futures = submit_slow_tasks(c, 600)

@@ -92,7 +92,7 @@ async def run_through(fault: str, plugin: EventBusPlugin, proxy: FaultProxy) -> 
     """Run waves of tasks while the fault happens; returns how long closing took."""
     if fault == "unreachable-at-start":
         proxy.set_mode("refuse")
-    s = await Scheduler(dashboard_address=":0", plugins=[plugin])
+    s = await Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin])
     w = await Worker(s.address, nthreads=2)
     c = await Client(s.address, asynchronous=True)
     try:
@@ -218,7 +218,9 @@ def test_a_broker_answering_garbage_is_retried_with_backoff(harness: Harness) ->
             plugin = EventBusPlugin(harness.backend, **options)
 
             async def run() -> dict[str, Any]:
-                async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+                async with Scheduler(
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+                ) as s:
                     async with Worker(s.address, nthreads=1):
                         async with Client(s.address, asynchronous=True) as c:
                             started = time.monotonic()

@@ -30,7 +30,7 @@ def scrape(url: str) -> dict[str, dict]:
 @gen_test(timeout=60)
 async def test_metrics_are_served_on_the_scheduler_dashboard(memory_store_name: str) -> None:
     plugin = EventBusPlugin("memory", name=memory_store_name)
-    async with Scheduler(dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1):
             async with Client(s.address, asynchronous=True) as c:
                 await c.gather(c.map(inc, range(20)))
@@ -72,8 +72,12 @@ async def test_two_schedulers_in_one_process_share_the_metrics() -> None:
 
     plugins = [EventBusPlugin("memory", name=f"metrics-{i}") for i in range(2)]
     try:
-        async with Scheduler(dashboard_address="127.0.0.1:0", plugins=[plugins[0]]) as a:
-            async with Scheduler(dashboard_address=":0", plugins=[plugins[1]]):
+        async with Scheduler(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugins[0]]
+        ) as a:
+            async with Scheduler(
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugins[1]]
+            ):
                 while any(p.stats()["published"] < 1 for p in plugins):
                     await asyncio.sleep(0.05)
                 url = f"http://127.0.0.1:{a.http_server.port}/metrics"

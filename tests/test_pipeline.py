@@ -185,7 +185,9 @@ async def test_the_scheduler_keeps_computing_while_the_backend_is_down(
     with dask.config.set({**FAST_RETRY, "eventbus.close-timeout": "10s"}):
         plugin = EventBusPlugin("gated", name=memory_store_name)
     try:
-        async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Scheduler(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+        ) as s:
             async with Worker(s.address, nthreads=2):
                 async with Client(s.address, asynchronous=True) as c:
                     futures = c.map(inc, range(200))

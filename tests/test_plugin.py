@@ -84,7 +84,7 @@ async def test_every_transition_arrives_in_order_with_the_scheduler_log(
 async def test_register_plugin_through_a_client(memory_store_name: str) -> None:
     plugin = EventBusPlugin("memory", name=memory_store_name)
     pickle.loads(pickle.dumps(plugin))  # travels to the scheduler pickled
-    async with Scheduler(dashboard_address=":0") as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0") as s:
         async with Worker(s.address, nthreads=1):
             async with Client(s.address, asynchronous=True) as c:
                 await c.register_plugin(plugin)

@@ -67,7 +67,7 @@ async def test_a_killed_publisher_process_is_restarted_and_nothing_is_lost(
     path = tmp_path / "events.jsonl"
     with dask.config.set({**PROCESS, "eventbus.queue.batch-size": 50}):
         plugin = EventBusPlugin("jsonl", path=str(path))
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=2):
             async with Client(s.address, asynchronous=True) as c:
                 sink = plugin._pipeline.sink
@@ -123,7 +123,9 @@ def test_a_publisher_process_that_cannot_start_is_retried(tmp_path: Path, caplog
         import asyncio
 
         async def run() -> None:
-            async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+            async with Scheduler(
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+            ) as s:
                 async with Worker(s.address, nthreads=1):
                     async with Client(s.address, asynchronous=True) as c:
                         assert await c.submit(inc, 1, key="during-outage") == 2
@@ -155,7 +157,7 @@ async def test_close_is_bounded_when_the_destination_is_broken(tmp_path: Path) -
     blocker.write_text("")
     with dask.config.set({**PROCESS, "eventbus.close-timeout": "1s"}):
         plugin = EventBusPlugin("jsonl", path=str(blocker / "events.jsonl"))
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1):
             async with Client(s.address, asynchronous=True) as c:
                 assert await c.submit(inc, 1) == 2
@@ -178,7 +180,8 @@ def test_the_publisher_process_exits_with_its_scheduler(tmp_path: Path) -> None:
     }
     scheduler = subprocess.Popen(
         [str(Path(sys.executable).parent / "dask"), "scheduler", "--preload", "dask_eventbus",
-         "--scheduler-file", str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
+         "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1", "--port", "0",
+         "--dashboard-address", "127.0.0.1:0"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -224,7 +227,7 @@ async def test_values_msgpack_cannot_carry_still_arrive(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     with dask.config.set(PROCESS):
         plugin = EventBusPlugin("jsonl", path=str(path))
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         # Scheduler-side code may log what no client could send.
         s.log_event("huge", {"n": 2**70, "nested": [{"m": -(2**80)}]})
     events = [json.loads(line) for line in path.read_text().splitlines()]

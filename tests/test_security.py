@@ -63,7 +63,7 @@ def with_secret(harness: Harness) -> dict[str, Any]:
 
 
 async def run_briefly(plugin: EventBusPlugin) -> dict[str, Any]:
-    async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
         async with Worker(s.address, nthreads=1):
             async with Client(s.address, asynchronous=True) as c:
                 deadline = time.monotonic() + RUN_FOR
@@ -133,7 +133,9 @@ def test_events_carry_no_task_data_and_tracebacks_can_be_turned_off(tmp_path: Pa
     async def run() -> None:
         with dask.config.set({"eventbus.events.include-tracebacks": False}):
             plugin = EventBusPlugin("jsonl", path=str(path))
-        async with Scheduler(dashboard_address=":0", plugins=[plugin]) as s:
+        async with Scheduler(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+        ) as s:
             async with Worker(s.address, nthreads=1):
                 async with Client(s.address, asynchronous=True) as c:
                     assert await c.submit(str.upper, SECRET) == SECRET.upper()
