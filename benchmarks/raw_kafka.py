@@ -8,8 +8,8 @@ batch (polling when the local queue is full), then ``flush`` and a check that
 no delivery report carried an error, batch after batch. Two variants:
 
 * ``kafka``: records carry only the body: no key, no headers, no timestamp;
-  the backend's key, ``ce_*`` headers and delivery accounting are part of what
-  the ratio measures;
+  the backend's key, headers and delivery accounting are part of what the
+  ratio measures;
 * ``kafka-records``: the same records the backend produces with the same
   options (key, timestamp, headers), built before the clock starts, so the
   ratio measures what the backend adds to the client, not what the record
@@ -41,13 +41,7 @@ from confluent_kafka import KafkaError, Producer
 
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
-from dask_eventbus.backends.kafka import (
-    KafkaBackend,
-    KafkaOptions,
-    _envelope,
-    _headers,
-    producer_config,
-)
+from dask_eventbus.backends.kafka import KafkaBackend, KafkaOptions, producer_config
 
 _producers: dict[str, tuple[Producer, list[KafkaError]]] = {}
 
@@ -93,12 +87,9 @@ def records_of(messages: list[Message], options: dict[str, Any]) -> list[Record]
     """The (value, key, timestamp, headers) the backend produces for ``messages``."""
     backend = create_backend("kafka", options)
     assert isinstance(backend, KafkaBackend)
-    headers_on = backend.options.headers
     records = []
     for message in messages:
-        envelope = _envelope(message) if headers_on else None
-        headers = _headers(message, envelope) if headers_on else None
-        key = backend._key_of(message, envelope)
+        key, headers = backend.record_of(message)
         records.append((message.body, key, int(message.time * 1000), headers))
     return records
 

@@ -2,10 +2,11 @@
 
 Every event is one record whose value is the structured-mode CloudEvent, keyed
 by its subject (the task key, worker address, ...) so that all events of one
-task land on one partition, in order. CloudEvents attributes are repeated as
-``ce_*`` headers beside ``content-type: application/cloudevents+json``, as the
-CloudEvents Kafka protocol binding describes, so brokers-side tools can route
-on them without parsing the body.
+task land on one partition, in order, with the header
+``content-type: application/cloudevents+json`` that the CloudEvents Kafka
+protocol binding asks of structured mode. ``headers: attributes`` repeats the
+CloudEvents attributes as ``ce_*`` headers too, for tools that route on
+headers without parsing the value.
 
 ``publish`` produces the whole batch, waits for the broker to acknowledge
 every record (idempotent producer, ``acks=all`` by default) and raises if any
@@ -143,6 +144,11 @@ _AUTHORIZATION = {
 }
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE}
 
+Header = tuple[str, str | bytes | None]
+
+# librdkafka copies headers at produce(), so every record can share this list.
+CONTENT_TYPE_HEADERS: list[Header] = [("content-type", CONTENT_TYPE)]
+
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 
 
@@ -154,8 +160,9 @@ class KafkaOptions(BackendOptions):
     ``sasl.*``, ``ssl.*``, ``compression.type``, ...), over the defaults."""
     key: Literal["subject", "source", "type", "none"] = "subject"
     """What becomes the record key, and so decides the partition."""
-    headers: bool = True
-    """Repeat the CloudEvents attributes as ``ce_*`` record headers."""
+    headers: Literal["content-type", "attributes", "none"] = "content-type"
+    """Record headers: ``content-type`` only (structured mode, as the binding
+    asks), plus the ``ce_*`` attributes, or none at all."""
     create_topic: bool = True
     """Create the topic when it is missing."""
     partitions: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -540,19 +547,24 @@ class KafkaBackend(Backend):
         self._owed = (identity, still_owed)
         raise self._failure(len(still_owed), len(batch), problem) from problem
 
+    def record_of(self, message: Message) -> tuple[str | None, list[Header] | None]:
+        """The key and headers of the record ``message`` becomes."""
+        if self.options.headers == "attributes":
+            envelope = _envelope(message)
+            return self._key_of(message, envelope), _headers(message, envelope)
+        headers = CONTENT_TYPE_HEADERS if self.options.headers == "content-type" else None
+        return self._key_of(message, None), headers
+
     def _produce(self, producer: Producer, batch: Sequence[Message]) -> None:
         topic = self.options.topic
-        headers_on = self.options.headers
-        key_of = self._key_of
+        record_of = self.record_of
         produce = producer.produce
         give_up = time.monotonic() + self.delivery_timeout
         produced = 0
         try:
             for message in batch:
-                envelope = _envelope(message) if headers_on else None
-                key = key_of(message, envelope)
+                key, headers = record_of(message)
                 timestamp = int(message.time * 1000)
-                headers = _headers(message, envelope) if headers_on else None
                 while True:
                     try:
                         produce(topic, message.body, key, timestamp=timestamp, headers=headers)
@@ -803,9 +815,9 @@ def _envelope(message: Message) -> _Envelope | None:
         return None
 
 
-def _headers(message: Message, envelope: _Envelope | None) -> list[tuple[str, str | bytes | None]]:
-    """The CloudEvents Kafka binding's headers: content type plus ``ce_*`` attributes."""
-    headers: list[tuple[str, str | bytes | None]] = [("content-type", CONTENT_TYPE)]
+def _headers(message: Message, envelope: _Envelope | None) -> list[Header]:
+    """Content type plus the ``ce_*`` attributes, as in the binding's binary mode."""
+    headers: list[Header] = [("content-type", CONTENT_TYPE)]
     if envelope is None:
         headers += [("ce_id", message.id), ("ce_type", message.type)]
         if message.subject is not None:
