@@ -11,7 +11,7 @@ acknowledged every body). A module may add variants named
 ``prepare(messages, options)`` turns the messages into what that
 ``publish_raw`` takes, before the clock starts (e.g. records with the same
 key and headers as the backend's). Each variant is a row of its own. Runs
-alternate; medians are reported.
+alternate, each run starting with a different side; medians are reported.
 
     python benchmarks/throughput.py --backend redis --option redis.url=redis://127.0.0.1:6379
 """
@@ -114,12 +114,19 @@ def main() -> None:
         for raw in variants:
             warm_up = prepared[raw][: args.batch_size]
             through_raw(raws[raw][1], options.get(name, {}), warm_up, args.batch_size)
-        for _ in range(args.repeat):
-            ours.append(through_backend(name, options.get(name, {}), batch, args.batch_size))
-            for raw in variants:
-                publish, inputs = raws[raw][1], prepared[raw]
+        sides = [None, *variants]
+        for run in range(args.repeat):
+            # Each run starts with a different side: a broker that slows as
+            # it fills up (Tansu keeps everything in memory) favours none.
+            for side in sides[run % len(sides) :] + sides[: run % len(sides)]:
+                if side is None:
+                    ours.append(
+                        through_backend(name, options.get(name, {}), batch, args.batch_size)
+                    )
+                    continue
+                publish, inputs = raws[side][1], prepared[side]
                 elapsed = through_raw(publish, options.get(name, {}), inputs, args.batch_size)
-                raw_times[raw].append(elapsed)
+                raw_times[side].append(elapsed)
         ours_rate = args.events / median(ours)
         for raw in variants:
             raw_rate = args.events / median(raw_times[raw])
