@@ -95,6 +95,19 @@ def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> l
     return build_messages(normalizer, records)
 
 
+def read_until_all(events: Any, messages: list[Any], timeout: float = 30.0) -> list[Event]:
+    """Events until every one of ``messages`` arrived (duplicates allowed)."""
+    wanted = {m.id for m in messages}
+    received: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while not wanted <= {e.id for e in received}:
+        assert time.monotonic() < deadline, f"{len(received)} events, some missing"
+        event = events.poll(timeout=1.0)
+        if event is not None:
+            received.append(event)
+    return received
+
+
 def read_events(
     subscription: Subscription,
     *,

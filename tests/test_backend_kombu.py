@@ -23,7 +23,16 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import inc, is_closing, read_events, read_raw, run_workload, synthetic_messages
+from helpers import (
+    inc,
+    is_closing,
+    proxied_url,
+    read_events,
+    read_raw,
+    read_until_all,
+    run_workload,
+    synthetic_messages,
+)
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -328,6 +337,39 @@ def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
         tables = [f"_kombu.binding.{fixture['exchange']}"]
         assert not any(queue.encode() in m for t in tables for m in client.smembers(t))
         client.close()
+
+
+@pytest.mark.parametrize("transport", ["amqp", "redis"])
+def test_subscriber_waits_out_a_broker_outage(
+    transport: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    direct = options(fixture)
+    port = 5672 if transport == "amqp" else 6379
+    through_proxy = proxied_url(direct["url"], port, {"connect-timeout": "1s"})
+    messages = synthetic_messages(20)
+    backend = create_backend("kombu", direct)
+    backend.open()
+    try:
+        with through_proxy() as (proxy, proxied):
+            with subscribe("kombu", **{**direct, **proxied}) as events:
+                backend.publish(messages[:10])
+                first = read_events(events, count=10)
+                proxy.set_mode("refuse")
+                assert proxy.cut() >= 1
+                assert events.poll(timeout=2.0) is None  # down: retrying, not raising
+                backend.publish(messages[10:])  # the named queue keeps them meanwhile
+                proxy.set_mode("pass")
+                # Acknowledgements lost with the connection make the broker
+                # deliver those events again: duplicates, no losses.
+                read_until_all(events, messages[10:])
+    finally:
+        backend.close()
+    assert [e.id for e in first] == [m.id for m in messages[:10]]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "distributed.eventbus.kombu"]
+    assert any("lost the Kombu consumer connection" in w for w in warnings), warnings
+    assert sum("cannot reconnect the Kombu consumer yet" in w for w in warnings) == 1, warnings
+    assert "the Kombu consumer is connected again" in warnings[-1]
 
 
 def test_from_beginning_needs_a_named_queue(amqp: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from helpers import (
     inc,
     is_closing,
     read_events,
+    read_until_all,
     require_broker,
     run_workload,
     synthetic_messages,
@@ -85,19 +86,6 @@ def admin(rabbitmq_url: str) -> Iterator[Any]:
     yield connection.channel()
     if connection.is_open:
         connection.close()
-
-
-def read_until_all(events: Any, messages: list[Any], timeout: float = 30.0) -> list[Event]:
-    """Events until every one of ``messages`` arrived (duplicates allowed)."""
-    wanted = {m.id for m in messages}
-    received: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while not wanted <= {e.id for e in received}:
-        assert time.monotonic() < deadline, f"{len(received)} events, some missing"
-        event = events.poll(timeout=1.0)
-        if event is not None:
-            received.append(event)
-    return received
 
 
 def close_broker_connections(connection_name: str) -> int:

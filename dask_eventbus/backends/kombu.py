@@ -21,6 +21,7 @@ batch and then waits for its confirms once, as the ``rabbitmq`` backend does.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import string
 import time
@@ -49,6 +50,10 @@ from . import (
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
 APP_ID = "dask-eventbus"
+# A subscriber that cannot reconnect says so at most this often.
+RECONNECT_LOG_INTERVAL = 60.0
+
+logger = logging.getLogger("distributed.eventbus.kombu")
 
 # Placeholders a routing-key template may use (as in the rabbitmq backend).
 _KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
@@ -410,6 +415,12 @@ class KombuBackend(Backend):
         if isinstance(bindings, str):
             bindings = [bindings]
         keys = list(bindings or self.options.bindings)
+        return _KombuSubscription(self, name, keys, prefetch)
+
+    def _consume(
+        self, name: str | None, keys: Sequence[str], prefetch: int, on_message: Any
+    ) -> tuple[Connection, Queue, Consumer]:
+        """A new connection consuming the queue ``name`` (or a new exclusive one)."""
         conn = self._connect(consumer=True)
         try:
             channel = conn.channel()
@@ -427,7 +438,17 @@ class KombuBackend(Backend):
                 )
             bound = declared(channel)
             bound.declare()
-            return _KombuSubscription(conn, channel, bound, name is None, prefetch)
+            consumer = Consumer(
+                channel,
+                [bound],
+                no_ack=False,
+                auto_declare=False,
+                on_message=on_message,
+                accept=[CONTENT_TYPE, BATCH_CONTENT_TYPE],
+            )
+            consumer.qos(prefetch_count=prefetch)
+            consumer.consume()
+            return conn, bound, consumer
         except BaseException:
             _drop(conn)
             raise
@@ -566,27 +587,39 @@ def _as_bytes(body: Any) -> bytes:
 
 
 class _KombuSubscription(Subscription):
+    """Consumes one queue; reconnects when the broker goes away.
+
+    Deliveries carry the connection's generation: an acknowledgement for a
+    message of a closed connection is void (the broker delivers it again).
+    """
+
     def __init__(
-        self, conn: Connection, channel: Any, queue: Queue, anonymous: bool, prefetch: int
+        self, backend: KombuBackend, name: str | None, keys: Sequence[str], prefetch: int
     ) -> None:
         super().__init__()
-        self._conn = conn
-        self._queue = queue
-        self._anonymous = anonymous
+        self._backend = backend
+        self._name = name
+        self._keys = keys
         self._limit = max(1, prefetch)
         self._received: list[Any] = []
-        self._consumer = Consumer(
-            channel,
-            [queue],
-            no_ack=False,
-            auto_declare=False,
-            on_message=self._received.append,
-            accept=[CONTENT_TYPE, BATCH_CONTENT_TYPE],
+        self._generation = 0
+        self._last_warning = 0.0
+        self._conn: Connection | None = None
+        self._queue: Queue | None = None
+        self._consumer: Consumer | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self._conn, self._queue, self._consumer = self._backend._consume(
+            self._name, self._keys, self._limit, self._received.append
         )
-        self._consumer.qos(prefetch_count=self._limit)
-        self._consumer.consume()
+        self._generation += 1
 
     def fetch(self, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        if self._conn is None and not self._reconnect(deadline):
+            return []
+        assert self._conn is not None
         received = self._received
         drain = self._conn.drain_events
         try:
@@ -594,20 +627,60 @@ class _KombuSubscription(Subscription):
                 drain(timeout=timeout)
             while len(received) < self._limit:
                 drain(timeout=0)
-        except TimeoutError:  # socket.timeout
+        except TimeoutError:  # socket.timeout: nothing (more) to read
             pass
-        found = [Delivery(_as_bytes(message.body), message) for message in received]
+        except self._conn.connection_errors + self._conn.channel_errors as exc:
+            kept = "" if self._name else "; events published meanwhile are missed"
+            logger.warning(
+                "dask-eventbus: lost the Kombu consumer connection: %s; reconnecting%s",
+                self._backend.explain(exc),
+                kept,
+            )
+            self._disconnect()
+            self._reconnect(deadline)
+            return []
+        generation = self._generation
+        found = [Delivery(_as_bytes(m.body), (generation, m)) for m in received]
         received.clear()
         return found
 
+    def _reconnect(self, deadline: float) -> bool:
+        try:
+            self._connect()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_warning >= RECONNECT_LOG_INTERVAL:
+                self._last_warning = now
+                logger.warning(
+                    "dask-eventbus: cannot reconnect the Kombu consumer yet (retrying "
+                    "every second, logging every %.0fs): %s",
+                    RECONNECT_LOG_INTERVAL,
+                    self._backend.explain(exc),
+                )
+            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            return False
+        if self._last_warning:
+            logger.warning("dask-eventbus: the Kombu consumer is connected again")
+            self._last_warning = 0.0
+        return True
+
     def ack(self, token: Any) -> None:
-        token.ack()
+        generation, message = token
+        if generation == self._generation and self._conn is not None:
+            with contextlib.suppress(*self._conn.connection_errors, *self._conn.channel_errors):
+                message.ack()
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        self._received.clear()
+        if conn is not None:
+            _drop(conn)
 
     def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._consumer.cancel()
-        if self._anonymous:
+        if self._consumer is not None and self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.cancel()
+        if self._name is None and self._queue is not None and self._conn is not None:
             with contextlib.suppress(Exception):
                 self._queue.delete()
-        with contextlib.suppress(Exception):
-            self._conn.release()
+        self._disconnect()
