@@ -321,7 +321,7 @@ def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
     opts = options(fixture, queue=None)
     messages = synthetic_messages(30)
     with subscribe("kombu", **opts) as events:
-        queue = events._queue.name  # type: ignore[attr-defined]
+        queue = events.queue  # type: ignore[attr-defined]
         backend = create_backend("kombu", opts)
         backend.open()
         backend.publish(messages)

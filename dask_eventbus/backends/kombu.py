@@ -604,32 +604,37 @@ class _KombuSubscription(Subscription):
         self._received: list[Any] = []
         self._generation = 0
         self._last_warning = 0.0
-        self._conn: Connection | None = None
-        self._queue: Queue | None = None
-        self._consumer: Consumer | None = None
+        self._live: tuple[Connection, Queue, Consumer] | None = None
+        self._queue = ""
         self._connect()
 
+    @property
+    def queue(self) -> str:
+        """The name of the queue being consumed (generated for a queue of its own)."""
+        return self._queue
+
     def _connect(self) -> None:
-        self._conn, self._queue, self._consumer = self._backend._consume(
+        self._live = self._backend._consume(
             self._name, self._keys, self._limit, self._received.append
         )
+        self._queue = self._live[1].name
         self._generation += 1
 
     def fetch(self, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        if self._conn is None and not self._reconnect(deadline):
+        if self._live is None and not self._reconnect(deadline):
             return []
-        assert self._conn is not None
+        assert self._live is not None
+        conn = self._live[0]
         received = self._received
-        drain = self._conn.drain_events
         try:
             if not received:
-                drain(timeout=timeout)
+                conn.drain_events(timeout=timeout)
             while len(received) < self._limit:
-                drain(timeout=0)
+                conn.drain_events(timeout=0)
         except TimeoutError:  # socket.timeout: nothing (more) to read
             pass
-        except self._conn.connection_errors + self._conn.channel_errors as exc:
+        except conn.connection_errors + conn.channel_errors as exc:
             kept = "" if self._name else "; events published meanwhile are missed"
             logger.warning(
                 "dask-eventbus: lost the Kombu consumer connection: %s; reconnecting%s",
@@ -666,21 +671,27 @@ class _KombuSubscription(Subscription):
 
     def ack(self, token: Any) -> None:
         generation, message = token
-        if generation == self._generation and self._conn is not None:
-            with contextlib.suppress(*self._conn.connection_errors, *self._conn.channel_errors):
-                message.ack()
+        if generation != self._generation or self._live is None:
+            return
+        conn = self._live[0]
+        with contextlib.suppress(*conn.connection_errors, *conn.channel_errors):
+            message.ack()
 
     def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
+        live, self._live = self._live, None
         self._received.clear()
-        if conn is not None:
-            _drop(conn)
+        if live is not None:
+            _drop(live[0])
 
     def _close(self) -> None:
-        if self._consumer is not None and self._conn is not None:
+        live, self._live = self._live, None
+        if live is None:
+            return
+        conn, queue, consumer = live
+        with contextlib.suppress(Exception):
+            consumer.cancel()
+        if self._name is None:
             with contextlib.suppress(Exception):
-                self._consumer.cancel()
-        if self._name is None and self._queue is not None and self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._queue.delete()
-        self._disconnect()
+                queue.delete()
+        with contextlib.suppress(Exception):
+            conn.release()
