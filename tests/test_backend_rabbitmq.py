@@ -737,6 +737,6 @@ def test_subscriber_waits_out_a_broker_outage(
     finally:
         backend.close()
     assert [e.id for e in first] == [m.id for m in messages[:10]]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "dask_eventbus"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "distributed.eventbus.rabbitmq"]
     assert any("lost the RabbitMQ consumer connection" in w for w in warnings)
     assert sum("cannot reconnect the RabbitMQ consumer yet" in w for w in warnings) == 1

@@ -49,7 +49,8 @@ from . import (
     in_content_mode,
 )
 
-logger = logging.getLogger("dask_eventbus")
+# Under distributed's logger, so that a scheduler's logging config covers it.
+logger = logging.getLogger("distributed.eventbus.rabbitmq")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _inside = threading.local()
