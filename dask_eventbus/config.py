@@ -54,6 +54,7 @@ class EventSettings(_Section):
     include_tracebacks: bool = True
     max_text_length: Annotated[int, msgspec.Meta(ge=16)] = 10000
     max_graph_keys: _NonNegative = 100
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 900_000
 
 
 class TransitionSettings(_Section):

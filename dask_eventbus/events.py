@@ -41,6 +41,7 @@ SCHEDULER_CLOSING = "dask.scheduler.closing"
 SCHEDULER_RESTARTED = "dask.scheduler.restarted"
 LOG = "dask.log"
 DROPPED = "dask.eventbus.dropped"
+OVERSIZED = "dask.eventbus.oversized"
 PROBE = "dask.eventbus.probe"
 
 
@@ -220,6 +221,20 @@ class Dropped(_Data):
     ]
 
 
+class Oversized(_Data):
+    """An event too large to publish, sent in its place.
+
+    It keeps the replaced event's id, time, sequence and subject, so the
+    sequence has no gap; its data says what was left out. Brokers refuse
+    records over a size limit (Kafka's is 1 MB by default), and a refused
+    event would be retried forever, holding back every event after it.
+    """
+
+    type: Annotated[str, _doc("The type of the event it replaces.")]
+    size: Annotated[int, _doc("Size of that event's JSON, in bytes.")]
+    limit: Annotated[int, _doc("eventbus.events.max-event-bytes when it was replaced.")]
+
+
 class Probe(_Data):
     """Published by ``dask-eventbus check`` to test a backend, never by schedulers."""
 
@@ -240,6 +255,7 @@ DATA_TYPES: dict[str, type[_Data]] = {
     SCHEDULER_RESTARTED: SchedulerInfo,
     LOG: LogMessage,
     DROPPED: Dropped,
+    OVERSIZED: Oversized,
     PROBE: Probe,
 }
 EVENT_TYPES: tuple[str, ...] = tuple(DATA_TYPES)
@@ -418,11 +434,13 @@ class Normalizer:
         *,
         include_tracebacks: bool = True,
         max_text_length: int = 10000,
+        max_event_bytes: int = 900_000,
     ) -> None:
         self.source = source
         self.run_id = run_id
         self.include_tracebacks = include_tracebacks
         self.max_text_length = max_text_length
+        self.max_event_bytes = max_event_bytes
         self._builders: dict[str, Callable[[Record], tuple[str | None, _Data]]] = {
             TASK_TRANSITION: self._transition,
             GRAPH_UPDATED: self._graph,
@@ -445,7 +463,13 @@ class Normalizer:
             run_id,
             include_tracebacks=settings.include_tracebacks,
             max_text_length=settings.max_text_length,
+            max_event_bytes=settings.max_event_bytes,
         )
+
+    def oversized(self, event: Event, size: int) -> Event:
+        """The :data:`OVERSIZED` event to publish instead of ``event`` (``size`` bytes)."""
+        data = Oversized(type=event.type, size=size, limit=self.max_event_bytes)
+        return msgspec.structs.replace(event, type=OVERSIZED, data=data)
 
     def event(self, record: Record) -> Event:
         """The event for one record; never raises."""

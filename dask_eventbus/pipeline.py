@@ -34,7 +34,16 @@ from typing import Any, Protocol
 
 from .backends import Backend, Message
 from .config import Settings, redact_url
-from .events import DROPPED, TASK_TRANSITION, Normalizer, Record, encode_many, safe_text
+from .events import (
+    DROPPED,
+    OVERSIZED,
+    TASK_TRANSITION,
+    Event,
+    Normalizer,
+    Record,
+    encode_many,
+    safe_text,
+)
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -87,12 +96,30 @@ def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Messag
     events = [normalizer.event(record) for record in records]
     messages: list[Message] = []
     append = messages.append
+    limit = normalizer.max_event_bytes
     for record, event, body in zip(records, events, encode_many(events), strict=True):
+        if len(body) > limit:
+            event, body = _in_place_of_oversized(normalizer, event, len(body))
         type_ = routing_key = event.type
         if type_ == TASK_TRANSITION:
             routing_key = _transition_routing_key(event.data.start, event.data.finish)
         append(Message(body, event.id, type_, event.subject, record[0], record[2], routing_key))
     return messages
+
+
+def _in_place_of_oversized(normalizer: Normalizer, event: Event, size: int) -> tuple[Event, bytes]:
+    logger.warning(
+        "dask-eventbus: event %s (%s, subject %r) is %d bytes of JSON, over "
+        "eventbus.events.max-event-bytes (%d); publishing a %s event in its place",
+        event.id,
+        event.type,
+        (event.subject or "")[:200],
+        size,
+        normalizer.max_event_bytes,
+        OVERSIZED,
+    )
+    replacement = normalizer.oversized(event, size)
+    return replacement, replacement.to_json()
 
 
 class DeliveryStats:

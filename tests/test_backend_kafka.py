@@ -38,7 +38,7 @@ from helpers import (
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.kafka import KafkaBackend
-from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
+from dask_eventbus.events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, key_to_str
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -305,6 +305,32 @@ def test_subscribe_from_now_skips_what_was_published_before(kafka_broker: str, t
     finally:
         backend.close()
     assert sorted(e.id for e in received) == sorted(m.id for m in new)
+
+
+@gen_test(timeout=120)
+async def test_an_event_too_large_for_kafka_is_replaced_not_retried(
+    kafka_broker: str, topic: str
+) -> None:
+    # librdkafka refuses records over message.max.bytes (1,000,000) itself;
+    # sent as it is, this event would be retried forever.
+    plugin = EventBusPlugin("kafka", **options_for(kafka_broker, topic, partitions=1))
+    async with (
+        Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s,
+        Worker(s.address, nthreads=1),
+        Client(s.address, asynchronous=True) as c,
+    ):
+        await c.log_event("huge", {"blob": "x" * 1_500_000})
+        assert await c.submit(inc, 1, key="after-huge") == 2
+    stats = plugin.stats()
+    assert stats["publish_errors"] == 0 and stats["undelivered"] == 0 and stats["dropped"] == 0
+    records = await asyncio.to_thread(read_records, kafka_broker, topic, until=is_closing)
+    events = sorted((r.event for r in records), key=lambda e: e.sequence_number)
+    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    (oversized,) = [e for e in events if e.type == OVERSIZED]
+    assert oversized.subject == "huge"
+    assert oversized.data["type"] == "dask.log" and oversized.data["limit"] == 900_000
+    assert oversized.data["size"] > 1_500_000
+    assert any(e.subject == "after-huge" for e in events)
 
 
 # ---------------------------------------------------------------- outages

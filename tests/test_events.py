@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from dask_eventbus.events import (
     LOG,
+    OVERSIZED,
     TASK_TRANSITION,
     Event,
     Normalizer,
@@ -195,3 +197,34 @@ def test_nesting_deeper_than_the_encoder_allows_still_encodes() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_an_event_over_max_event_bytes_is_replaced_in_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dask_eventbus.pipeline import build_messages
+
+    normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
+    now = time.time()
+    records = [
+        transition_record(1, "before", "processing", "memory", "s-1", timestamp=now),
+        (2, LOG, now, "huge-topic", {"blob": "x" * 10_000}),
+        transition_record(3, "after", "processing", "memory", "s-3", timestamp=now),
+    ]
+    with caplog.at_level(logging.WARNING, logger="distributed.eventbus"):
+        messages = build_messages(normalizer, records)
+    assert [m.type for m in messages] == [TASK_TRANSITION, OVERSIZED, TASK_TRANSITION]
+    assert all(len(m.body) <= 4096 for m in messages)
+    assert_valid(messages[1].body)
+    replaced = Event.from_json(messages[1].body)
+    original = normalizer.event(records[1])
+    assert (replaced.id, replaced.sequence, replaced.subject, replaced.time) == (
+        original.id,
+        original.sequence,
+        "huge-topic",
+        original.time,
+    )
+    assert replaced.data == {"type": LOG, "size": len(original.to_json()), "limit": 4096}
+    assert messages[1].routing_key == OVERSIZED and messages[1].sequence == 2
+    assert "over eventbus.events.max-event-bytes (4096)" in caplog.text
+    assert f"{original.id} (dask.log, subject 'huge-topic')" in caplog.text

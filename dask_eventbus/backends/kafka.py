@@ -793,7 +793,7 @@ class KafkaBackend(Backend):
             return (
                 f"an event is larger than Kafka at {where} accepts: {error.str()}. Raise "
                 "message.max.bytes (producer) and max.message.bytes (topic), or lower "
-                f"eventbus.events.max-text-length{suffix}"
+                f"eventbus.events.max-event-bytes below them{suffix}"
             )
         if code == KafkaError._INVALID_ARG:
             return f"invalid setting in eventbus.backends.kafka.config: {error.str()}"

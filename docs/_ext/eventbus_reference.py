@@ -8,6 +8,7 @@ Both are written to ``docs/generated/`` when Sphinx starts.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import time
@@ -132,6 +133,8 @@ EXAMPLES: dict[str, tuple[Any, ...]] = {
     ev.SCHEDULER_RESTARTED: (*_SCHEDULER, _VERSIONS, 2),
     ev.LOG: ("all", {"action": "add-worker", "worker": _WORKER}),
     ev.DROPPED: (5000, 1201, 6200, "drop-oldest"),
+    # A dask.log event whose payload is over max-event-bytes.
+    ev.OVERSIZED: ("debug-dump", {"table": "x" * 1_200_000}),
     ev.PROBE: ("probe-5f71c8d7175a", "ops-laptop", "0.1.0"),
 }  # fmt: skip
 
@@ -145,6 +148,8 @@ def example(type_: str, sequence: int = 42) -> dict[str, Any]:
             sequence, key, start, finish, stimulus, worker=worker, extra=extra,
             group=group, timestamp=EXAMPLE_TIME,
         )  # fmt: skip
+    elif type_ == ev.OVERSIZED:
+        record = (sequence, ev.LOG, EXAMPLE_TIME, *fields)
     else:
         record = (sequence, type_, EXAMPLE_TIME, *fields)
     normalizer = ev.Normalizer(f"dask://scheduler-host/{_SCHEDULER[0]}", "5f71c8d7175a")
@@ -162,7 +167,7 @@ def events_reference() -> str:
     for cls in types:
         names = [t for t, c in ev.DATA_TYPES.items() if c is cls]
         title = ", ".join(f"``{n}``" for n in names)
-        parts += [title, "-" * len(title), "", (cls.__doc__ or "").strip(), ""]
+        parts += [title, "-" * len(title), "", inspect.cleandoc(cls.__doc__ or ""), ""]
         parts += [_fields_table(cls.__name__, components), ""]
         body = json.dumps(example(names[0]), indent=2)
         parts += [".. code-block:: json", "", *("   " + line for line in body.splitlines()), ""]
