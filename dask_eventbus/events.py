@@ -29,6 +29,8 @@ CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
 SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "event-schema.json")
 SEQUENCE_DIGITS = 20
+# Longest subject an oversized event keeps of the event it replaces.
+MAX_OVERSIZED_SUBJECT = 1000
 
 TASK_TRANSITION = "dask.task.transition"
 GRAPH_UPDATED = "dask.graph.updated"
@@ -224,8 +226,9 @@ class Dropped(_Data):
 class Oversized(_Data):
     """An event too large to publish, sent in its place.
 
-    It keeps the replaced event's id, time, sequence and subject, so the
-    sequence has no gap; its data says what was left out. Brokers refuse
+    It keeps the replaced event's id, time, sequence and subject (cut to
+    1,000 characters), so the sequence has no gap; its data says what was
+    left out. Brokers refuse
     records over a size limit (Kafka's is 1 MB by default), and a refused
     event would be retried forever, holding back every event after it.
     """
@@ -469,7 +472,9 @@ class Normalizer:
     def oversized(self, event: Event, size: int) -> Event:
         """The :data:`OVERSIZED` event to publish instead of ``event`` (``size`` bytes)."""
         data = Oversized(type=event.type, size=size, limit=self.max_event_bytes)
-        return msgspec.structs.replace(event, type=OVERSIZED, data=data)
+        # A subject (task key) can itself be what is too large.
+        subject = _truncate(event.subject, MAX_OVERSIZED_SUBJECT)
+        return msgspec.structs.replace(event, type=OVERSIZED, subject=subject, data=data)
 
     def event(self, record: Record) -> Event:
         """The event for one record; never raises."""

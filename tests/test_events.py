@@ -228,3 +228,16 @@ def test_an_event_over_max_event_bytes_is_replaced_in_place(
     assert messages[1].routing_key == OVERSIZED and messages[1].sequence == 2
     assert "over eventbus.events.max-event-bytes (4096)" in caplog.text
     assert f"{original.id} (dask.log, subject 'huge-topic')" in caplog.text
+
+
+def test_an_oversized_event_cuts_a_subject_that_is_itself_too_large() -> None:
+    from dask_eventbus.pipeline import build_messages
+
+    normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
+    huge_key = "k" * 10_000
+    (message,) = build_messages(normalizer, [transition_record(1, huge_key, "released", "waiting")])
+    assert_valid(message.body)
+    event = Event.from_json(message.body)
+    assert event.type == OVERSIZED and len(message.body) <= 4096
+    assert event.subject == huge_key[:997] + "..."
+    assert event.data["type"] == TASK_TRANSITION
