@@ -185,7 +185,8 @@ async def run_workload(plugin: EventBusPlugin, *, workers: int = 2) -> list[Any]
 
     A chain with dependencies, a failing task and its dependent, a task that
     fails once and is retried, a key released and recomputed, a worker that
-    joins late, and a log_event. Returns the scheduler's transition log.
+    joins late, a log_event and one too large to publish. Returns the
+    scheduler's transition log.
     """
     async with Scheduler(
         host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin], validate=True
@@ -210,6 +211,8 @@ async def run_workload(plugin: EventBusPlugin, *, workers: int = 2) -> list[Any]
                 again = c.submit(inc, 1, key="a")
                 assert await again == 2
                 await c.log_event("user-topic", {"note": "hello", "values": [1, 2.5, None]})
+                # Over eventbus.events.max-event-bytes: published as dask.eventbus.oversized.
+                await c.log_event("oversized-topic", {"blob": "x" * 1_000_000})
                 async with Worker(s.address, nthreads=1, name="late-joiner"):
                     extra = c.submit(inc, 10, key="extra", workers=["late-joiner"])
                     assert await extra == 11
