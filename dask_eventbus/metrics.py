@@ -78,6 +78,11 @@ class EventBusCollector:
             lambda p: p.dropped_so_far(),
         )  # fmt: skip
         yield summed(
+            counter, "events_oversized",
+            "Events published as dask.eventbus.oversized in place of larger ones.",
+            lambda p: p.sink.stats.oversized,
+        )  # fmt: skip
+        yield summed(
             counter, "publish_retries", "Publishes retried after a failure.",
             lambda p: p.sink.stats.retries,
         )  # fmt: skip

@@ -91,8 +91,11 @@ def _transition_routing_key(start: str, finish: str) -> str:
     return routing_key
 
 
-def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Message]:
-    """Normalize and encode records into what backends publish."""
+def build_messages(
+    normalizer: Normalizer, records: list[Record], stats: DeliveryStats | None = None
+) -> list[Message]:
+    """Normalize and encode records into what backends publish (counting
+    oversized events in ``stats``)."""
     events = [normalizer.event(record) for record in records]
     messages: list[Message] = []
     append = messages.append
@@ -100,6 +103,8 @@ def build_messages(normalizer: Normalizer, records: list[Record]) -> list[Messag
     for record, event, body in zip(records, events, encode_many(events), strict=True):
         if len(body) > limit:
             event, body = _in_place_of_oversized(normalizer, event, len(body))
+            if stats is not None:
+                stats.oversized += 1
         type_ = routing_key = event.type
         if type_ == TASK_TRANSITION:
             routing_key = _transition_routing_key(event.data.start, event.data.finish)
@@ -133,6 +138,8 @@ class DeliveryStats:
         self.last_publish_time: float | None = None
         self.connected = False
         """Whether the last attempt to publish succeeded."""
+        self.oversized = 0
+        """Events published as dask.eventbus.oversized in place of larger ones."""
         self.publish_seconds = Histogram(PUBLISH_SECONDS)
         """Duration of each successful ``backend.publish`` call."""
         self.delivery_seconds = Histogram(DELIVERY_SECONDS)
@@ -199,7 +206,7 @@ class Publisher:
         pass
 
     def send(self, records: list[Record]) -> bool:
-        return self.deliver(build_messages(self.normalizer, records))
+        return self.deliver(build_messages(self.normalizer, records, self._stats))
 
     def finish(self) -> int:
         self.close_backend()
@@ -416,6 +423,7 @@ class Pipeline:
             "queued": self.queued(),
             "published": delivery.published,
             "dropped": self.dropped_so_far(),
+            "oversized": delivery.oversized,
             "retries": delivery.retries,
             "publish_errors": delivery.publish_errors,
             "last_error": delivery.last_error,

@@ -92,6 +92,7 @@ def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
         "published": stats.published,
         "retries": stats.retries,
         "publish_errors": stats.publish_errors,
+        "oversized": stats.oversized,
         "last_error": stats.last_error,
         "last_publish_time": stats.last_publish_time,
         "connected": stats.connected,
@@ -106,7 +107,7 @@ def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
 def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
     """``base`` (children that exited) plus the running child's latest report."""
     merged = DeliveryStats()
-    for name in ("published", "retries", "publish_errors"):
+    for name in ("published", "retries", "publish_errors", "oversized"):
         setattr(merged, name, getattr(base, name) + state[name])
     merged.last_error = state["last_error"] or base.last_error
     merged.last_publish_time = state["last_publish_time"] or base.last_publish_time

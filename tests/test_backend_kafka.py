@@ -323,6 +323,7 @@ async def test_an_event_too_large_for_kafka_is_replaced_not_retried(
         assert await c.submit(inc, 1, key="after-huge") == 2
     stats = plugin.stats()
     assert stats["publish_errors"] == 0 and stats["undelivered"] == 0 and stats["dropped"] == 0
+    assert stats["oversized"] == 1
     records = await asyncio.to_thread(read_records, kafka_broker, topic, until=is_closing)
     events = sorted((r.event for r in records), key=lambda e: e.sequence_number)
     assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))

@@ -78,9 +78,11 @@ async def test_real_events_are_valid_cloudevents_and_match_the_schema(
     harness: Harness,
 ) -> None:
     validator = Draft202012Validator(load_shipped_schema(), format_checker=FormatChecker())
+    plugin = EventBusPlugin(harness.backend, **harness.options)
     with subscribe(harness.backend, **harness.options) as events:
-        await run_workload(EventBusPlugin(harness.backend, **harness.options))
+        await run_workload(plugin)
         bodies = read_raw(events, until=is_closing)
+    assert plugin.stats()["oversized"] == 1
     received = [Event.from_json(body) for body in bodies]
     assert {e.type for e in received} >= set(EVENT_TYPES) - {
         "dask.scheduler.restarted",

@@ -34,6 +34,7 @@ async def test_metrics_are_served_on_the_scheduler_dashboard(memory_store_name: 
         async with Worker(s.address, nthreads=1):
             async with Client(s.address, asynchronous=True) as c:
                 await c.gather(c.map(inc, range(20)))
+                await c.log_event("too-large", "x" * 1_000_000)
                 while plugin.stats()["queued"]:
                     await asyncio.sleep(0.05)
                 url = f"http://127.0.0.1:{s.http_server.port}/metrics"
@@ -46,6 +47,10 @@ async def test_metrics_are_served_on_the_scheduler_dashboard(memory_store_name: 
     assert published == published_then >= 20 * 4
     assert (
         metrics["dask_eventbus_events_dropped"][("dask_eventbus_events_dropped_total", label)] == 0
+    )
+    assert (
+        metrics["dask_eventbus_events_oversized"][("dask_eventbus_events_oversized_total", label)]
+        == 1
     )
     assert (
         metrics["dask_eventbus_backend_connected"][("dask_eventbus_backend_connected", label)] == 1
