@@ -18,7 +18,7 @@ import fnmatch
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -245,6 +245,54 @@ ContentMode = Literal["structured", "batched"]
 """``structured``: one message per event (CloudEvents structured mode);
 ``batched``: one message per published batch, a JSON array of events
 (CloudEvents batched mode), far fewer messages for the broker to handle."""
+
+
+class ConsumerReconnect:
+    """A subscription's attempts to reconnect its consumer.
+
+    While the broker stays unreachable it tries about once a second and warns
+    at most once a minute; it says so once the consumer is connected again.
+    """
+
+    LOG_INTERVAL = 60.0
+
+    def __init__(
+        self, log: logging.Logger, broker: str, explain: Callable[[BaseException], str]
+    ) -> None:
+        self._log = log
+        self._broker = broker
+        self._explain = explain
+        self._last_warning = 0.0
+
+    def attempt(
+        self,
+        connect: Callable[[], None],
+        deadline: float,
+        errors: tuple[type[BaseException], ...] = (Exception,),
+        cleanup: Callable[[], None] = lambda: None,
+    ) -> bool:
+        """Call ``connect``; on one of ``errors``, ``cleanup``, wait a second
+        (not past ``deadline``) and return False."""
+        try:
+            connect()
+        except errors as exc:
+            cleanup()
+            now = time.monotonic()
+            if now - self._last_warning >= self.LOG_INTERVAL:
+                self._last_warning = now
+                self._log.warning(
+                    "dask-eventbus: cannot reconnect the %s consumer yet (retrying "
+                    "every second, logging every %.0fs): %s",
+                    self._broker,
+                    self.LOG_INTERVAL,
+                    self._explain(exc),
+                )
+            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            return False
+        if self._last_warning:
+            self._log.warning("dask-eventbus: the %s consumer is connected again", self._broker)
+            self._last_warning = 0.0
+        return True
 
 
 def batch_body(messages: Sequence[Message]) -> bytes:

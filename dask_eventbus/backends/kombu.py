@@ -40,6 +40,7 @@ from . import (
     BATCH_CONTENT_TYPE,
     Backend,
     BackendOptions,
+    ConsumerReconnect,
     ContentMode,
     Delivery,
     Message,
@@ -50,9 +51,6 @@ from . import (
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
 APP_ID = "dask-eventbus"
-# A subscriber that cannot reconnect says so at most this often.
-RECONNECT_LOG_INTERVAL = 60.0
-
 logger = logging.getLogger("distributed.eventbus.kombu")
 
 # Placeholders a routing-key template may use (as in the rabbitmq backend).
@@ -603,7 +601,7 @@ class _KombuSubscription(Subscription):
         self._limit = max(1, prefetch)
         self._received: list[Any] = []
         self._generation = 0
-        self._last_warning = 0.0
+        self._reconnects = ConsumerReconnect(logger, "Kombu", backend.explain)
         self._live: tuple[Connection, Queue, Consumer] | None = None
         self._queue = ""
         self._connect()
@@ -650,24 +648,7 @@ class _KombuSubscription(Subscription):
         return found
 
     def _reconnect(self, deadline: float) -> bool:
-        try:
-            self._connect()
-        except Exception as exc:
-            now = time.monotonic()
-            if now - self._last_warning >= RECONNECT_LOG_INTERVAL:
-                self._last_warning = now
-                logger.warning(
-                    "dask-eventbus: cannot reconnect the Kombu consumer yet (retrying "
-                    "every second, logging every %.0fs): %s",
-                    RECONNECT_LOG_INTERVAL,
-                    self._backend.explain(exc),
-                )
-            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
-            return False
-        if self._last_warning:
-            logger.warning("dask-eventbus: the Kombu consumer is connected again")
-            self._last_warning = 0.0
-        return True
+        return self._reconnects.attempt(self._connect, deadline)
 
     def ack(self, token: Any) -> None:
         generation, message = token

@@ -42,6 +42,7 @@ from ..events import CONTENT_TYPE, TASK_TRANSITION
 from . import (
     Backend,
     BackendOptions,
+    ConsumerReconnect,
     ContentMode,
     Delivery,
     Message,
@@ -106,8 +107,6 @@ _TRANSITION_PREFIX = TASK_TRANSITION + "."
 # How long close() waits for the broker to answer Connection.Close before it
 # drops the socket.
 CLOSE_WAIT = 2.0
-# A consumer that cannot reconnect says so at most this often.
-RECONNECT_LOG_INTERVAL = 60.0
 
 
 class RabbitMQError(Exception):
@@ -751,7 +750,7 @@ class _RabbitMQSubscription(Subscription):
         self._acks: list[int] = []
         self._acked_through = 0
         self._broken: BaseException | None = None
-        self._last_warning = 0.0
+        self._reconnects = ConsumerReconnect(logger, "RabbitMQ", backend.explain)
         try:
             self._connect()
         except Exception as exc:
@@ -825,25 +824,9 @@ class _RabbitMQSubscription(Subscription):
         return received
 
     def _reconnect(self, deadline: float) -> bool:
-        try:
-            self._connect()
-        except (pe.AMQPError, OSError) as exc:
-            self._disconnect()
-            now = time.monotonic()
-            if now - self._last_warning >= RECONNECT_LOG_INTERVAL:
-                self._last_warning = now
-                logger.warning(
-                    "dask-eventbus: cannot reconnect the RabbitMQ consumer yet (retrying "
-                    "every second, logging every %.0fs): %s",
-                    RECONNECT_LOG_INTERVAL,
-                    self._backend.explain(exc),
-                )
-            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
-            return False
-        if self._last_warning:
-            logger.warning("dask-eventbus: the RabbitMQ consumer is connected again")
-            self._last_warning = 0.0
-        return True
+        return self._reconnects.attempt(
+            self._connect, deadline, (pe.AMQPError, OSError), self._disconnect
+        )
 
     def ack(self, token: Any) -> None:
         generation, tag = token
