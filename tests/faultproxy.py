@@ -4,6 +4,7 @@ Modes:
 
 * ``pass``: forward bytes both ways;
 * ``refuse``: stop listening, so new connections are refused (open ones live on);
+  the port stays reserved meanwhile, so no other test process can take it;
 * ``cut``: close every open connection at once (call :meth:`cut`; the mode
   stays what it was, so reconnecting works unless it is ``refuse``);
 * ``stall``: accept bytes from clients and never answer or forward them,
@@ -17,22 +18,27 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 GARBAGE = b"\x00\xffHTTP/1.1 418 I'm a teapot\r\n\r\n" + bytes(range(256)) * 4
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
+    def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.mode = "pass"
         self._lock = threading.Lock()
         self._connections: list[tuple[socket.socket, socket.socket | None]] = []
         self._listener: socket.socket | None = None
         self._stopped = threading.Event()
-        self.port = port
+        self.port = 0
         self.accepted = 0
         self._listen()
+        # A bound socket that never listens keeps the port ours while in
+        # ``refuse`` mode: connections to it are refused, as with no listener
+        # at all, but a scheduler or client starting meanwhile cannot get the
+        # port from the kernel and receive the broker's clients.
+        self._reservation = _shared_port_socket()
+        self._reservation.bind(self.address)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -63,6 +69,7 @@ class FaultProxy:
     def close(self) -> None:
         self._stopped.set()
         self._close_listener()
+        self._reservation.close()
         self.cut()
 
     def __enter__(self) -> FaultProxy:
@@ -74,16 +81,8 @@ class FaultProxy:
     # ---- machinery
 
     def _listen(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for _ in range(50):  # the port may linger for a moment after a refuse
-            try:
-                listener.bind(("127.0.0.1", self.port))
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            listener.bind(("127.0.0.1", self.port))
+        listener = _shared_port_socket()
+        listener.bind(self.address)
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -155,10 +154,8 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-@contextlib.contextmanager
-def fault_proxy(upstream: tuple[str, int]) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
+def _shared_port_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
