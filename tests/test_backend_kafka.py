@@ -37,6 +37,7 @@ from helpers import (
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
+from dask_eventbus.backends import Message
 from dask_eventbus.backends.kafka import KafkaBackend
 from dask_eventbus.events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, key_to_str
 
@@ -120,6 +121,19 @@ def read_records(
         consumer.close()
 
 
+def publish_and_read(
+    bootstrap: str, topic: str, messages: list[Message], **options: Any
+) -> list[Record]:
+    """Publish ``messages`` in one batch with these backend options; read them back."""
+    backend = create_backend("kafka", options_for(bootstrap, topic, **options))
+    backend.open()
+    try:
+        backend.publish(messages)
+    finally:
+        backend.close()
+    return read_records(bootstrap, topic, count=len(messages))
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -187,14 +201,9 @@ async def test_end_to_end_events_match_transition_log_one_partition_per_task(
 
 
 def test_attribute_headers_repeat_the_envelope(kafka_broker: str, topic: str) -> None:
-    backend = create_backend("kafka", options_for(kafka_broker, topic, headers="attributes"))
-    messages = synthetic_messages(30, subjects=4)
-    backend.open()
-    try:
-        backend.publish(messages)
-    finally:
-        backend.close()
-    records = read_records(kafka_broker, topic, count=30)
+    records = publish_and_read(
+        kafka_broker, topic, synthetic_messages(30, subjects=4), headers="attributes"
+    )
     fmt = JSONFormat()
     for record in records:
         event, headers = record.event, record.headers
@@ -215,16 +224,10 @@ def test_attribute_headers_repeat_the_envelope(kafka_broker: str, topic: str) ->
 
 
 def test_no_headers_and_key_by_source(kafka_broker: str, topic: str) -> None:
-    backend = create_backend(
-        "kafka", options_for(kafka_broker, topic, headers="none", key="source", partitions=2)
-    )
     messages = synthetic_messages(40, subjects=9)
-    backend.open()
-    try:
-        backend.publish(messages)
-    finally:
-        backend.close()
-    records = read_records(kafka_broker, topic, count=40)
+    records = publish_and_read(
+        kafka_broker, topic, messages, headers="none", key="source", partitions=2
+    )
     assert {r.headers.get("content-type") for r in records} == {None}
     assert {r.key for r in records} == {records[0].event.source.encode()}
     assert len({r.partition for r in records}) == 1
