@@ -11,6 +11,7 @@ one cannot drift apart.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time as _time
@@ -621,13 +622,34 @@ def json_schema() -> dict[str, Any]:
         }
         for name in names
     ]
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://dask-eventbus.readthedocs.io/en/latest/_static/event-schema.json",
-        "title": "dask-eventbus events (CloudEvents 1.0, structured JSON mode)",
-        "oneOf": one_of,
-        "$defs": components,
-    }
+    return _with_clean_descriptions(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://dask-eventbus.readthedocs.io/en/latest/_static/event-schema.json",
+            "title": "dask-eventbus events (CloudEvents 1.0, structured JSON mode)",
+            "oneOf": one_of,
+            "$defs": components,
+        }
+    )
+
+
+def _with_clean_descriptions(node: Any) -> Any:
+    """``node`` with every ``description`` dedented and stripped.
+
+    msgspec turns docstrings into descriptions verbatim before 0.23 and
+    dedented from 0.23 on; cleaning them here makes the schema the same on
+    every release, so only a change to the events themselves changes it.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _with_clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_with_clean_descriptions(item) for item in node]
+    return node
 
 
 def load_shipped_schema() -> dict[str, Any]:

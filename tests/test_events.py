@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import subprocess
@@ -24,6 +25,7 @@ from dask_eventbus.events import (
     TASK_TRANSITION,
     Event,
     Normalizer,
+    _with_clean_descriptions,
     json_schema,
     key_to_str,
     load_shipped_schema,
@@ -241,3 +243,21 @@ def test_an_oversized_event_cuts_a_subject_that_is_itself_too_large() -> None:
     assert event.type == OVERSIZED and len(message.body) <= 4096
     assert event.subject == huge_key[:997] + "..."
     assert event.data["type"] == TASK_TRANSITION
+
+
+def test_schema_descriptions_are_the_same_whatever_msgspec_does_with_docstrings() -> None:
+    class Indented(msgspec.Struct):
+        """First line.
+
+        Second paragraph, indented as in source.
+        """
+
+    as_older_msgspec = {"description": Indented.__doc__, "items": [{"description": " x\n"}]}
+    as_newer_msgspec = {
+        "description": inspect.cleandoc(Indented.__doc__ or ""),
+        "items": [{"description": "x"}],
+    }
+    assert _with_clean_descriptions(as_older_msgspec) == _with_clean_descriptions(as_newer_msgspec)
+    assert _with_clean_descriptions(as_older_msgspec)["description"] == (
+        "First line.\n\nSecond paragraph, indented as in source."
+    )
