@@ -599,13 +599,11 @@ def json_schema() -> dict[str, Any]:
     )
     ref_of = dict(zip(data_types, data_refs, strict=True))
     envelope_schema = components["Event"]
-    envelope_schema["properties"]["specversion"] = {"const": SPECVERSION}
-    envelope_schema["properties"]["datacontenttype"] = {"const": DATA_CONTENT_TYPE}
-    envelope_schema["properties"]["time"] = {"type": "string", "format": "date-time"}
-    envelope_schema["properties"]["sequence"] = {
-        "type": "string",
-        "pattern": f"^[0-9]{{{SEQUENCE_DIGITS}}}$",
-    }
+    properties = envelope_schema["properties"]
+    properties["specversion"] |= {"const": SPECVERSION}
+    properties["datacontenttype"] |= {"const": DATA_CONTENT_TYPE}
+    properties["time"] |= {"type": "string", "format": "date-time"}
+    properties["sequence"] |= {"type": "string", "pattern": f"^[0-9]{{{SEQUENCE_DIGITS}}}$"}
     one_of = [
         {
             "title": name,
