@@ -99,7 +99,8 @@ class KombuOptions(BackendOptions):
     routing_key: str | None = None
     content_mode: ContentMode = "structured"
     durable: bool = True
-    delivery_mode: Literal["persistent", "transient", 1, 2] = "persistent"
+    # Two literals, not one mixed: msgspec before 0.22 cannot sort str with int.
+    delivery_mode: Literal["persistent", "transient"] | Literal[1, 2] = "persistent"
     transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
     queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
