@@ -329,7 +329,7 @@ def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None
     subscription.set_types([PROBE])
     try:
         _step("connecting", instance.open, instance)
-        _step("publishing a probe event", lambda: instance.publish(messages), instance)
+        _step("publishing a probe event", lambda: instance.send(messages), instance)
 
         def read_back() -> Event:
             deadline = time.monotonic() + timeout

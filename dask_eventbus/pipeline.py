@@ -229,7 +229,7 @@ class Publisher:
                     self.backend.open()
                     self._opened = True
                 started = time.perf_counter()
-                self.backend.publish(messages)
+                self.backend.send(messages)
                 stats.publish_seconds.observe(time.perf_counter() - started)
             except Exception as exc:
                 stats.connected = False

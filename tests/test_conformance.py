@@ -36,7 +36,7 @@ def publish(harness: Harness, batches: list[list]) -> None:
     backend.open()
     try:
         for batch in batches:
-            backend.publish(batch)
+            backend.send(batch)
     finally:
         backend.close()
 

@@ -58,8 +58,23 @@ class Message(NamedTuple):
     """``application/cloudevents+json``, or the batch type for a batched message."""
 
 
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+BATCH_ROUTING_KEY = "dask.eventbus.batch"
+
+ContentMode = Literal["structured", "batched"]
+"""``structured``: one message per event (CloudEvents structured mode);
+``batched``: one message per published batch, a JSON array of events
+(CloudEvents batched mode), far fewer messages for the broker to handle."""
+
+
 class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
-    """Base for a backend's options; subclasses declare fields with defaults."""
+    """Base for a backend's options; subclasses declare fields with defaults.
+
+    Every backend has ``content-mode``: :meth:`Backend.send` applies it, so a
+    backend's ``publish`` sees either one message per event or one batch.
+    """
+
+    content_mode: ContentMode = "structured"
 
     def __repr__(self) -> str:  # secrets masked, as everywhere people look
         fields = redact_value("", msgspec.to_builtins(self, enc_hook=float))
@@ -69,9 +84,12 @@ class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknow
 class Backend:
     """Base class of all backends.
 
-    Subclasses set :attr:`name`, declare their options as a
+    Required: set :attr:`name`, declare the options as a
     :class:`BackendOptions` subclass in :attr:`Options`, and implement
-    :meth:`open`, :meth:`publish`, :meth:`close` and :meth:`subscribe`.
+    :meth:`publish` (plus :meth:`open` and :meth:`close` when the backend
+    holds a connection). Optional capabilities: :meth:`subscribe` to read
+    events back (a backend without it is publish-only, see :attr:`readable`)
+    and :meth:`explain` to diagnose its client library's errors.
     Producer methods are called from one publisher thread only.
     """
 
@@ -79,6 +97,12 @@ class Backend:
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     modes: tuple[str, ...] = ("process", "thread")
     """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
+    readable: ClassVar[bool] = False
+    """Whether events can be read back: the class implements :meth:`subscribe`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.readable = cls.subscribe is not Backend.subscribe
 
     def __init__(self, **options: Any) -> None:
         self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
@@ -97,9 +121,20 @@ class Backend:
     def close(self) -> None:
         """Release the connection; must not raise and must be safe to repeat."""
 
+    def send(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` in the configured content mode; what the
+        pipeline calls. Backends implement :meth:`publish`, not this."""
+        if messages:
+            self.publish(in_content_mode(messages, self.options.content_mode))
+
     def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
-        """Read events back: new ones, or all the broker still holds."""
-        raise NotImplementedError(f"the {self.name!r} backend cannot be read back")
+        """Read events back: new ones, or all the broker still holds.
+
+        Optional: a backend that does not implement it is publish-only.
+        """
+        raise NotImplementedError(
+            f"the {self.name!r} backend is publish-only: it cannot be read back"
+        )
 
     def describe(self) -> str:
         """Where events go, for people: no secrets."""
@@ -236,15 +271,6 @@ class Subscription(Iterator[Event]):
         if self._types is None:
             return events
         return [e for e in events if any(fnmatch.fnmatchcase(e.type, p) for p in self._types)]
-
-
-BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
-BATCH_ROUTING_KEY = "dask.eventbus.batch"
-
-ContentMode = Literal["structured", "batched"]
-"""``structured``: one message per event (CloudEvents structured mode);
-``batched``: one message per published batch, a JSON array of events
-(CloudEvents batched mode), far fewer messages for the broker to handle."""
 
 
 class ConsumerReconnect:

@@ -552,8 +552,11 @@ class KafkaBackend(Backend):
         if self.options.headers == "attributes":
             envelope = _envelope(message)
             return self._key_of(message, envelope), _headers(message, envelope)
-        headers = CONTENT_TYPE_HEADERS if self.options.headers == "content-type" else None
-        return self._key_of(message, None), headers
+        if self.options.headers == "none":
+            return self._key_of(message, None), None
+        if message.content_type == CONTENT_TYPE:
+            return self._key_of(message, None), CONTENT_TYPE_HEADERS
+        return self._key_of(message, None), [("content-type", message.content_type)]
 
     def _produce(self, producer: Producer, batch: Sequence[Message]) -> None:
         topic = self.options.topic
@@ -817,7 +820,7 @@ def _envelope(message: Message) -> _Envelope | None:
 
 def _headers(message: Message, envelope: _Envelope | None) -> list[Header]:
     """Content type plus the ``ce_*`` attributes, as in the binding's binary mode."""
-    headers: list[Header] = [("content-type", CONTENT_TYPE)]
+    headers: list[Header] = [("content-type", message.content_type)]
     if envelope is None:
         headers += [("ce_id", message.id), ("ce_type", message.type)]
         if message.subject is not None:

@@ -41,11 +41,9 @@ from . import (
     Backend,
     BackendOptions,
     ConsumerReconnect,
-    ContentMode,
     Delivery,
     Message,
     Subscription,
-    in_content_mode,
 )
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -97,7 +95,6 @@ class KombuOptions(BackendOptions):
     exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
     routing_key: str | None = None
-    content_mode: ContentMode = "structured"
     durable: bool = True
     # Two literals, not one mixed: msgspec before 0.22 cannot sort str with int.
     delivery_mode: Literal["persistent", "transient"] | Literal[1, 2] = "persistent"
@@ -292,7 +289,6 @@ class KombuBackend(Backend):
         if producer is None:
             raise RuntimeError("the kombu backend is not open")
         self._healthy = False
-        messages = in_content_mode(messages, self.options.content_mode)
         if self._confirms:
             # Before publishing: py-amqp may read confirms while it writes.
             self._expect_confirms(len(messages))

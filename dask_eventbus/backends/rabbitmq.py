@@ -43,11 +43,9 @@ from . import (
     Backend,
     BackendOptions,
     ConsumerReconnect,
-    ContentMode,
     Delivery,
     Message,
     Subscription,
-    in_content_mode,
 )
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
@@ -146,7 +144,6 @@ class RabbitMQOptions(BackendOptions):
     routing_key: str | None = None
     confirm: bool = True
     mandatory: bool = False
-    content_mode: ContentMode = "structured"
     declare: bool = True
     queue: str | None = None
     queue_max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -381,7 +378,7 @@ class RabbitMQBackend(Backend):
                 )
             self.open()
         try:
-            self._publish(in_content_mode(messages, self.options.content_mode))
+            self._publish(messages)
         except BaseException:
             # Whatever was sent, the delivery tags no longer tell which events
             # the broker has: the next publish starts on a new connection.

@@ -42,11 +42,9 @@ from ..config import Duration, redact_url
 from . import (
     Backend,
     BackendOptions,
-    ContentMode,
     Delivery,
     Message,
     Subscription,
-    in_content_mode,
 )
 
 logger = logging.getLogger("distributed.eventbus")
@@ -78,7 +76,6 @@ class RedisOptions(BackendOptions):
     username: str | None = None
     password: str | None = None
     stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
-    content_mode: ContentMode = "structured"
     maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
     connect_timeout: Duration = Duration(5.0)
     socket_timeout: Duration = Duration(5.0)
@@ -202,7 +199,6 @@ class RedisBackend(Backend):
             raise RuntimeError("redis backend is not open")
         if not messages:
             return
-        messages = in_content_mode(messages, self.options.content_mode)
         payload = self._pack(messages)
         try:
             errors = _send(client, payload, len(messages))
