@@ -308,8 +308,8 @@ def _step(what: str, action: Callable[[], Any], backend: Backend) -> Any:
 def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None:
     """Publish a probe event through the backend and read it back.
 
-    Exits 0 only when the round trip worked; otherwise says what failed and
-    how to fix it.
+    Exits 0 only when the round trip worked (for a publish-only backend: when
+    the probe was acknowledged); otherwise says what failed and how to fix it.
 
     \b
     Examples:
@@ -325,6 +325,18 @@ def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None
     normalizer = Normalizer(f"dask-eventbus-check://{host}", probe_id)
     messages = build_messages(normalizer, [(1, PROBE, time.time(), probe_id, host, __version__)])
 
+    if not instance.readable:
+        try:
+            _step("connecting", instance.open, instance)
+            _step("publishing a probe event", lambda: instance.send(messages), instance)
+        finally:
+            instance.close()
+        click.echo(
+            f"OK: the probe was published to {name} and acknowledged. The {name} backend "
+            "is publish-only, so it was not read back: look for the probe "
+            f"(type {PROBE}, subject {probe_id}) where the backend delivers."
+        )
+        return
     subscription: Subscription = _step("subscribing", lambda: instance.subscribe(), instance)
     subscription.set_types([PROBE])
     try:

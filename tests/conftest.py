@@ -12,17 +12,16 @@ import pathlib
 import sys
 from collections.abc import Callable, Iterator
 
-import msgspec
 import pytest
-from helpers import Harness, unique_name
 
-from dask_eventbus.backends import get_backend
 from dask_eventbus.backends.memory import drop_store
+from dask_eventbus.testing import Target, unique_name
+from dask_eventbus.testing.conformance import needed_capabilities
 
 
-def memory_harness(request: pytest.FixtureRequest) -> Harness:
+def memory_harness(request: pytest.FixtureRequest) -> Target:
     name = unique_name()
-    return Harness(
+    return Target(
         "memory",
         {"name": name},
         bad_options=[({"max-events": 0}, "max-events"), ({"name": 5}, "name")],
@@ -30,16 +29,16 @@ def memory_harness(request: pytest.FixtureRequest) -> Harness:
     )
 
 
-def jsonl_harness(request: pytest.FixtureRequest) -> Harness:
+def jsonl_harness(request: pytest.FixtureRequest) -> Target:
     tmp_path = request.getfixturevalue("tmp_path")
-    return Harness(
+    return Target(
         "jsonl",
         {"path": str(tmp_path / "events" / "bus.jsonl")},
         bad_options=[({"fsync": "sometimes"}, "fsync"), ({"path": ["a"]}, "path")],
     )
 
 
-HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Target]] = {
     "memory": memory_harness,
     "jsonl": jsonl_harness,
 }
@@ -48,43 +47,40 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
 # this file with a ``HARNESSES`` dict of factories. A factory takes the
 # pytest request (to reach fixtures such as a broker started for the session,
 # which the module may define: it is loaded as a pytest plugin) and returns a
-# Harness, or skips via require_broker.
-pytest_plugins = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
+# Target, or skips via require_broker.
+HARNESS_MODULES = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
+# pytester runs the conformance suite as a third party would (test_thirdparty.py).
+pytest_plugins = ["pytester", *HARNESS_MODULES]
 
 
 # Harnesses with no network connection to a broker; a module may add its own
-# in ``LOCAL``. Tests marked ``networked`` (faults, credentials) leave them out.
+# in ``LOCAL``. Tests marked ``networked`` (faults, credentials) and
+# conformance tests that need a connection leave them out.
 LOCAL_HARNESSES = {"memory", "jsonl"}
 # Harnesses whose subscribe(from_beginning=True) cannot return events
-# published earlier (a module's ``NO_REPLAY``); tests marked ``replays``
-# leave them out.
+# published earlier (a module's ``NO_REPLAY``); conformance tests that need
+# replay leave them out.
 NO_REPLAY_HARNESSES: set[str] = set()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "harness" in metafunc.fixturenames:
-        for name in pytest_plugins:
+        for name in HARNESS_MODULES:
             HARNESSES.update(sys.modules[name].HARNESSES)
             LOCAL_HARNESSES.update(getattr(sys.modules[name], "LOCAL", ()))
             NO_REPLAY_HARNESSES.update(getattr(sys.modules[name], "NO_REPLAY", ()))
+        # Configurations that cannot apply are not generated rather than skipped.
+        needs = needed_capabilities(metafunc.function)
         names = list(HARNESSES)
-        if metafunc.definition.get_closest_marker("networked"):
+        if metafunc.definition.get_closest_marker("networked") or "connection" in needs:
             names = [name for name in names if name not in LOCAL_HARNESSES]
-        if metafunc.definition.get_closest_marker("replays"):
+        if "replay" in needs:
             names = [name for name in names if name not in NO_REPLAY_HARNESSES]
-        if metafunc.definition.get_closest_marker("batched"):
-            names = [name for name in names if has_batched_mode(name)]
         metafunc.parametrize("harness", names, indirect=True)
 
 
-def has_batched_mode(harness_name: str) -> bool:
-    """Whether the harness's backend (``kombu`` for ``kombu-redis``) has content-mode."""
-    options = get_backend(harness_name.partition("-")[0]).Options
-    return "content-mode" in {f.encode_name for f in msgspec.structs.fields(options)}
-
-
 @pytest.fixture
-def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+def harness(request: pytest.FixtureRequest) -> Iterator[Target]:
     made = HARNESSES[request.param](request)
     try:
         yield made

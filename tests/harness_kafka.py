@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from faultproxy import FaultProxy
-from helpers import Harness, require_broker, unique_name
+from helpers import require_broker
+
+from dask_eventbus.testing import FaultProxy, Target, unique_name
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
@@ -204,10 +205,10 @@ def tansu_behind_a_proxy(topic: str) -> Iterator[tuple[FaultProxy, dict[str, Any
             broker.stop()
 
 
-def kafka_harness(request: pytest.FixtureRequest) -> Harness:
+def kafka_harness(request: pytest.FixtureRequest) -> Target:
     bootstrap = request.getfixturevalue("kafka_broker")
     topic = unique_name()
-    return Harness(
+    return Target(
         "kafka",
         # One partition: the suite checks publish order across all subjects,
         # which Kafka keeps only within a partition.

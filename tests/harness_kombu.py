@@ -22,7 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from helpers import Harness, proxied_url, require_broker, unique_name
+from helpers import require_broker
+
+from dask_eventbus.testing import Target, proxied_url, unique_name
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -123,10 +125,10 @@ def proxied_options(exchange: str, queue: str) -> dict[str, Any]:
     return {"exchange": exchange, "queue": queue, "connect-timeout": "2s", "publish-timeout": "3s"}
 
 
-def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
+def kombu_amqp_harness(request: pytest.FixtureRequest) -> Target:
     url = request.getfixturevalue("kombu_rabbitmq_url")
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Harness(
+    return Target(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
         bad_options=BAD_OPTIONS,
@@ -135,10 +137,10 @@ def kombu_amqp_harness(request: pytest.FixtureRequest) -> Harness:
     )
 
 
-def kombu_redis_harness(request: pytest.FixtureRequest) -> Harness:
+def kombu_redis_harness(request: pytest.FixtureRequest) -> Target:
     url = request.getfixturevalue("kombu_redis_url")
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Harness(
+    return Target(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
         bad_options=BAD_OPTIONS,
@@ -147,13 +149,14 @@ def kombu_redis_harness(request: pytest.FixtureRequest) -> Harness:
     )
 
 
-def kombu_memory_harness(request: pytest.FixtureRequest) -> Harness:
+def kombu_memory_harness(request: pytest.FixtureRequest) -> Target:
     exchange = unique_name("dask-eventbus-test-ex")
-    return Harness(
+    return Target(
         "kombu",
         {"url": "memory://", "exchange": exchange},
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_memory(exchange),
+        replays=False,
     )
 
 

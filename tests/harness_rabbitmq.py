@@ -15,7 +15,9 @@ from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import Harness, proxied_url, require_broker, unique_name
+from helpers import require_broker
+
+from dask_eventbus.testing import Target, proxied_url, unique_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -52,11 +54,11 @@ def rabbitmq_url() -> str:
     return url
 
 
-def rabbitmq_harness(request: pytest.FixtureRequest) -> Harness:
+def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
     url = request.getfixturevalue("rabbitmq_url")
     exchange = unique_name("dask-eventbus-test-x")
     queue = unique_name("dask-eventbus-test-q")
-    return Harness(
+    return Target(
         "rabbitmq",
         {
             "url": url,

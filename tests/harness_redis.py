@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from helpers import Harness, proxied_url, require_broker, unique_name
+from helpers import require_broker
+
+from dask_eventbus.testing import Target, proxied_url, unique_name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -44,10 +46,10 @@ def delete_streams(url: str, *streams: str) -> Callable[[], None]:
     return cleanup
 
 
-def redis_harness(request: pytest.FixtureRequest) -> Harness:
+def redis_harness(request: pytest.FixtureRequest) -> Target:
     url = request.getfixturevalue("redis_url")
     stream = unique_name("dask-eventbus-test-stream")
-    return Harness(
+    return Target(
         "redis",
         {"url": url, "stream": stream},
         bad_options=[

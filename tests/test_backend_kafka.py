@@ -25,21 +25,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
-from faultproxy import FaultProxy
 from harness_kafka import TansuBroker, delete_topic, free_port, tansu_binary
-from helpers import (
-    is_closing,
-    read_events,
-    require_broker,
-    run_workload,
-    synthetic_messages,
-    unique_name,
-)
+from helpers import require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
 from dask_eventbus.backends.kafka import KafkaBackend
 from dask_eventbus.events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, key_to_str
+from dask_eventbus.testing import (
+    FaultProxy,
+    is_closing,
+    read_events,
+    run_workload,
+    synthetic_messages,
+    unique_name,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,21 +23,21 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import (
-    inc,
-    is_closing,
-    proxied_url,
-    read_events,
-    read_raw,
-    read_until_all,
-    run_workload,
-    synthetic_messages,
-)
+from helpers import read_until_all
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.kombu import CONTENT_TYPE, KombuBackend
 from dask_eventbus.events import key_to_str
+from dask_eventbus.testing import (
+    is_closing,
+    proxied_url,
+    read_events,
+    read_raw,
+    run_workload,
+    synthetic_messages,
+)
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -30,20 +30,19 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_rabbitmq import delete_rabbitmq_objects
-from helpers import (
-    inc,
-    is_closing,
-    read_events,
-    read_until_all,
-    require_broker,
-    run_workload,
-    synthetic_messages,
-    unique_name,
-)
+from helpers import read_until_all, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
 from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
+from dask_eventbus.testing import (
+    is_closing,
+    read_events,
+    run_workload,
+    synthetic_messages,
+    unique_name,
+)
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
 

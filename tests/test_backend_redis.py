@@ -24,18 +24,18 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import delete_streams
-from helpers import (
-    is_closing,
-    read_events,
-    require_program,
-    run_workload,
-    synthetic_messages,
-    unique_name,
-)
+from helpers import require_program
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
+from dask_eventbus.testing import (
+    is_closing,
+    read_events,
+    run_workload,
+    synthetic_messages,
+    unique_name,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

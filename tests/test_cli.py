@@ -102,6 +102,44 @@ def test_check_reports_a_working_round_trip(tmp_path: Path) -> None:
     assert result.stdout.rstrip().endswith("can be read back.")
 
 
+PUBLISH_ONLY = """
+from dask_eventbus import Backend, BackendOptions
+
+
+class DropOptions(BackendOptions):
+    path: str = "drop.jsonl"
+
+
+class DropBackend(Backend):
+    name = "drop"
+    Options = DropOptions
+
+    def publish(self, messages):
+        with open(self.options.path, "ab") as f:
+            f.writelines(m.body + b"\\n" for m in messages)
+"""
+
+
+def test_check_publishes_to_a_publish_only_backend_and_says_it_cannot_read_back(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "publish_only.py").write_text(PUBLISH_ONLY)
+    dist = tmp_path / "publish_only-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: publish-only\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[dask_eventbus.backends]\ndrop = publish_only:DropBackend\n"
+    )
+    target = tmp_path / "dropped.jsonl"
+    result = run("check", "-b", "drop", "-o", f"path={target}", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "publishing a probe event ... ok" in result.stdout
+    assert "publish-only, so it was not read back" in result.stdout
+    (probe,) = [json.loads(line) for line in target.read_text().splitlines()]
+    assert probe["type"] == "dask.eventbus.probe"
+    assert probe["subject"] in result.stdout
+
+
 def test_check_diagnoses_a_backend_it_cannot_reach(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")

@@ -22,10 +22,10 @@ from typing import Any
 import dask
 import pytest
 from distributed import Client, Scheduler, Worker
-from faultproxy import FaultProxy
-from helpers import Harness, inc
 
 from dask_eventbus import Event, EventBusPlugin, subscribe
+from dask_eventbus.testing import FaultProxy, Target
+from dask_eventbus.testing.workload import inc
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.networked]
 
@@ -126,7 +126,7 @@ async def run_through(fault: str, plugin: EventBusPlugin, proxy: FaultProxy) -> 
     return time.monotonic() - started
 
 
-def read_everything(harness: Harness, options: dict[str, Any], emitted: int) -> list[Event]:
+def read_everything(harness: Target, options: dict[str, Any], emitted: int) -> list[Event]:
     """Every event the broker holds for this test, until all are seen or none come."""
     events: list[Event] = []
     seen: set[int] = set()
@@ -155,7 +155,7 @@ def account(events: list[Event], emitted: int) -> tuple[int, int, int, int]:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fault", FAULTS)
-def test_fault(harness: Harness, fault: str, mode: str) -> None:
+def test_fault(harness: Target, fault: str, mode: str) -> None:
     assert harness.proxied is not None
     config: dict[str, Any] = {
         "eventbus.pipeline.mode": mode,
@@ -202,7 +202,7 @@ def test_fault(harness: Harness, fault: str, mode: str) -> None:
         assert dropped == 0
 
 
-def test_a_broker_answering_garbage_is_retried_with_backoff(harness: Harness) -> None:
+def test_a_broker_answering_garbage_is_retried_with_backoff(harness: Target) -> None:
     assert harness.proxied is not None
     config = {
         "eventbus.pipeline.mode": "thread",

@@ -8,10 +8,10 @@ import urllib.request
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from helpers import inc
 from prometheus_client.parser import text_string_to_metric_families
 
 from dask_eventbus import EventBusPlugin
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(60)
 

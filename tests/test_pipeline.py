@@ -13,13 +13,14 @@ import dask
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from helpers import inc, run_workload
 
 from dask_eventbus import EventBusPlugin, Message, register_backend
 from dask_eventbus.backends.memory import MemoryBackend, MemoryOptions, get_store
 from dask_eventbus.config import load_settings
 from dask_eventbus.events import TASK_TRANSITION, Normalizer, transition_record
 from dask_eventbus.pipeline import Pipeline, Publisher
+from dask_eventbus.testing import run_workload
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(120)
 

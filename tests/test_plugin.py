@@ -8,11 +8,12 @@ from collections import Counter
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from helpers import inc, run_workload
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import get_store
 from dask_eventbus.events import key_to_str
+from dask_eventbus.testing import run_workload
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(120)
 

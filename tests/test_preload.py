@@ -14,7 +14,8 @@ from pathlib import Path
 import dask
 import pytest
 from distributed import Client, LocalCluster
-from helpers import inc
+
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
 

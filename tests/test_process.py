@@ -16,10 +16,11 @@ import dask
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from helpers import inc, run_workload
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.process import ProcessSink
+from dask_eventbus.testing import run_workload
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
 

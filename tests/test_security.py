@@ -15,9 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import dask
 import pytest
 from distributed import Client, Scheduler, Worker
-from helpers import Harness, inc, unique_name
 
 from dask_eventbus import EventBusPlugin
+from dask_eventbus.testing import Target, unique_name
+from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,7 +37,7 @@ class Everything(logging.Handler):
         self.lines.append(logging.Formatter().format(record))
 
 
-def with_secret(harness: Harness) -> dict[str, Any]:
+def with_secret(harness: Target) -> dict[str, Any]:
     """The harness's options with a wrong password the broker will refuse."""
     options = dict(harness.options)
     if harness.backend == "kafka":
@@ -82,7 +83,7 @@ async def run_briefly(plugin: EventBusPlugin) -> tuple[dict[str, Any], float]:
 @pytest.mark.networked
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_refused_credentials_log_clearly_back_off_and_never_leak(
-    harness: Harness, mode: str
+    harness: Target, mode: str
 ) -> None:
     assert harness.proxied is not None
     options = with_secret(harness)

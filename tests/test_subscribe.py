@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import synthetic_messages
-
 from dask_eventbus.backends import Delivery, Subscription, batch_body
+from dask_eventbus.testing import synthetic_messages
 
 
 class ListSubscription(Subscription):

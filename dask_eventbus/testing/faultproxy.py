@@ -18,6 +18,10 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 GARBAGE = b"\x00\xffHTTP/1.1 418 I'm a teapot\r\n\r\n" + bytes(range(256)) * 4
 
@@ -159,3 +163,22 @@ def _shared_port_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock
+
+
+def proxied_url(
+    url: str, default_port: int, options: dict[str, Any]
+) -> Callable[[], AbstractContextManager[tuple[FaultProxy, dict[str, Any]]]]:
+    """For :attr:`Target.proxied`: a fault proxy in front of the broker at
+    ``url``, and ``options`` plus that url rewritten to go through it."""
+    parsed = urlsplit(url)
+    auth = parsed.netloc.rpartition("@")[0]
+    upstream = (parsed.hostname or "127.0.0.1", parsed.port or default_port)
+
+    @contextlib.contextmanager
+    def proxied() -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
+        with FaultProxy(upstream) as proxy:
+            host = f"127.0.0.1:{proxy.port}"
+            netloc = f"{auth}@{host}" if auth else host
+            yield proxy, {"url": urlunsplit(parsed._replace(netloc=netloc)), **options}
+
+    return proxied
