@@ -35,6 +35,10 @@ class Duration(float):
     """Seconds, given in config as a number or a Dask duration string ("50ms")."""
 
 
+class PositiveDuration(Duration):
+    """A :class:`Duration` greater than 0: every timeout, interval and backoff."""
+
+
 _Struct = TypeVar("_Struct", bound=msgspec.Struct)
 
 _Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -66,22 +70,20 @@ class QueueSettings(_Section):
     max_events: _Positive = 100000
     overflow: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
     batch_size: _Positive = 1000
-    flush_interval: Duration = Duration(0.05)
+    flush_interval: PositiveDuration = PositiveDuration(0.05)
 
     def __post_init__(self) -> None:
         if self.batch_size > self.max_events:
             raise ValueError(
                 f"batch-size ({self.batch_size}) must not exceed max-events ({self.max_events})"
             )
-        _require_positive(self.flush_interval, "flush-interval")
 
 
 class RetrySettings(_Section):
-    initial_backoff: Duration = Duration(0.1)
-    max_backoff: Duration = Duration(10.0)
+    initial_backoff: PositiveDuration = PositiveDuration(0.1)
+    max_backoff: PositiveDuration = PositiveDuration(10.0)
 
     def __post_init__(self) -> None:
-        _require_positive(self.initial_backoff, "initial-backoff")
         if self.max_backoff < self.initial_backoff:
             raise ValueError(
                 f"max-backoff ({self.max_backoff}s) must be at least "
@@ -111,23 +113,21 @@ class Settings(_Section):
             raise ValueError("backend must name a backend, e.g. 'jsonl'")
 
 
-def _require_positive(seconds: float, name: str) -> None:
-    if seconds <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {seconds}s")
-
-
 def _decode_custom(type_: type, value: Any) -> Any:
-    if type_ is Duration:
+    if type_ is Duration or type_ is PositiveDuration:
         if isinstance(value, bool):
             raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise ValueError(f"a duration must not be negative, got {value!r}")
         try:
-            return Duration(parse_timedelta(value, default="seconds"))
+            seconds = type_(parse_timedelta(value, default="seconds"))
         except (ValueError, TypeError, KeyError):
             raise ValueError(
                 f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
             ) from None
+        if type_ is PositiveDuration and seconds <= 0:
+            raise ValueError(f"must be greater than 0, got {value!r}")
+        return seconds
     raise NotImplementedError(type_)
 
 

@@ -50,7 +50,7 @@ def test_environment_variables_configure_the_bus(monkeypatch: pytest.MonkeyPatch
         ("queue.batch-size", 200_000, ["eventbus.queue", "must not exceed max-events"]),
         ("queue.overflow", "drop-random", ["eventbus.queue.overflow = 'drop-random'", "enum"]),
         ("queue.flush-interval", "soon", ["eventbus.queue.flush-interval = 'soon'", "duration"]),
-        ("queue.flush-interval", 0, ["flush-interval must be greater than 0"]),
+        ("queue.flush-interval", 0, ["eventbus.queue.flush-interval = 0: must be greater than 0"]),
         ("retry.initial-backoff", True, ["eventbus.retry.initial-backoff = True", "duration"]),
         ("retry.max-backoff", "1ms", ["max-backoff (0.001s) must be at least initial-backoff"]),
         ("close-timeout", -5, ["eventbus.close-timeout = -5", "must not be negative"]),

@@ -40,7 +40,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ..config import Duration, redact_url, redact_value
+from ..config import PositiveDuration, redact_url, redact_value
 from ..events import CONTENT_TYPE
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 
@@ -169,15 +169,13 @@ class KafkaOptions(BackendOptions):
     """Partitions of a topic this backend creates; ``None``: the broker's default."""
     replication_factor: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """Replicas of a topic this backend creates; ``None``: the broker's default."""
-    timeout: Duration = Duration(30.0)
+    timeout: PositiveDuration = PositiveDuration(30.0)
     """Longest wait for the broker: metadata, topic creation, and the delivery
     of each record (``message.timeout.ms`` unless ``config`` sets it)."""
 
     def __post_init__(self) -> None:
         if self.topic in (".", ".."):
             raise ValueError(f"topic must not be {self.topic!r}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be greater than 0, got {self.timeout}s")
         for name in self.config:
             if not isinstance(name, str):
                 raise ValueError(f"config keys must be librdkafka property names, got {name!r}")

@@ -35,7 +35,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
-from ..config import ConfigError, Duration, redact_url
+from ..config import ConfigError, PositiveDuration, redact_url
 from . import (
     BATCH_CONTENT_TYPE,
     Backend,
@@ -105,8 +105,8 @@ class KombuOptions(BackendOptions):
         default_factory=lambda: ["#"]
     )
     ssl: bool | dict[str, Any] | None = None
-    connect_timeout: Duration = Duration(10.0)
-    publish_timeout: Duration = Duration(10.0)
+    connect_timeout: PositiveDuration = PositiveDuration(10.0)
+    publish_timeout: PositiveDuration = PositiveDuration(10.0)
 
     def __post_init__(self) -> None:
         alias = _transport_alias(self.url)
@@ -116,10 +116,6 @@ class KombuOptions(BackendOptions):
                 f"url: unknown Kombu transport {alias!r}; expected a URL such as "
                 f"amqp://user:password@host:5672// or redis://host:6379/0 (known: {known})"
             )
-        for name in ("connect-timeout", "publish-timeout"):
-            seconds = getattr(self, name.replace("-", "_"))
-            if seconds <= 0:
-                raise ValueError(f"{name} must be greater than 0, got {seconds}s")
         if self.routing_key is None:
             return
         try:

@@ -37,7 +37,7 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from ..config import Duration, redact_url
+from ..config import Duration, PositiveDuration, redact_url
 from ..events import CONTENT_TYPE, TASK_TRANSITION
 from . import (
     Backend,
@@ -130,11 +130,6 @@ class TLSOptions(BackendOptions):
             raise ValueError("tls key-file needs tls cert-file (the client certificate)")
 
 
-def _duration_in_range(seconds: float, name: str) -> None:
-    if seconds <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {seconds}s")
-
-
 class RabbitMQOptions(BackendOptions):
     url: str = "amqp://localhost:5672/%2F"
     exchange: str = "dask-events"
@@ -150,8 +145,8 @@ class RabbitMQOptions(BackendOptions):
     queue_message_ttl: Duration | None = None
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     connection_name: str = "dask-eventbus"
-    connect_timeout: Duration = Duration(10.0)
-    publish_timeout: Duration = Duration(30.0)
+    connect_timeout: PositiveDuration = PositiveDuration(10.0)
+    publish_timeout: PositiveDuration = PositiveDuration(30.0)
     tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
@@ -180,8 +175,6 @@ class RabbitMQOptions(BackendOptions):
             )
         if self.queue_message_ttl is not None and self.queue_message_ttl < 0.001:
             raise ValueError("queue-message-ttl must be at least 1ms")
-        _duration_in_range(self.connect_timeout, "connect-timeout")
-        _duration_in_range(self.publish_timeout, "publish-timeout")
 
 
 def _check_template(template: str) -> None:

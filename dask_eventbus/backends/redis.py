@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..config import Duration, redact_url
+from ..config import PositiveDuration, redact_url
 from . import (
     Backend,
     BackendOptions,
@@ -77,8 +77,8 @@ class RedisOptions(BackendOptions):
     password: str | None = None
     stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
-    connect_timeout: Duration = Duration(5.0)
-    socket_timeout: Duration = Duration(5.0)
+    connect_timeout: PositiveDuration = PositiveDuration(5.0)
+    socket_timeout: PositiveDuration = PositiveDuration(5.0)
     client_name: str | None = "dask-eventbus"
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
@@ -101,11 +101,6 @@ class RedisOptions(BackendOptions):
             raise ValueError("give the password either in url or as password, not both")
         if self.username is not None and parsed.get("username") is not None:
             raise ValueError("give the username either in url or as username, not both")
-        for name in ("connect_timeout", "socket_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(
-                    f"{name.replace('_', '-')} must be greater than 0, got {getattr(self, name)}s"
-                )
         if self.client_name is not None and (
             not self.client_name or any(c.isspace() for c in self.client_name)
         ):
