@@ -36,6 +36,7 @@ from dask_eventbus.testing import (
     read_raw,
     run_workload,
     synthetic_messages,
+    unique_name,
 )
 from dask_eventbus.testing.workload import inc
 
@@ -45,8 +46,6 @@ pytestmark = pytest.mark.timeout(150)
 @pytest.fixture
 def amqp(kombu_rabbitmq_url: str) -> Iterator[dict[str, Any]]:
     """Options for a fresh exchange and named queue on RabbitMQ."""
-    from helpers import unique_name
-
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
     extra: list[str] = []
     yield {"url": kombu_rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
@@ -55,8 +54,6 @@ def amqp(kombu_rabbitmq_url: str) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def redis_options(kombu_redis_url: str) -> Iterator[dict[str, Any]]:
-    from helpers import unique_name
-
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
     yield {"url": kombu_redis_url, "exchange": exchange, "queue": queue}
     delete_redis(kombu_redis_url, exchange, [queue])
@@ -471,8 +468,6 @@ def test_fanout_exchange_delivers_to_every_subscriber(memory_exchange: str) -> N
 
 @pytest.fixture
 def memory_exchange() -> Iterator[str]:
-    from helpers import unique_name
-
     name = unique_name("dask-eventbus-test-ex")
     yield name
     delete_memory(name)
