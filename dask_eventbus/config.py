@@ -9,10 +9,12 @@ naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import dask.config
 import msgspec
@@ -219,7 +221,7 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*)
 
 
 _QUERY_SECRET = re.compile(
-    r"(?P<name>[?&;](?:password|passwd|pass|token|secret|sasl_password)=)[^&;\s#]*", re.I
+    r"(?P<name>[?&;](?:password|passwd|pass|pwd|token|secret|sasl_password)=)[^&;\s#]*", re.I
 )
 
 
@@ -227,6 +229,37 @@ def redact_url(text: str) -> str:
     """``amqp://user:secret@host/?password=x`` becomes ``amqp://user:***@host/?password=***``."""
     text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
     return _QUERY_SECRET.sub(r"\g<name>***", text)
+
+
+def secret_values(key: str, value: Any) -> set[str]:
+    """The secrets ``value`` holds, judged by its key and shape as in
+    :func:`redact_value`, plus passwords in URLs (``;``-separated too)."""
+    if isinstance(value, Mapping):
+        return set().union(*(secret_values(f"{key}.{k}", v) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(secret_values(key, v) for v in value))
+    if _SECRET_KEY.search(key.lower()) and value not in (None, ""):
+        return {str(value)}
+    found = set()
+    if isinstance(value, str) and "://" in value:
+        for url in value.split(";"):
+            with contextlib.suppress(ValueError):
+                parts = urlsplit(url.strip())
+                if parts.password and parts.password != parts.username:
+                    found.update({parts.password, unquote(parts.password)})
+    return found
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with passwords in URLs and query strings, and every one of
+    ``secrets`` (see :func:`secret_values`), shown as ``***``.
+
+    Secrets shorter than 4 characters are left to the URL patterns: replacing
+    them everywhere would mangle the rest of the text.
+    """
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact_url(text)
 
 
 def redact_value(key: str, value: Any) -> Any:

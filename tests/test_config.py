@@ -138,3 +138,24 @@ def test_secrets_are_masked() -> None:
     assert "redis://user:***@localhost:6379/0" in text
     assert "redis://localhost/0?db=1&password=***&x=1" in text
     assert "'sasl.username': 'bob'" in text
+
+
+def test_one_masker_finds_secrets_by_key_and_in_urls() -> None:
+    from dask_eventbus.config import mask_secrets, secret_values
+
+    options = {
+        "url": "amqp://ops:p%40ss-w0rd@mq-1:5672//;amqp://ops:p%40ss-w0rd@mq-2:5672//",
+        "password": "hunter22",
+        "config": {"sasl.password": "kafka-secret", "linger.ms": 5},
+        "user": "guest",
+        "same": "redis://guest:guest@cache:6379/0",
+    }
+    secrets = secret_values("", options)
+    assert secrets == {"p%40ss-w0rd", "p@ss-w0rd", "hunter22", "kafka-secret"}
+    text = "auth failed for p@ss-w0rd, hunter22 and kafka-secret at amqp://ops:p%40ss-w0rd@mq-1"
+    masked = mask_secrets(text, secrets)
+    assert masked == "auth failed for ***, *** and *** at amqp://ops:***@mq-1"
+    # Short secrets are left to the URL patterns, which still catch them in URLs.
+    assert mask_secrets("pw abc in redis://u:abc@h?password=abc", {"abc"}) == (
+        "pw abc in redis://u:***@h?password=***"
+    )

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from ..config import ConfigError, convert, redact_url, redact_value
+from ..config import ConfigError, convert, mask_secrets, redact_value, secret_values
 from ..events import CONTENT_TYPE, Event
 
 logger = logging.getLogger("distributed.eventbus")
@@ -146,12 +146,17 @@ class Backend:
         Used in logs, statistics and ``dask-eventbus check``. Backends
         override this to turn their client library's errors into a diagnosis
         (cannot connect to host:port, authentication refused, ...). Must not
-        reveal secrets.
+        reveal secrets: pass what the client library said through :meth:`mask`.
         """
-        return redact_url(f"{type(exc).__name__}: {exc}")
+        return self.mask(f"{type(exc).__name__}: {exc}")
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret of this backend's options shown as ``***``."""
+        secrets = secret_values("", msgspec.to_builtins(self.options, enc_hook=float))
+        return mask_secrets(text, secrets)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {redact_url(self.describe())}>"
+        return f"<{type(self).__name__} {self.mask(self.describe())}>"
 
     def __getstate__(self) -> dict[str, Any]:
         # Only what configures the backend travels (e.g. to the scheduler with

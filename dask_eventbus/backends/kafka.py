@@ -40,7 +40,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ..config import PositiveDuration, redact_url, redact_value
+from ..config import PositiveDuration, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 
@@ -249,25 +249,14 @@ def _check_librdkafka_config(options: KafkaOptions) -> None:
     try:
         Producer(config)
     except KafkaException as exc:
-        raise ValueError(f"config: {_scrub(options, _error_text(exc))}") from None
+        raise ValueError(f"config: {_masked(options, _error_text(exc))}") from None
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config: {_scrub(options, str(exc))}") from None
+        raise ValueError(f"config: {_masked(options, str(exc))}") from None
 
 
-def _secrets(options: KafkaOptions) -> list[str]:
-    values = [
-        str(value)
-        for name, value in options.config.items()
-        if value not in (None, "") and redact_value(name, value) == "***"
-    ]
-    return sorted(values, key=len, reverse=True)
-
-
-def _scrub(options: KafkaOptions, text: str) -> str:
+def _masked(options: KafkaOptions, text: str) -> str:
     """``text`` with every secret configured in ``options`` masked."""
-    for secret in _secrets(options):
-        text = text.replace(secret, "***")
-    return redact_url(text)
+    return mask_secrets(text, secret_values("config", options.config))
 
 
 def _error_of(exc: BaseException) -> KafkaError | None:
@@ -330,11 +319,11 @@ class _ClientLog:
     """
 
     def __init__(self, scrub: Callable[[str], str]) -> None:
-        self._scrub = scrub
+        self.mask = scrub
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         try:
-            text = self._scrub(msg % args if args else msg)
+            text = self.mask(msg % args if args else msg)
         except Exception:
             return
         facility = str(args[0]) if args else ""
@@ -372,9 +361,6 @@ class KafkaBackend(Backend):
         """The brokers first contacted, as configured (no credentials in it)."""
         return redact_url(str(_setting(self.options.config, BOOTSTRAP, DEFAULT_BOOTSTRAP)))
 
-    def _scrub(self, text: str) -> str:
-        return _scrub(self.options, text)
-
     def _client_config(self, base: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """``base`` plus what every client of this backend shares.
 
@@ -384,7 +370,7 @@ class KafkaBackend(Backend):
         config = dict(base)
         if not _has_any(config, BOOTSTRAP):
             config["bootstrap.servers"] = DEFAULT_BOOTSTRAP
-        config.setdefault("logger", _ClientLog(self._scrub))
+        config.setdefault("logger", _ClientLog(self.mask))
         config.update(extra)
         user_error_cb = self.options.config.get("error_cb")
 
@@ -392,7 +378,7 @@ class KafkaBackend(Backend):
             self._last_client_error = error
             if error.fatal():
                 self._fatal = error
-            logger.debug("Kafka client error: %s", self._scrub(error.str()))
+            logger.debug("Kafka client error: %s", self.mask(error.str()))
             if callable(user_error_cb):
                 user_error_cb(error)
 
@@ -633,7 +619,7 @@ class KafkaBackend(Backend):
         else:
             reason = f"{type(problem).__name__}: {problem}"
         return KafkaPublishError(
-            self._scrub(f"{owed} of {attempted} records not acknowledged by Kafka: {reason}"),
+            self.mask(f"{owed} of {attempted} records not acknowledged by Kafka: {reason}"),
             error=error,
             cause=self._last_client_error,
             owed=owed,
@@ -736,7 +722,7 @@ class KafkaBackend(Backend):
             text = self._explain(exc)
         except Exception:
             text = f"{type(exc).__name__}: {exc}"
-        return self._scrub(text)
+        return self.mask(text)
 
     def _explain(self, exc: BaseException) -> str:
         options = self.options

@@ -35,7 +35,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
-from ..config import ConfigError, PositiveDuration, redact_url
+from ..config import ConfigError, PositiveDuration
 from . import (
     BATCH_CONTENT_TYPE,
     Backend,
@@ -147,13 +147,6 @@ class KombuBackend(Backend):
         self._alias = _transport_alias(o.url)
         try:
             probe = Connection(o.url)
-            # Masked wherever text reaches people, beyond what redact_url finds
-            # (e.g. a password with characters a URL pattern stops at).
-            self._passwords = [
-                str(part.password)
-                for part in [probe, *map(Connection, probe.alt)]
-                if part.password and len(str(part.password)) >= 4 and part.password != part.userid
-            ]
             transport = probe.get_transport_cls()
         except ImportError as exc:
             extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
@@ -448,13 +441,13 @@ class KombuBackend(Backend):
 
     def describe(self) -> str:
         o = self.options
-        where = f"kombu {self._mask(o.url)} exchange {o.exchange!r} ({o.exchange_type})"
+        where = f"kombu {self.mask(o.url)} exchange {o.exchange!r} ({o.exchange_type})"
         if o.queue is not None:
             where += f", queue {o.queue!r}"
         return where
 
     def explain(self, exc: BaseException) -> str:
-        return self._mask(self._explain(_root_cause(exc)))
+        return self.mask(self._explain(_root_cause(exc)))
 
     def _explain(self, exc: BaseException) -> str:
         where = f"{self._alias}://{self._address}"
@@ -530,12 +523,6 @@ class KombuBackend(Backend):
                 f"installed ({text}): pip install 'kombu[{extra}]'"
             )
         return f"{type(exc).__name__}: {text}"
-
-    def _mask(self, text: str) -> str:
-        text = redact_url(text)
-        for password in self._passwords:
-            text = text.replace(password, "***")
-        return text
 
 
 def _render_key(template: str, message: Message) -> str:

@@ -569,7 +569,7 @@ class RabbitMQBackend(Backend):
     # ---------------------------------------------------------------- diagnosis
 
     def explain(self, exc: BaseException) -> str:
-        return redact_url(self._explain(exc))
+        return self.mask(self._explain(exc))
 
     def _explain(self, exc: BaseException) -> str:
         where = f"RabbitMQ at {self.location()}"

@@ -15,7 +15,6 @@ is created if missing and acknowledges each event after it was yielded.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from collections.abc import Sequence
@@ -61,14 +60,6 @@ RECONNECT_PAUSE = 0.5
 ACK_INTERVAL = 1.0
 
 
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|pass|pwd|token)=)[^&#\s]*")
-
-
-def public_url(url: str) -> str:
-    """``url`` without secrets: neither in its user part nor in its query."""
-    return _QUERY_SECRET.sub(r"\1***", redact_url(url))
-
-
 class RedisOptions(BackendOptions):
     """Options of the ``redis`` backend (``eventbus.backends.redis``)."""
 
@@ -91,7 +82,7 @@ class RedisOptions(BackendOptions):
         if scheme not in SCHEMES:
             raise ValueError(
                 f"url must start with redis://, rediss:// (TLS) or unix://, "
-                f"got {public_url(self.url)!r}"
+                f"got {redact_url(self.url)!r}"
             )
         try:
             parsed = parse_url(self.url)
@@ -118,7 +109,7 @@ class RedisOptions(BackendOptions):
     def __repr__(self) -> str:
         # The default repr would show the password.
         return (
-            f"RedisOptions(url={public_url(self.url)!r}, stream={self.stream!r}, "
+            f"RedisOptions(url={redact_url(self.url)!r}, stream={self.stream!r}, "
             f"maxlen={self.maxlen}, password={'***' if self.password else None})"
         )
 
@@ -324,11 +315,11 @@ class RedisBackend(Backend):
     # ------------------------------------------------------------ for people
 
     def describe(self) -> str:
-        return f"Redis stream {self.options.stream!r} at {public_url(self.options.url)}"
+        return f"Redis stream {self.options.stream!r} at {redact_url(self.options.url)}"
 
     def explain(self, exc: BaseException) -> str:
         where, stream = self._where, self.options.stream
-        detail = redact_url(str(exc))
+        detail = self.mask(str(exc))
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
             exc, "WRONGPASS", "NOAUTH", "AUTH"
         ):
