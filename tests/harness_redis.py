@@ -57,7 +57,11 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
             ({"url": "http://user:secret@localhost:6379"}, "url must start with redis://"),
             ({"socket-timeout": 0}, "socket-timeout"),
             ({"stream": ""}, "stream"),
-            ({"ssl-ca-certs": "/tmp/ca.pem"}, "rediss://"),
+            ({"tls": {"ca-file": "/tmp/ca.pem"}}, "tls need a rediss:// url"),
+            (
+                {"url": "rediss://h", "tls": {"server-hostname": "h"}},
+                "cannot be used with redis-py",
+            ),
         ],
         cleanup=delete_streams(url, stream),
         proxied=proxied_url(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -44,3 +45,28 @@ def read_until_all(events: Any, messages: list[Any], timeout: float = 30.0) -> l
         if event is not None:
             received.append(event)
     return received
+
+
+def make_certificates(directory: Any) -> dict[str, str]:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    openssl = require_program("openssl")
+    files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
+    csr, ext = str(directory / "server.csr"), directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", files["ca-key"], "-out", files["ca"],
+    )  # fmt: skip
+    run(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", files["key"], "-out", csr,
+    )  # fmt: skip
+    run(
+        "x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
+        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", files["cert"],
+    )  # fmt: skip
+    return files

@@ -30,6 +30,7 @@ from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, su
 from dask_eventbus.backends.kombu import CONTENT_TYPE, KombuBackend
 from dask_eventbus.events import key_to_str
 from dask_eventbus.testing import (
+    FaultProxy,
     is_closing,
     proxied_url,
     read_events,
@@ -208,51 +209,6 @@ async def test_broker_closing_the_connection_mid_run_loses_nothing(
     assert stats["published"] >= last
 
 
-class StallingProxy:
-    """A TCP proxy to a broker that can stop forwarding: a stalled broker."""
-
-    def __init__(self, port: int) -> None:
-        self.target = ("127.0.0.1", port)
-        self.stalled = threading.Event()
-        self.closed = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                while self.stalled.is_set() and not self.closed.is_set():
-                    time.sleep(0.01)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.closed.set()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
 def call_bounded(fn: Any, limit: float = 60.0) -> BaseException | None:
     """Run ``fn`` in a thread; the exception it raised (None if it returned)."""
     outcome: list[BaseException | None] = []
@@ -276,7 +232,7 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
     fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
-    proxy = StallingProxy(5672 if transport == "amqp" else 6379)
+    proxy = FaultProxy(("127.0.0.1", 5672 if transport == "amqp" else 6379))
     try:
         url = (
             f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
@@ -289,7 +245,7 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
         messages = synthetic_messages(10)
         backend.open()
         backend.publish(messages)
-        proxy.stalled.set()
+        proxy.set_mode("stall")
         error = call_bounded(lambda: backend.publish(messages))
         assert error is not None
         assert "within its timeout" in backend.explain(error) or "did not answer" in (
@@ -299,7 +255,7 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
         # Nothing can connect while stalled: open is bounded too.
         assert call_bounded(backend.open) is not None
         backend.close()
-        proxy.stalled.clear()
+        proxy.set_mode("pass")
         backend.open()
         backend.publish(messages)
         backend.close()

@@ -11,15 +11,12 @@ of the broker that the test pauses (nothing flows, sockets stay open) or cuts
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import pickle
-import select
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,12 +27,13 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_rabbitmq import delete_rabbitmq_objects
-from helpers import read_until_all, require_broker
+from helpers import make_certificates, read_until_all, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
 from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
+    FaultProxy,
     is_closing,
     read_events,
     run_workload,
@@ -117,112 +115,17 @@ def close_broker_connections(connection_name: str) -> int:
     return closed
 
 
-class Proxy:
-    """A TCP proxy to the broker that can stall (pause) or drop (cut) traffic."""
-
-    def __init__(self, target: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
-        self._target = target
-        self._tls = tls
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._down = False
-        self._closed = False
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def pause(self) -> None:
-        """Stop forwarding: both sides see a silent, open connection."""
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones until :meth:`restore`."""
-        self._down = True
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            _shut(sock)
-
-    def restore(self) -> None:
-        self._down = False
-
-    def close(self) -> None:
-        self._closed = True
-        self._flowing.set()
-        self.cut()
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(5)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self._down:
-                _shut(client)
-                continue
-            try:
-                if self._tls is not None:
-                    client.settimeout(5)
-                    client = self._tls.wrap_socket(client, server_side=True)
-                upstream = socket.create_connection(self._target, timeout=5)
-            except OSError:
-                _shut(client)
-                continue
-            with self._lock:
-                self._sockets.update((client, upstream))
-            # One thread per connection: an SSL socket must not be read and
-            # written from two threads at once.
-            thread = threading.Thread(target=self._relay, args=(client, upstream), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        peers = {client: upstream, upstream: client}
-        for sock in peers:
-            sock.settimeout(5)
-        try:
-            while not self._closed:
-                if not self._flowing.wait(0.1):
-                    continue
-                ready = [s for s in peers if isinstance(s, ssl.SSLSocket) and s.pending()]
-                if not ready:
-                    ready, _, _ = select.select(list(peers), [], [], 0.1)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-        except (OSError, ValueError):
-            pass
-        finally:
-            _shut(client)
-            _shut(upstream)
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
-
-
 @pytest.fixture
-def proxy(rabbitmq_url: str) -> Iterator[Proxy]:
+def proxy(rabbitmq_url: str) -> Iterator[FaultProxy]:
     params = pika.URLParameters(rabbitmq_url)
-    made = Proxy((params.host, params.port))
-    yield made
-    made.close()
+    with FaultProxy((params.host, params.port)) as made:
+        yield made
+
+
+def outage(proxy: FaultProxy) -> None:
+    """As in a broker restart: connections drop, new ones are refused."""
+    proxy.set_mode("refuse")
+    proxy.cut()
 
 
 def via(url: str, port: int, scheme: str = "amqp") -> str:
@@ -349,7 +252,7 @@ async def test_connections_closed_by_the_broker_mid_run_lose_nothing(
 
 @gen_test(timeout=150)
 async def test_outage_and_stall_lose_nothing(
-    rabbitmq_url: str, names: dict[str, Any], proxy: Proxy
+    rabbitmq_url: str, names: dict[str, Any], proxy: FaultProxy
 ) -> None:
     opts = options(
         via(rabbitmq_url, proxy.port),
@@ -361,13 +264,13 @@ async def test_outage_and_stall_lose_nothing(
         plugin = EventBusPlugin("rabbitmq", **opts)
 
     def outage_then_stall() -> None:
-        proxy.cut()  # as in a broker restart: connections drop, new ones fail
+        outage(proxy)
         time.sleep(1.5)
-        proxy.restore()
+        proxy.set_mode("pass")
         time.sleep(1.0)
-        proxy.pause()  # a broker that stops answering
+        proxy.set_mode("stall")  # a broker that stops answering
         time.sleep(2.5)
-        proxy.resume()
+        proxy.set_mode("pass")
 
     _, stats, _ = await _waves_during(plugin, outage_then_stall)
     assert stats["retries"] >= 1 and stats["publish_errors"] >= 1
@@ -378,7 +281,7 @@ async def test_outage_and_stall_lose_nothing(
 
 
 def test_stalled_publish_times_out_and_close_returns(
-    rabbitmq_url: str, names: dict[str, Any], proxy: Proxy
+    rabbitmq_url: str, names: dict[str, Any], proxy: FaultProxy
 ) -> None:
     opts = options(
         via(rabbitmq_url, proxy.port),
@@ -390,7 +293,7 @@ def test_stalled_publish_times_out_and_close_returns(
     messages = synthetic_messages(30)
     backend.open()
     backend.publish(messages[:10])
-    proxy.pause()
+    proxy.set_mode("stall")
     with pytest.raises(RabbitMQError) as info:
         backend.publish(messages[10:20])
     assert "did not answer within 1s while waiting for the broker to confirm" in str(info.value)
@@ -399,7 +302,7 @@ def test_stalled_publish_times_out_and_close_returns(
     with pytest.raises(Exception) as opening:
         backend.open()  # the TCP connect succeeds, the AMQP handshake never does
     assert "cannot connect" in backend.explain(opening.value) or "within 1s" in str(opening.value)
-    proxy.resume()
+    proxy.set_mode("pass")
     backend.open()
     backend.publish(messages[20:])
     backend.close()
@@ -587,21 +490,14 @@ def test_errors_are_explained_without_secrets(
 def test_tls_through_a_tls_terminating_proxy(
     rabbitmq_url: str, names: dict[str, Any], tmp_path: Any
 ) -> None:
-    require_broker(shutil.which("openssl") is not None, "openssl (to make a test certificate)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    certificates = make_certificates(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(certificates["cert"], certificates["key"])
     params = pika.URLParameters(rabbitmq_url)
-    tls_proxy = Proxy((params.host, params.port), tls=context)
+    tls_proxy = FaultProxy((params.host, params.port), tls=context)
     try:
         url = via(rabbitmq_url, tls_proxy.port, scheme="amqps")
-        opts = options(url, names, queue=names["queue"], tls={"ca-file": str(cert)})
+        opts = options(url, names, queue=names["queue"], tls={"ca-file": certificates["ca"]})
         backend = create_backend("rabbitmq", opts)
         assert backend.describe().endswith(f"at amqps://guest@127.0.0.1:{tls_proxy.port}/%2F")
         messages = synthetic_messages(5)
@@ -717,7 +613,7 @@ def test_subscriber_reconnects_after_the_broker_closes_its_connection(
 
 
 def test_subscriber_waits_out_a_broker_outage(
-    rabbitmq_url: str, names: dict[str, Any], proxy: Proxy, caplog: pytest.LogCaptureFixture
+    rabbitmq_url: str, names: dict[str, Any], proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     direct = options(rabbitmq_url, names, queue=names["queue"])
     proxied = {**direct, "url": via(rabbitmq_url, proxy.port), "connect-timeout": "1s"}
@@ -728,10 +624,10 @@ def test_subscriber_waits_out_a_broker_outage(
         with subscribe("rabbitmq", **proxied) as events:
             backend.publish(messages[:10])
             first = read_events(events, count=10)
-            proxy.cut()
+            outage(proxy)
             assert events.poll(timeout=2.0) is None  # down: retrying, not raising
             backend.publish(messages[10:])  # kept by the durable queue meanwhile
-            proxy.restore()
+            proxy.set_mode("pass")
             read_until_all(events, messages[10:])
     finally:
         backend.close()

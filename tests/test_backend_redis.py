@@ -24,7 +24,7 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import delete_streams
-from helpers import require_program
+from helpers import make_certificates, require_program
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
@@ -494,37 +494,12 @@ def test_unix_socket(redis_server: Callable[..., RedisServer], tmp_path: Any) ->
     assert f"Redis at unix:{path}" in backend.explain(redis.exceptions.OutOfMemoryError("OOM"))
 
 
-def make_certificates(directory: Any) -> dict[str, str]:
-    """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    openssl = require_program("openssl")
-    files = {name: str(directory / f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")}
-    csr, ext = str(directory / "server.csr"), directory / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True)
-
-    run(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", files["ca-key"], "-out", files["ca"],
-    )  # fmt: skip
-    run(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", files["key"], "-out", csr,
-    )  # fmt: skip
-    run(
-        "x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
-        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", files["cert"],
-    )  # fmt: skip
-    return files
-
-
 def test_tls_with_a_ca_and_a_clear_error_without(
     redis_server: Callable[..., RedisServer], tmp_path: Any
 ) -> None:
     certificates = make_certificates(tmp_path)
     server = redis_server(tls=certificates)
-    options = {"url": server.url, "stream": "events", "ssl-ca-certs": certificates["ca"]}
+    options = {"url": server.url, "stream": "events", "tls": {"ca-file": certificates["ca"]}}
     messages = synthetic_messages(5)
     backend = create_backend("redis", options)
     backend.open()
@@ -534,6 +509,16 @@ def test_tls_with_a_ca_and_a_clear_error_without(
         backend.close()
     with subscribe("redis", from_beginning=True, **options) as events:
         assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+
+    # The options the tls block replaced still work, with a warning.
+    with pytest.warns(FutureWarning, match="ssl-ca-certs is deprecated: use the tls block"):
+        old = {"url": server.url, "stream": "events", "ssl-ca-certs": certificates["ca"]}
+        backend = create_backend("redis", old)
+    backend.open()
+    try:
+        backend.publish(synthetic_messages(2, run_id="old"))
+    finally:
+        backend.close()
 
     unverified = create_backend("redis", {"url": server.url, "connect-timeout": 5})
     with pytest.raises(redis.ConnectionError) as info:

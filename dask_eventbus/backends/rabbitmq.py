@@ -47,6 +47,7 @@ from . import (
     Message,
     Subscription,
 )
+from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.rabbitmq")
@@ -113,21 +114,6 @@ class RabbitMQError(Exception):
     Raised for nacks, returned (unroutable) mandatory messages and timeouts;
     the message says what happened and what to do about it.
     """
-
-
-class TLSOptions(BackendOptions):
-    """TLS settings for ``amqps://`` URLs (the system CAs verify by default)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    key_password: str | None = None
-    verify: bool = True
-    server_hostname: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.key_file and not self.cert_file:
-            raise ValueError("tls key-file needs tls cert-file (the client certificate)")
 
 
 class RabbitMQOptions(BackendOptions):
@@ -715,13 +701,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _ssl_options(tls: TLSOptions) -> pika.SSLOptions:
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file, tls.key_password)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return pika.SSLOptions(context, server_hostname=tls.server_hostname)
+    return pika.SSLOptions(tls.context(), server_hostname=tls.server_hostname)
 
 
 class _RabbitMQSubscription(Subscription):

@@ -45,6 +45,7 @@ from . import (
     Message,
     Subscription,
 )
+from .tls import TLSOptions, deprecated
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -71,11 +72,13 @@ class RedisOptions(BackendOptions):
     connect_timeout: PositiveDuration = PositiveDuration(5.0)
     socket_timeout: PositiveDuration = PositiveDuration(5.0)
     client_name: str | None = "dask-eventbus"
+    tls: TLSOptions | None = None
+    # Deprecated: the tls block replaces these.
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
-    ssl_check_hostname: bool = True
+    ssl_cert_reqs: Literal["required", "optional", "none"] | None = None
+    ssl_check_hostname: bool | None = None
 
     def __post_init__(self) -> None:
         scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
@@ -98,13 +101,18 @@ class RedisOptions(BackendOptions):
             raise ValueError(
                 f"client-name must be non-empty without spaces, got {self.client_name!r}"
             )
-        tls = [
-            name.replace("_", "-")
-            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-            if getattr(self, name) is not None
-        ]
-        if tls and scheme != "rediss":
-            raise ValueError(f"{', '.join(tls)} need a rediss:// url (TLS)")
+        old_tls = [name for name in _DEPRECATED_TLS if getattr(self, name) is not None]
+        for name in old_tls:
+            deprecated(name.replace("_", "-"), "redis")
+        if old_tls and self.tls is not None:
+            raise ValueError("give the tls block or the deprecated ssl-* options, not both")
+        if self.tls is not None:
+            self.tls.refuse("redis-py", "server-hostname")
+        tls_given = [name.replace("_", "-") for name in old_tls if name != "ssl_check_hostname"]
+        if self.tls is not None:
+            tls_given.insert(0, "tls")
+        if tls_given and scheme != "rediss":
+            raise ValueError(f"{', '.join(tls_given)} need a rediss:// url (TLS)")
 
     def __repr__(self) -> str:
         # The default repr would show the password.
@@ -160,13 +168,7 @@ class RedisBackend(Backend):
         if options.password is not None:
             kwargs["password"] = options.password
         if options.url.lower().startswith("rediss://"):
-            kwargs.update(
-                ssl_ca_certs=options.ssl_ca_certs,
-                ssl_certfile=options.ssl_certfile,
-                ssl_keyfile=options.ssl_keyfile,
-                ssl_cert_reqs=options.ssl_cert_reqs,
-                ssl_check_hostname=options.ssl_check_hostname,
-            )
+            kwargs.update(_tls_arguments(options))
         return redis.Redis.from_url(options.url, **kwargs)
 
     def open(self) -> None:
@@ -380,6 +382,32 @@ class RedisBackend(Backend):
         if isinstance(exc, ResponseError):
             return f"Redis at {where} refused a command on stream {stream!r}: {detail}"
         return super().explain(exc)
+
+
+_DEPRECATED_TLS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+
+
+def _tls_arguments(options: RedisOptions) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` arguments: from the tls block, or the deprecated options."""
+    tls = options.tls or TLSOptions()
+    arguments: dict[str, Any] = {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_password": tls.key_password,
+        "ssl_cert_reqs": "required" if tls.verify else "none",
+        "ssl_check_hostname": tls.verify,
+    }
+    for name in _DEPRECATED_TLS:
+        if getattr(options, name) is not None:
+            arguments[name] = getattr(options, name)
+    return arguments
 
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]

@@ -10,12 +10,18 @@ Modes:
 * ``stall``: accept bytes from clients and never answer or forward them,
   like a broker that hangs;
 * ``garbage``: answer every client with bytes no broker would send.
+
+Given an SSL context, the proxy terminates TLS: clients speak TLS to it, and
+it speaks plain TCP to the broker, so TLS options can be tested against a
+broker that has no TLS listener.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +33,11 @@ GARBAGE = b"\x00\xffHTTP/1.1 418 I'm a teapot\r\n\r\n" + bytes(range(256)) * 4
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    """A loopback TCP proxy to ``upstream`` whose faults tests switch on."""
+
+    def __init__(self, upstream: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.mode = "pass"
         self._lock = threading.Lock()
         self._connections: list[tuple[socket.socket, socket.socket | None]] = []
@@ -43,6 +52,10 @@ class FaultProxy:
         # port from the kernel and receive the broker's clients.
         self._reservation = _shared_port_socket()
         self._reservation.bind(self.address)
+        # One accepting thread for the proxy's life: tests that check for
+        # leaked threads see none appear when refuse mode ends.
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -51,6 +64,7 @@ class FaultProxy:
     # ---- control
 
     def set_mode(self, mode: str) -> None:
+        """Switch to ``pass``, ``refuse``, ``stall`` or ``garbage`` (see above)."""
         assert mode in ("pass", "refuse", "stall", "garbage"), mode
         previous, self.mode = self.mode, mode
         if mode == "refuse" and previous != "refuse":
@@ -75,6 +89,7 @@ class FaultProxy:
         self._close_listener()
         self._reservation.close()
         self.cut()
+        self._acceptor.join(5)
 
     def __enter__(self) -> FaultProxy:
         return self
@@ -88,9 +103,9 @@ class FaultProxy:
         listener = _shared_port_socket()
         listener.bind(self.address)
         listener.listen(64)
+        listener.settimeout(0.1)  # the accepting thread notices mode changes
         self.port = listener.getsockname()[1]
         self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def _close_listener(self) -> None:
         listener, self._listener = self._listener, None
@@ -99,16 +114,28 @@ class FaultProxy:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self) -> None:
         while not self._stopped.is_set():
+            listener = self._listener
+            if listener is None:  # refusing
+                time.sleep(0.05)
+                continue
             try:
                 client, _ = listener.accept()
-            except OSError:
-                return
+            except OSError:  # a timeout, or the listener closed for refuse mode
+                continue
+            client.settimeout(None)
             self.accepted += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                client.settimeout(5)
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:
+                client.close()
+                return
         if self.mode == "garbage":
             with contextlib.suppress(OSError):
                 client.sendall(GARBAGE)
@@ -126,8 +153,7 @@ class FaultProxy:
             client.close()
             return
         self._track(client, upstream)
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-        self._pump(upstream, client)
+        self._relay(client, upstream)
 
     def _track(self, client: socket.socket, upstream: socket.socket | None) -> None:
         with self._lock:
@@ -138,22 +164,32 @@ class FaultProxy:
             while sock.recv(65536):
                 pass
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        # One thread for both directions: an SSL socket must not be read and
+        # written from two threads at once.
+        peers = {client: upstream, upstream: client}
+        for sock in peers:
+            sock.settimeout(5)
         try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                while self.mode == "stall":
-                    # Keep reading nothing further: the peer sees a silent broker.
+            while not self._stopped.is_set():
+                if self.mode == "stall":
+                    # Read nothing further: both sides see a silent peer.
                     time.sleep(0.05)
-                    if self._stopped.is_set():
+                    continue
+                ready: list[socket.socket] = [
+                    s for s in peers if isinstance(s, ssl.SSLSocket) and s.pending()
+                ]
+                if not ready:
+                    ready, _, _ = select.select(list(peers), [], [], 0.1)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
                         return
-                target.sendall(data)
-        except OSError:
-            pass
+                    peers[sock].sendall(data)
+        except (OSError, ValueError):
+            pass  # cut, or closed by the other side
         finally:
-            for sock in (source, target):
+            for sock in peers:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
