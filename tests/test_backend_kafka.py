@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import ssl
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -25,8 +27,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
-from harness_kafka import TansuBroker, delete_topic, free_port, tansu_binary
-from helpers import require_broker
+from harness_kafka import (
+    TansuBroker,
+    delete_topic,
+    free_port,
+    tansu_behind_a_proxy,
+    tansu_binary,
+)
+from helpers import make_certificates, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -560,3 +568,27 @@ def test_defaults_and_pickling() -> None:
     copy = pickle.loads(pickle.dumps(backend))
     assert copy.options == backend.options
     assert "hunter2" not in repr(copy.options)
+
+
+def test_the_tls_block_reaches_librdkafka(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates["cert"], certificates["key"])
+    with tansu_behind_a_proxy(unique_name(), tls=context) as (_, plain):
+        options = {**plain, "tls": {"ca-file": certificates["ca"]}}
+        messages = synthetic_messages(5)
+        backend = create_backend("kafka", options)
+        backend.open()
+        try:
+            backend.publish(messages)
+        finally:
+            backend.close()
+        with subscribe("kafka", from_beginning=True, **options) as events:
+            assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+
+        untrusted = create_backend("kafka", {**plain, "tls": {}})  # the system's CAs
+        with pytest.raises(Exception) as info:
+            untrusted.open()
+            untrusted.publish(messages)
+        untrusted.close()
+        assert "certificate verify failed" in untrusted.explain(info.value)

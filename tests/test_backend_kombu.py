@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import read_until_all
+from helpers import make_certificates, read_until_all
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -261,6 +262,38 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
         backend.close()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("transport", ["amqp", "redis"])
+def test_the_tls_block_reaches_the_transport(
+    transport: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    certificates = make_certificates(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates["cert"], certificates["key"])
+    broker = ("127.0.0.1", 5672 if transport == "amqp" else 6379)
+    with FaultProxy(broker, tls=context) as proxy:
+        url = (
+            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+            if transport == "amqp"
+            else f"rediss://127.0.0.1:{proxy.port}/0"
+        )
+        messages = synthetic_messages(5)
+        backend = create_backend(
+            "kombu", options(fixture, url=url, tls={"ca-file": certificates["ca"]})
+        )
+        backend.open()
+        try:
+            backend.publish(messages)
+        finally:
+            backend.close()
+        untrusted = create_backend("kombu", options(fixture, url=url, tls={}))  # system CAs
+        with pytest.raises(Exception) as info:
+            untrusted.open()
+        assert "certificate verify failed" in untrusted.explain(info.value)
+    with subscribe("kombu", from_beginning=True, **options(fixture)) as events:
+        assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
 
 
 # ------------------------------------------------------------------ subscriptions

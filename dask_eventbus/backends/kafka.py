@@ -43,6 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from ..config import PositiveDuration, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
 from . import Backend, BackendOptions, Delivery, Message, Subscription
+from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.kafka")
@@ -169,6 +170,9 @@ class KafkaOptions(BackendOptions):
     """Partitions of a topic this backend creates; ``None``: the broker's default."""
     replication_factor: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """Replicas of a topic this backend creates; ``None``: the broker's default."""
+    tls: TLSOptions | None = None
+    """TLS to the brokers (``security.protocol`` SSL, or SASL_SSL with SASL),
+    mapped to librdkafka's ``ssl.*`` settings."""
     timeout: PositiveDuration = PositiveDuration(30.0)
     """Longest wait for the broker: metadata, topic creation, and the delivery
     of each record (``message.timeout.ms`` unless ``config`` sets it)."""
@@ -190,6 +194,13 @@ class KafkaOptions(BackendOptions):
                 "config must not set transactional.id: the kafka backend uses an "
                 "idempotent producer, not transactions"
             )
+        if self.tls is not None:
+            self.tls.refuse("librdkafka", "server-hostname")
+            given = sorted(name for name in self.config if name.startswith("ssl."))
+            if given:
+                raise ValueError(
+                    f"give TLS settings in the tls block or as config {', '.join(given)}, not both"
+                )
         _check_librdkafka_config(self)
         names = ("message.timeout.ms", "delivery.timeout.ms")
         if float(_setting(producer_config(self), names)) <= 0:
@@ -202,6 +213,24 @@ class KafkaOptions(BackendOptions):
         fields = {f: getattr(self, f) for f in self.__struct_fields__}
         fields["config"] = redact_value("config", self.config)
         return f"KafkaOptions({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+def _tls_config(tls: TLSOptions, protocol: str) -> dict[str, Any]:
+    """librdkafka's settings for the tls block (SASL, if configured, stays on)."""
+    config: dict[str, Any] = {
+        "security.protocol": "SASL_SSL" if protocol.upper().startswith("SASL") else "SSL",
+        "enable.ssl.certificate.verification": tls.verify,
+        "ssl.endpoint.identification.algorithm": "https" if tls.verify else "none",
+    }
+    for name, value in (
+        ("ssl.ca.location", tls.ca_file),
+        ("ssl.certificate.location", tls.cert_file),
+        ("ssl.key.location", tls.key_file),
+        ("ssl.key.password", tls.key_password),
+    ):
+        if value is not None:
+            config[name] = value
+    return config
 
 
 def _has_any(config: dict[str, Any], names: Sequence[str]) -> bool:
@@ -368,6 +397,8 @@ class KafkaBackend(Backend):
         ``distributed.eventbus.kafka`` logger (unless ``config`` brings a logger).
         """
         config = dict(base)
+        if self.options.tls is not None:
+            config.update(_tls_config(self.options.tls, config.get("security.protocol", "")))
         if not _has_any(config, BOOTSTRAP):
             config["bootstrap.servers"] = DEFAULT_BOOTSTRAP
         config.setdefault("logger", _ClientLog(self.mask))

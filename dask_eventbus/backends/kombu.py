@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import string
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from amqp.exceptions import MessageNacked
@@ -45,6 +47,7 @@ from . import (
     Message,
     Subscription,
 )
+from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
@@ -104,6 +107,8 @@ class KombuOptions(BackendOptions):
     bindings: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["#"]
     )
+    tls: TLSOptions | None = None
+    # Deprecated: the tls block replaces it.
     ssl: bool | dict[str, Any] | None = None
     connect_timeout: PositiveDuration = PositiveDuration(10.0)
     publish_timeout: PositiveDuration = PositiveDuration(10.0)
@@ -116,6 +121,12 @@ class KombuOptions(BackendOptions):
                 f"url: unknown Kombu transport {alias!r}; expected a URL such as "
                 f"amqp://user:password@host:5672// or redis://host:6379/0 (known: {known})"
             )
+        if self.ssl is not None:
+            deprecated("ssl", "kombu")
+            if self.tls is not None:
+                raise ValueError("give the tls block or the deprecated ssl option, not both")
+        if self.tls is not None:
+            _check_tls(self.tls, alias)
         if self.routing_key is None:
             return
         try:
@@ -202,7 +213,8 @@ class KombuBackend(Backend):
 
     def _connect(self, consumer: bool = False) -> Connection:
         o = self.options
-        extra: dict[str, Any] = {} if o.ssl is None else {"ssl": o.ssl}
+        ssl_argument = o.ssl if o.tls is None else _ssl_argument(o.tls, self._alias, o.url)
+        extra: dict[str, Any] = {} if ssl_argument is None else {"ssl": ssl_argument}
         conn = Connection(
             o.url,
             connect_timeout=o.connect_timeout,
@@ -523,6 +535,42 @@ class KombuBackend(Backend):
                 f"installed ({text}): pip install 'kombu[{extra}]'"
             )
         return f"{type(exc).__name__}: {text}"
+
+
+def _check_tls(tls: TLSOptions, alias: str) -> None:
+    if alias in ("amqp", "amqps", "pyamqp"):
+        tls.refuse("py-amqp (Kombu's amqp transport)", "key-password")
+    elif alias in ("redis", "rediss"):
+        tls.refuse("redis-py (Kombu's redis transport)", "server-hostname")
+    elif tls != TLSOptions():
+        raise ValueError(
+            f"tls settings are mapped for Kombu's amqp and redis transports only; for "
+            f"{alias}:// give an empty tls block (TLS on) and its own transport-options"
+        )
+
+
+def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any]:
+    """Kombu's ``ssl`` argument for the transport: py-amqp's or redis-py's names."""
+    if alias in ("redis", "rediss"):
+        return {
+            "ssl_ca_certs": tls.ca_file,
+            "ssl_certfile": tls.cert_file,
+            "ssl_keyfile": tls.key_file,
+            "ssl_password": tls.key_password,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+            "ssl_check_hostname": tls.verify,
+        }
+    if alias in ("amqp", "amqps", "pyamqp"):
+        # py-amqp checks the host name only when given one to check.
+        host = tls.server_hostname or urlsplit(url.split(";", 1)[0]).hostname
+        return {
+            "ca_certs": tls.ca_file,
+            "certfile": tls.cert_file,
+            "keyfile": tls.key_file,
+            "cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+            "server_hostname": host if tls.verify else tls.server_hostname,
+        }
+    return True
 
 
 def _render_key(template: str, message: Message) -> str:
