@@ -14,6 +14,7 @@ is created if missing and acknowledges each event after it was yielded.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import time
@@ -423,6 +424,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# redis-py before 5.3 requires a command name here; later releases warn when given one.
+_COMMAND_NAME = (
+    ("XADD",)
+    if inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default
+    is inspect.Parameter.empty
+    else ()
+)
+
+
 def _send(client: redis.Redis, payload: bytes, count: int) -> list[ResponseError]:
     """Write ``count`` packed commands on one pooled connection; read every reply.
 
@@ -430,7 +440,7 @@ def _send(client: redis.Redis, payload: bytes, count: int) -> list[ResponseError
     then dropped rather than returned to the pool half read.
     """
     pool = client.connection_pool
-    connection = pool.get_connection()
+    connection = pool.get_connection(*_COMMAND_NAME)
     try:
         connection.send_packed_command([payload])
         errors = []

@@ -41,6 +41,9 @@ class FaultProxy:
         self.mode = "pass"
         self._lock = threading.Lock()
         self._connections: list[tuple[socket.socket, socket.socket | None]] = []
+        # Counts cuts: a connection accepted before a cut and set up after it
+        # is closed as soon as it would be tracked, never left open.
+        self._cuts = 0
         self._listener: socket.socket | None = None
         self._stopped = threading.Event()
         self.port = 0
@@ -76,6 +79,7 @@ class FaultProxy:
         """Close every open connection; returns how many were cut."""
         with self._lock:
             connections, self._connections = self._connections, []
+            self._cuts += 1
         for pair in connections:
             for sock in pair:
                 if sock is not None:
@@ -126,9 +130,9 @@ class FaultProxy:
                 continue
             client.settimeout(None)
             self.accepted += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client, self._cuts), daemon=True).start()
 
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, cuts: int) -> None:
         if self.tls is not None:
             try:
                 client.settimeout(5)
@@ -139,12 +143,9 @@ class FaultProxy:
         if self.mode == "garbage":
             with contextlib.suppress(OSError):
                 client.sendall(GARBAGE)
-            self._track(client, None)
-            self._drain(client)
-            return
-        if self.mode == "stall":
-            self._track(client, None)
-            self._drain(client)
+        if self.mode in ("garbage", "stall"):
+            if self._track(client, None, cuts):
+                self._drain(client)
             return
         try:
             upstream = socket.create_connection(self.upstream, timeout=5)
@@ -152,12 +153,20 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        self._track(client, upstream)
-        self._relay(client, upstream)
+        if self._track(client, upstream, cuts):
+            self._relay(client, upstream)
 
-    def _track(self, client: socket.socket, upstream: socket.socket | None) -> None:
+    def _track(self, client: socket.socket, upstream: socket.socket | None, cuts: int) -> bool:
+        """Keep the connection for :meth:`cut`; False (and closed) if a cut
+        or refuse mode came since it was accepted."""
         with self._lock:
-            self._connections.append((client, upstream))
+            if cuts == self._cuts and self.mode != "refuse":
+                self._connections.append((client, upstream))
+                return True
+        for sock in (client, upstream):
+            if sock is not None:
+                sock.close()
+        return False
 
     def _drain(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
