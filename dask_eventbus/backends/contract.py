@@ -1,0 +1,175 @@
+"""The backend contract: the message a backend publishes, its options, the base class.
+
+A backend knows one broker and nothing about Dask. The pipeline hands it
+batches of encoded :class:`Message` objects through :meth:`Backend.send`
+(which applies the content mode); :meth:`Backend.publish` returns only once
+the broker has accepted the whole batch and raises otherwise, so the pipeline
+can retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
+
+import msgspec
+
+from ..config import convert, mask_secrets, redact_value, secret_values
+from ..events import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from .subscription import Subscription
+
+
+class Message(NamedTuple):
+    """One encoded event plus the attributes brokers route and index on."""
+
+    body: bytes
+    """The CloudEvent, structured-mode JSON."""
+    id: str
+    type: str
+    subject: str | None
+    sequence: int
+    time: float
+    """Seconds since the epoch, when the scheduler saw what happened."""
+    routing_key: str
+    """The type, refined for transitions: ``dask.task.transition.<start>.<finish>``."""
+    content_type: str = CONTENT_TYPE
+    """``application/cloudevents+json``, or the batch type for a batched message."""
+
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+BATCH_ROUTING_KEY = "dask.eventbus.batch"
+
+ContentMode = Literal["structured", "batched"]
+"""``structured``: one message per event (CloudEvents structured mode);
+``batched``: one message per published batch, a JSON array of events
+(CloudEvents batched mode), far fewer messages for the broker to handle."""
+
+
+class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
+    """Base for a backend's options; subclasses declare fields with defaults.
+
+    Every backend has ``content-mode``: :meth:`Backend.send` applies it, so a
+    backend's ``publish`` sees either one message per event or one batch.
+    """
+
+    content_mode: ContentMode = "structured"
+
+    def __repr__(self) -> str:  # secrets masked, as everywhere people look
+        fields = redact_value("", msgspec.to_builtins(self, enc_hook=float))
+        return f"{type(self).__name__}({fields})"
+
+
+class Backend:
+    """Base class of all backends.
+
+    Required: set :attr:`name`, declare the options as a
+    :class:`BackendOptions` subclass in :attr:`Options`, and implement
+    :meth:`publish` (plus :meth:`open` and :meth:`close` when the backend
+    holds a connection). Optional capabilities: :meth:`subscribe` to read
+    events back (a backend without it is publish-only, see :attr:`readable`)
+    and :meth:`explain` to diagnose its client library's errors.
+    Producer methods are called from one publisher thread only.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    modes: tuple[str, ...] = ("process", "thread")
+    """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
+    readable: ClassVar[bool] = False
+    """Whether events can be read back: the class implements :meth:`subscribe`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.readable = cls.subscribe is not Backend.subscribe
+
+    def __init__(self, **options: Any) -> None:
+        self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
+
+    def open(self) -> None:
+        """Connect to the broker; called again after a failed publish."""
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Deliver ``messages`` in order; return once the broker accepted all.
+
+        Raise on any failure: the pipeline keeps the batch, calls
+        :meth:`close`, backs off, calls :meth:`open` and publishes it again.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection; must not raise and must be safe to repeat."""
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` in the configured content mode; what the
+        pipeline calls. Backends implement :meth:`publish`, not this."""
+        if messages:
+            self.publish(in_content_mode(messages, self.options.content_mode))
+
+    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+        """Read events back: new ones, or all the broker still holds.
+
+        Optional: a backend that does not implement it is publish-only.
+        """
+        raise NotImplementedError(
+            f"the {self.name!r} backend is publish-only: it cannot be read back"
+        )
+
+    def describe(self) -> str:
+        """Where events go, for people: no secrets."""
+        return self.name
+
+    def explain(self, exc: BaseException) -> str:
+        """What went wrong, for people: names the cause and how to fix it.
+
+        Used in logs, statistics and ``dask-eventbus check``. Backends
+        override this to turn their client library's errors into a diagnosis
+        (cannot connect to host:port, authentication refused, ...). Must not
+        reveal secrets: pass what the client library said through :meth:`mask`.
+        """
+        return self.mask(f"{type(exc).__name__}: {exc}")
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret of this backend's options shown as ``***``."""
+        secrets = secret_values("", msgspec.to_builtins(self.options, enc_hook=float))
+        return mask_secrets(text, secrets)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.mask(self.describe())}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Only what configures the backend travels (e.g. to the scheduler with
+        # Client.register_plugin); connections are made where it is opened.
+        return {"options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**msgspec.structs.asdict(state["options"]))  # type: ignore[misc]
+
+
+def batch_body(messages: Sequence[Message]) -> bytes:
+    """Several events as one CloudEvents JSON batch (a JSON array of events)."""
+    return b"[" + b",".join([m.body for m in messages]) + b"]"
+
+
+def in_content_mode(messages: Sequence[Message], mode: ContentMode) -> Sequence[Message]:
+    """The messages to send: as they are, or all of them as one batched message.
+
+    A batched message takes the id, sequence and time of the batch's first
+    event; its ``type`` and ``routing_key`` are ``dask.eventbus.batch``.
+    """
+    if mode == "structured" or not messages:
+        return messages
+    first = messages[0]
+    return [
+        Message(
+            batch_body(messages),
+            first.id,
+            BATCH_ROUTING_KEY,
+            None,
+            first.sequence,
+            first.time,
+            BATCH_ROUTING_KEY,
+            BATCH_CONTENT_TYPE,
+        )
+    ]
