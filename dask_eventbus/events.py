@@ -346,6 +346,11 @@ def _encode(event: Event) -> bytes:
             return _json_encoder.encode(unencodable)
 
 
+def rfc3339(timestamp: float) -> str:
+    """``time`` of an event seen at ``timestamp``, exactly as its JSON body has it."""
+    return _json_encoder.encode(datetime.fromtimestamp(timestamp, timezone.utc))[1:-1].decode()
+
+
 def encode_many(events: list[Event]) -> list[bytes]:
     """Encode each event to its own body; one C call for the common case."""
     try:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from .backends import Backend, Message
 from .config import Settings, redact_url
 from .events import (
+    CONTENT_TYPE,
     DROPPED,
     OVERSIZED,
     TASK_TRANSITION,
@@ -108,7 +109,19 @@ def build_messages(
         type_ = routing_key = event.type
         if type_ == TASK_TRANSITION:
             routing_key = _transition_routing_key(event.data.start, event.data.finish)
-        append(Message(body, event.id, type_, event.subject, record[0], record[2], routing_key))
+        append(
+            Message(
+                body,
+                event.id,
+                type_,
+                event.subject,
+                record[0],
+                record[2],
+                routing_key,
+                CONTENT_TYPE,
+                event.source,
+            )
+        )
     return messages
 
 

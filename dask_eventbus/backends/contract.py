@@ -36,6 +36,8 @@ class Message(NamedTuple):
     """The type, refined for transitions: ``dask.task.transition.<start>.<finish>``."""
     content_type: str = CONTENT_TYPE
     """``application/cloudevents+json``, or the batch type for a batched message."""
+    source: str = ""
+    """The scheduler the event comes from (the CloudEvents ``source``)."""
 
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -171,5 +173,6 @@ def in_content_mode(messages: Sequence[Message], mode: ContentMode) -> Sequence[
             first.time,
             BATCH_ROUTING_KEY,
             BATCH_CONTENT_TYPE,
+            first.source,
         )
     ]

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from confluent_kafka import (
@@ -40,8 +40,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ..bindings.kafka import Header, HeaderMode, KeyMode, headers_of, key_function
 from ..config import PositiveDuration, mask_secrets, redact_url, redact_value, secret_values
-from ..events import CONTENT_TYPE
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 from .tls import TLSOptions
 
@@ -145,11 +145,6 @@ _AUTHORIZATION = {
 }
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE}
 
-Header = tuple[str, str | bytes | None]
-
-# librdkafka copies headers at produce(), so every record can share this list.
-CONTENT_TYPE_HEADERS: list[Header] = [("content-type", CONTENT_TYPE)]
-
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 
 
@@ -159,9 +154,9 @@ class KafkaOptions(BackendOptions):
     config: dict[str, Any] = msgspec.field(default_factory=dict)
     """librdkafka settings (``bootstrap.servers``, ``security.protocol``,
     ``sasl.*``, ``ssl.*``, ``compression.type``, ...), over the defaults."""
-    key: Literal["subject", "source", "type", "none"] = "subject"
+    key: KeyMode = "subject"
     """What becomes the record key, and so decides the partition."""
-    headers: Literal["content-type", "attributes", "none"] = "content-type"
+    headers: HeaderMode = "content-type"
     """Record headers: ``content-type`` only (structured mode, as the binding
     asks), plus the ``ce_*`` attributes, or none at all."""
     create_topic: bool = True
@@ -324,21 +319,6 @@ class KafkaPublishError(Exception):
         self.buffer_full = buffer_full
 
 
-class _Envelope(msgspec.Struct):
-    """The CloudEvents attributes that become ``ce_*`` headers, read from a body."""
-
-    specversion: str
-    id: str
-    source: str
-    type: str
-    time: str
-    sequence: str | None = None
-    subject: str | None = None
-
-
-_read_envelope = msgspec.json.Decoder(_Envelope).decode
-
-
 class _ClientLog:
     """Takes librdkafka's log lines into this module's logger.
 
@@ -376,7 +356,7 @@ class KafkaBackend(Backend):
         self._fatal: KafkaError | None = None
         # A batch that failed part-way: (its identity, the records still owed).
         self._owed: tuple[tuple[int, str, str], list[Message]] | None = None
-        self._key_of = self._key_function()
+        self._key_of = key_function(self.options.key)
         config = producer_config(self.options)
         self.delivery_timeout: float = (
             float(_setting(config, ("message.timeout.ms", "delivery.timeout.ms"))) / 1000
@@ -509,30 +489,6 @@ class KafkaBackend(Backend):
         with contextlib.suppress(Exception):
             client.poll(0)
 
-    def _key_function(self) -> Callable[[Message, _Envelope | None], str | None]:
-        mode = self.options.key
-
-        def source(message: Message, envelope: _Envelope | None) -> str | None:
-            if envelope is None:
-                envelope = _envelope(message)
-            return envelope.source if envelope is not None else None
-
-        if mode == "subject":
-
-            def by_subject(message: Message, envelope: _Envelope | None) -> str | None:
-                # Events without a subject (dask.eventbus.dropped) stay in
-                # order with the rest of their scheduler's stream.
-                if message.subject is not None:
-                    return message.subject
-                return source(message, envelope)
-
-            return by_subject
-        if mode == "source":
-            return source
-        if mode == "type":
-            return lambda message, envelope: message.type
-        return lambda message, envelope: None
-
     def publish(self, messages: Sequence[Message]) -> None:
         producer = self._producer
         if producer is None:
@@ -564,14 +520,7 @@ class KafkaBackend(Backend):
 
     def record_of(self, message: Message) -> tuple[str | None, list[Header] | None]:
         """The key and headers of the record ``message`` becomes."""
-        if self.options.headers == "attributes":
-            envelope = _envelope(message)
-            return self._key_of(message, envelope), _headers(message, envelope)
-        if self.options.headers == "none":
-            return self._key_of(message, None), None
-        if message.content_type == CONTENT_TYPE:
-            return self._key_of(message, None), CONTENT_TYPE_HEADERS
-        return self._key_of(message, None), [("content-type", message.content_type)]
+        return self._key_of(message), headers_of(message, self.options.headers)
 
     def _produce(self, producer: Producer, batch: Sequence[Message]) -> None:
         topic = self.options.topic
@@ -824,35 +773,6 @@ class KafkaBackend(Backend):
                 f"for the retry{suffix}"
             )
         return f"Kafka error {error.name()} at {where} (topic {topic!r}): {error.str()}{suffix}"
-
-
-def _envelope(message: Message) -> _Envelope | None:
-    try:
-        return _read_envelope(message.body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _headers(message: Message, envelope: _Envelope | None) -> list[Header]:
-    """Content type plus the ``ce_*`` attributes, as in the binding's binary mode."""
-    headers: list[Header] = [("content-type", message.content_type)]
-    if envelope is None:
-        headers += [("ce_id", message.id), ("ce_type", message.type)]
-        if message.subject is not None:
-            headers.append(("ce_subject", message.subject))
-        return headers
-    headers += [
-        ("ce_specversion", envelope.specversion),
-        ("ce_id", envelope.id),
-        ("ce_source", envelope.source),
-        ("ce_type", envelope.type),
-        ("ce_time", envelope.time),
-    ]
-    if envelope.subject is not None:
-        headers.append(("ce_subject", envelope.subject))
-    if envelope.sequence is not None:
-        headers.append(("ce_sequence", envelope.sequence))
-    return headers
 
 
 def _discard_producer(producer: Producer) -> None:

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import string
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
+from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
 from ..config import ConfigError, PositiveDuration
 from . import (
     BATCH_CONTENT_TYPE,
@@ -51,14 +51,10 @@ from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
-APP_ID = "dask-eventbus"
 logger = logging.getLogger("distributed.eventbus.kombu")
 
 # Placeholders a routing-key template may use (as in the rabbitmq backend).
-_KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
-_TRANSITION_PREFIX = "dask.task.transition."
 # AMQP routing keys are short strings.
-MAX_ROUTING_KEY_BYTES = 255
 
 # pip extras of kombu that bring a transport's client library.
 _TRANSPORT_EXTRAS = {
@@ -127,22 +123,8 @@ class KombuOptions(BackendOptions):
                 raise ValueError("give the tls block or the deprecated ssl option, not both")
         if self.tls is not None:
             _check_tls(self.tls, alias)
-        if self.routing_key is None:
-            return
-        try:
-            fields = {
-                field for _, field, _, _ in string.Formatter().parse(self.routing_key) if field
-            }
-        except ValueError as exc:
-            raise ValueError(
-                f"routing-key {self.routing_key!r} is not a valid template: {exc}"
-            ) from None
-        unknown = fields - set(_KEY_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"routing-key {self.routing_key!r} uses unknown placeholders "
-                f"{sorted(unknown)}; allowed: " + ", ".join(f"{{{name}}}" for name in _KEY_FIELDS)
-            )
+        if self.routing_key is not None:
+            check_routing_key(self.routing_key)
 
 
 class KombuBackend(Backend):
@@ -345,26 +327,20 @@ class KombuBackend(Backend):
 
     def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:
         o = self.options
-        template = "" if o.routing_key in (None, "{routing_key}") else o.routing_key
+        routing_key = routing_key_function(o.routing_key)
         timeout = o.publish_timeout
         publish = producer.publish
         mode = self._delivery_mode
         for m in messages:
-            structured = m.content_type == CONTENT_TYPE
-            key = _render_key(template, m) if template and structured else m.routing_key
             publish(
                 m.body,
-                routing_key=key,
-                content_type=m.content_type,
+                routing_key=routing_key(m),
                 content_encoding=CONTENT_ENCODING,
                 delivery_mode=mode,
-                message_id=m.id,
-                type=m.type,
-                timestamp=int(m.time),
-                app_id=APP_ID,
                 retry=False,
                 timeout=timeout,
                 confirm_timeout=timeout,
+                **properties_of(m),
             )
 
     def close(self) -> None:
@@ -571,23 +547,6 @@ def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any
             "server_hostname": host if tls.verify else tls.server_hostname,
         }
     return True
-
-
-def _render_key(template: str, message: Message) -> str:
-    start = finish = ""
-    if message.routing_key.startswith(_TRANSITION_PREFIX):
-        start, _, finish = message.routing_key[len(_TRANSITION_PREFIX) :].partition(".")
-    key = template.format(
-        routing_key=message.routing_key,
-        type=message.type,
-        subject=message.subject or "",
-        start=start,
-        finish=finish,
-    )
-    encoded = key.encode()
-    if len(encoded) > MAX_ROUTING_KEY_BYTES:
-        key = encoded[:MAX_ROUTING_KEY_BYTES].decode(errors="ignore")
-    return key
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -20,7 +20,6 @@ import logging
 import re
 import socket
 import ssl
-import string
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +36,8 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
+from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
 from ..config import Duration, PositiveDuration, redact_url
-from ..events import CONTENT_TYPE, TASK_TRANSITION
 from . import (
     Backend,
     BackendOptions,
@@ -99,10 +98,6 @@ def _quiet(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-APP_ID = "dask-eventbus"
-ROUTING_KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
-MAX_ROUTING_KEY_BYTES = 255  # an AMQP short string
-_TRANSITION_PREFIX = TASK_TRANSITION + "."
 # How long close() waits for the broker to answer Connection.Close before it
 # drops the socket.
 CLOSE_WAIT = 2.0
@@ -146,7 +141,7 @@ class RabbitMQOptions(BackendOptions):
         if self.tls is not None and scheme != "amqps":
             raise ValueError("tls options need an amqps:// url (TLS is off for amqp://)")
         if self.routing_key is not None:
-            _check_template(self.routing_key)
+            check_routing_key(self.routing_key)
         if self.queue is not None and not self.queue:
             raise ValueError("queue must be a queue name, or null for none")
         if self.queue and not self.exchange:
@@ -161,24 +156,6 @@ class RabbitMQOptions(BackendOptions):
             )
         if self.queue_message_ttl is not None and self.queue_message_ttl < 0.001:
             raise ValueError("queue-message-ttl must be at least 1ms")
-
-
-def _check_template(template: str) -> None:
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"routing-key is not a valid template: {exc}") from None
-    for name in names:
-        if name not in ROUTING_KEY_FIELDS:
-            allowed = ", ".join("{" + f + "}" for f in ROUTING_KEY_FIELDS)
-            raise ValueError(f"unknown placeholder {{{name}}} in routing-key; allowed: {allowed}")
-
-
-def _truncate_key(key: str) -> str:
-    encoded = key.encode()
-    if len(encoded) <= MAX_ROUTING_KEY_BYTES:
-        return key
-    return encoded[:MAX_ROUTING_KEY_BYTES].decode("utf-8", "ignore")
 
 
 def _nothing() -> None:
@@ -204,7 +181,7 @@ class RabbitMQBackend(Backend):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._routing_key: Callable[[Message], str] = self._make_routing_key()
+        self._routing_key = routing_key_function(self.options.routing_key)
         self._ioloop: Any = None
         self._connection: Any = None
         self._channel: Any = None
@@ -249,27 +226,6 @@ class RabbitMQBackend(Backend):
         )
         queue = f", queue {options.queue!r}" if options.queue else ""
         return f"RabbitMQ {target}{queue} at {self.location()}"
-
-    def _make_routing_key(self) -> Callable[[Message], str]:
-        template = self.options.routing_key
-        if template is None or template == "{routing_key}":
-            return lambda message: message.routing_key
-
-        def render(message: Message) -> str:
-            start = finish = ""
-            if message.routing_key.startswith(_TRANSITION_PREFIX):
-                start, _, finish = message.routing_key[len(_TRANSITION_PREFIX) :].partition(".")
-            return _truncate_key(
-                template.format(
-                    routing_key=message.routing_key,
-                    type=message.type,
-                    subject=message.subject or "",
-                    start=start,
-                    finish=finish,
-                )
-            )
-
-        return render
 
     # ---------------------------------------------------------------- producer
 
@@ -375,21 +331,16 @@ class RabbitMQBackend(Backend):
         delivery_mode = 2 if options.persistent else 1
         with_headers = options.exchange_type == "headers"
         for message in messages:
-            structured = message.content_type == CONTENT_TYPE
             basic_publish(
                 exchange,
-                routing_key(message) if structured else message.routing_key,
+                routing_key(message),
                 message.body,
                 properties(
-                    content_type=message.content_type,
                     delivery_mode=delivery_mode,
-                    message_id=message.id,
-                    type=message.type,
-                    timestamp=int(message.time),
-                    app_id=APP_ID,
                     headers=(
                         {"type": message.type, "subject": message.subject} if with_headers else None
                     ),
+                    **properties_of(message),
                 ),
                 mandatory,
             )

@@ -38,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..bindings.redis import body_of, xadd_commands
 from ..config import PositiveDuration, redact_url
 from . import (
     Backend,
@@ -51,7 +52,6 @@ from .tls import TLSOptions, deprecated
 logger = logging.getLogger("distributed.eventbus")
 
 SCHEMES = ("redis", "rediss", "unix")
-EVENT_FIELD = b"event"
 # Longest single XREAD BLOCK; longer waits are several reads, so the read
 # timeout of the subscriber's connection stays bounded.
 MAX_BLOCK = 5.0
@@ -188,7 +188,7 @@ class RedisBackend(Backend):
             raise RuntimeError("redis backend is not open")
         if not messages:
             return
-        payload = self._pack(messages)
+        payload = xadd_commands(messages, self.options.stream, self.options.maxlen)
         try:
             errors = _send(client, payload, len(messages))
         except RedisConnectionError as exc:
@@ -211,45 +211,6 @@ class RedisBackend(Backend):
             except Exception:
                 failure = ResponseError(message)
             raise failure from first
-
-    def _pack(self, messages: Sequence[Message]) -> bytes:
-        """The batch's XADD commands in the Redis protocol, as one buffer.
-
-        Packed here rather than by redis-py's pipeline: it costs the
-        publisher thread (and so the scheduler, whose GIL it shares) about a
-        third less CPU per event. Bodies are copied into it untouched.
-        """
-        head = [b"XADD", self.options.stream.encode()]
-        if self.options.maxlen:
-            head += [b"MAXLEN", b"~", b"%d" % self.options.maxlen]
-        head.append(b"*")
-        prefix = b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in head)
-        with_subject = b"*%d\r\n%s$4\r\ntype\r\n" % (len(head) + 10, prefix)
-        without_subject = b"*%d\r\n%s$4\r\ntype\r\n" % (len(head) + 8, prefix)
-        parts: list[bytes] = []
-        append = parts.append
-        for m in messages:
-            type_ = m.type.encode("utf-8", "backslashreplace")
-            if m.subject is None:
-                append(without_subject)
-                append(b"$%d\r\n%s\r\n" % (len(type_), type_))
-            else:
-                subject = m.subject.encode("utf-8", "backslashreplace")
-                append(with_subject)
-                append(
-                    b"$%d\r\n%s\r\n$7\r\nsubject\r\n$%d\r\n%s\r\n"
-                    % (len(type_), type_, len(subject), subject)
-                )
-            id_ = m.id.encode("utf-8", "backslashreplace")
-            sequence = b"%d" % m.sequence
-            body = m.body
-            append(
-                b"$2\r\nid\r\n$%d\r\n%s\r\n$8\r\nsequence\r\n$%d\r\n%s\r\n"
-                b"$5\r\nevent\r\n$%d\r\n" % (len(id_), id_, len(sequence), sequence, len(body))
-            )
-            append(body)
-            append(b"\r\n")
-        return b"".join(parts)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -532,11 +493,12 @@ class _RedisSubscription(Subscription):
     def _deliveries(self, entries: list[Entry]) -> list[Delivery]:
         deliveries = []
         for entry_id, fields in entries:
-            if not fields:
+            body = body_of(fields)
+            if body is None:
                 # Trimmed away while pending in a group: nothing to deliver.
                 self.ack(entry_id)
                 continue
-            deliveries.append(Delivery(fields.get(EVENT_FIELD, b""), entry_id))
+            deliveries.append(Delivery(body, entry_id))
         return deliveries
 
     def _close(self) -> None:

@@ -1,0 +1,131 @@
+"""The pure bindings from messages to broker records: no broker needed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import hiredis
+import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, from_structured
+from cloudevents.core.formats.json import JSONFormat
+
+from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
+from dask_eventbus.bindings import amqp, kafka, redis
+from dask_eventbus.events import DROPPED, Normalizer, transition_record
+from dask_eventbus.pipeline import build_messages
+from dask_eventbus.testing import synthetic_messages
+
+
+def varied_messages() -> list[Message]:
+    """A transition, an event without a subject, and a subject beyond ASCII."""
+    normalizer = Normalizer("dask://host/Scheduler-1", "run")
+    now = time.time()
+    records = [
+        transition_record(1, "inc-1", "processing", "memory", "s-1", timestamp=now),
+        (2, DROPPED, now + 0.000123, 5, 10, 14, "drop-oldest"),
+        transition_record(3, "ключ-キー", "waiting", "processing", "s-3", timestamp=now),
+    ]
+    return build_messages(normalizer, records)
+
+
+# ---------------------------------------------------------------- kafka
+
+
+@pytest.mark.parametrize("message", varied_messages(), ids=lambda m: m.type)
+def test_kafka_attribute_headers_are_the_bodys_attributes(message: Message) -> None:
+    record = kafka.to_record(message, "subject", "attributes")
+    body = json.loads(message.body)
+    headers = {name: value.encode() for name, value in record.headers or []}
+    assert headers.pop("content-type") == b"application/cloudevents+json"
+    kept = set(body) - {"data", "datacontenttype"}
+    assert headers == {f"ce_{name}": body[name].encode() for name in kept}
+    # A CloudEvents SDK reads the same attributes in binary mode as in structured mode.
+    fmt = JSONFormat()
+    as_binary = from_binary(KafkaMessage(headers=headers, key=None, value=b"{}"), fmt)
+    structured = from_structured(KafkaMessage(headers={}, key=None, value=record.value), fmt)
+    for attribute in ("id", "source", "type", "time", "subject", "specversion"):
+        assert as_binary.get_attributes().get(attribute) == (
+            structured.get_attributes().get(attribute)
+        ), attribute
+
+
+def test_kafka_keys_order_by_subject_and_fall_back_to_the_source() -> None:
+    transition, dropped, _ = varied_messages()
+    assert kafka.to_record(transition, "subject", "content-type").key == "inc-1"
+    assert kafka.to_record(dropped, "subject", "content-type").key == "dask://host/Scheduler-1"
+    assert kafka.to_record(transition, "source", "none").key == "dask://host/Scheduler-1"
+    assert kafka.to_record(transition, "type", "none").key == "dask.task.transition"
+    assert kafka.to_record(transition, "none", "none") == (None, transition.body, None)
+
+
+def test_kafka_batches_carry_the_batch_content_type() -> None:
+    (batch,) = in_content_mode(varied_messages(), "batched")
+    assert kafka.headers_of(batch, "content-type") == [("content-type", BATCH_CONTENT_TYPE)]
+    headers = dict(kafka.headers_of(batch, "attributes") or [])
+    assert headers["content-type"] == BATCH_CONTENT_TYPE
+    assert "ce_source" not in headers  # a batch is no single event
+    assert json.loads(kafka.to_record(batch, "subject", "none").value)[2]["subject"] == "ключ-キー"
+
+
+# ---------------------------------------------------------------- amqp
+
+
+def test_amqp_routing_keys_from_templates() -> None:
+    transition, dropped, wide = varied_messages()
+    default = amqp.routing_key_function(None)
+    assert default(transition) == "dask.task.transition.processing.memory"
+    assert default(dropped) == DROPPED
+    template = amqp.routing_key_function("{type}.{finish}.{subject}")
+    assert template(transition) == "dask.task.transition.memory.inc-1"
+    assert template(dropped) == f"{DROPPED}.."
+    assert template(wide) == "dask.task.transition.processing.ключ-キー"
+    (batch,) = in_content_mode([transition, dropped], "batched")
+    assert template(batch) == "dask.eventbus.batch"
+
+
+def test_amqp_routing_keys_are_cut_to_255_bytes_of_whole_characters() -> None:
+    (message,) = synthetic_messages(1)
+    long_subject = message._replace(subject="é" * 300)
+    key = amqp.routing_key_function("{subject}")(long_subject)
+    assert len(key.encode()) <= amqp.MAX_ROUTING_KEY_BYTES
+    assert key == "é" * 127
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [("{worker}", "unknown placeholders ['worker']"), ("{type", "not a valid template")],
+)
+def test_amqp_bad_templates_are_refused(template: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        amqp.check_routing_key(template)
+
+
+def test_amqp_properties() -> None:
+    transition = varied_messages()[0]
+    assert amqp.properties_of(transition) == {
+        "content_type": "application/cloudevents+json",
+        "message_id": transition.id,
+        "type": "dask.task.transition",
+        "timestamp": int(transition.time),
+        "app_id": "dask-eventbus",
+    }
+
+
+# ---------------------------------------------------------------- redis
+
+
+@pytest.mark.parametrize("maxlen", [0, 1000])
+def test_redis_xadd_commands_carry_each_entrys_fields(maxlen: int) -> None:
+    messages = varied_messages()
+    reader = hiredis.Reader()
+    reader.feed(redis.xadd_commands(messages, "dask-events", maxlen))
+    head = [b"XADD", b"dask-events", *([b"MAXLEN", b"~", b"1000"] if maxlen else []), b"*"]
+    for message in messages:
+        command = reader.gets()
+        assert command[: len(head)] == head
+        fields = command[len(head) :]
+        assert list(zip(fields[::2], fields[1::2], strict=True)) == redis.entry_fields(message)
+        assert redis.body_of(dict(redis.entry_fields(message))) == message.body
+    assert reader.gets() is False
+    assert redis.body_of(None) is None  # an entry trimmed away
