@@ -370,6 +370,27 @@ def test_subscriber_reconnects_after_its_connection_is_killed(
     assert [e.id for e in first + rest] == [m.id for m in messages]
 
 
+def test_subscriber_waits_out_a_redis_restart_like_every_subscriber(
+    redis_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_server()
+    options = {"url": server.url, "stream": "events", "connect-timeout": "500ms"}
+    messages = synthetic_messages(10)
+    with subscribe("redis", **options) as events:
+        publish_all(server.url, "events", messages[:5])
+        first = read_events(events, count=5)
+        server.kill()
+        assert events.poll(timeout=2.5) is None  # down: retrying, not raising
+        server.start()  # without persistence: the stream starts empty
+        publish_all(server.url, "events", messages[5:])
+        rest = read_events(events, count=5)
+    assert [e.id for e in first + rest] == [m.id for m in messages]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("lost Redis while reading events" in w for w in warnings) == 1, warnings
+    assert sum("cannot reconnect the Redis consumer yet" in w for w in warnings) == 1, warnings
+    assert sum("the Redis consumer is connected again" in w for w in warnings) == 1, warnings
+
+
 def test_subscribe_refuses_unknown_or_contradictory_parameters(redis_url: str) -> None:
     backend = create_backend("redis", {"url": redis_url})
     with pytest.raises(TypeError, match="colour"):

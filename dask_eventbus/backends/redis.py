@@ -43,6 +43,7 @@ from ..config import PositiveDuration, redact_url
 from . import (
     Backend,
     BackendOptions,
+    ConsumerReconnect,
     Delivery,
     Message,
     Subscription,
@@ -55,8 +56,6 @@ SCHEMES = ("redis", "rediss", "unix")
 # Longest single XREAD BLOCK; longer waits are several reads, so the read
 # timeout of the subscriber's connection stays bounded.
 MAX_BLOCK = 5.0
-# Pause before reading again after a subscriber lost its connection.
-RECONNECT_PAUSE = 0.5
 # Acknowledgements wait at most this long (or for the next read, or for
 # ``count`` of them) to go out together in one XACK.
 ACK_INTERVAL = 1.0
@@ -445,7 +444,8 @@ class _RedisSubscription(Subscription):
         self._client = client
         self._stream = backend.options.stream
         self._count = count
-        self._outage_since: float | None = None
+        self._lost = False
+        self._reconnects = ConsumerReconnect(logger, "Redis", backend.explain)
         self._last_entry_id: str | None = None
 
     @property
@@ -461,31 +461,25 @@ class _RedisSubscription(Subscription):
     def fetch(self, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while True:
+            # redis-py reconnects by itself on the next command; a ping tells
+            # when Redis is back, paced and logged as every subscriber does.
+            if self._lost and not self._reconnects.attempt(
+                self._client.ping, deadline, (RedisConnectionError, RedisTimeoutError)
+            ):
+                return []
+            self._lost = False
             remaining = deadline - time.monotonic()
             try:
                 entries = self._read(min(max(remaining, 0.001), MAX_BLOCK))
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                # Keep following through a restart or a killed connection;
-                # the next call reconnects.
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    logger.warning(
-                        "dask-eventbus: lost Redis while reading %s (%s); reconnecting",
-                        self._stream,
-                        self._backend.explain(exc),
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                time.sleep(min(RECONNECT_PAUSE, remaining))
-                continue
-            if self._outage_since is not None:
+                # Keep following through a restart or a killed connection.
                 logger.warning(
-                    "dask-eventbus: reading %s again after %.1fs",
+                    "dask-eventbus: lost Redis while reading %s (%s); reconnecting",
                     self._stream,
-                    time.monotonic() - self._outage_since,
+                    self._backend.explain(exc),
                 )
-                self._outage_since = None
+                self._lost = True
+                continue
             deliveries = self._deliveries(entries)
             if deliveries or time.monotonic() >= deadline:
                 return deliveries

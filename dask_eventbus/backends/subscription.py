@@ -152,7 +152,7 @@ class ConsumerReconnect:
 
     def attempt(
         self,
-        connect: Callable[[], None],
+        connect: Callable[[], object],
         deadline: float,
         errors: tuple[type[BaseException], ...] = (Exception,),
         cleanup: Callable[[], None] = lambda: None,
