@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..events import Event
+from ..pacing import Backoff, RateLimitedLog
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -136,11 +137,13 @@ class Subscription(Iterator[Event]):
 class ConsumerReconnect:
     """A subscription's attempts to reconnect its consumer.
 
-    While the broker stays unreachable it tries about once a second and warns
-    at most once a minute; it says so once the consumer is connected again.
+    While the broker stays unreachable it tries again with the shared
+    backoff (up to :attr:`MAX_WAIT` apart) and warns at most once a minute;
+    it says so once the consumer is connected again.
     """
 
-    LOG_INTERVAL = 60.0
+    FIRST_WAIT = 0.25
+    MAX_WAIT = 2.0
 
     def __init__(
         self, log: logging.Logger, broker: str, explain: Callable[[BaseException], str]
@@ -148,7 +151,8 @@ class ConsumerReconnect:
         self._log = log
         self._broker = broker
         self._explain = explain
-        self._last_warning = 0.0
+        self._backoff = Backoff(self.FIRST_WAIT, self.MAX_WAIT)
+        self._outage = RateLimitedLog()
 
     def attempt(
         self,
@@ -157,27 +161,32 @@ class ConsumerReconnect:
         errors: tuple[type[BaseException], ...] = (Exception,),
         cleanup: Callable[[], None] = lambda: None,
     ) -> bool:
-        """Call ``connect``; on one of ``errors``, ``cleanup``, wait a second
-        (not past ``deadline``) and return False."""
+        """Call ``connect``; on one of ``errors``, ``cleanup``, back off (not
+        past ``deadline``) and return False."""
         try:
             connect()
         except errors as exc:
             cleanup()
-            now = time.monotonic()
-            if now - self._last_warning >= self.LOG_INTERVAL:
-                self._last_warning = now
+            if self._outage.occurred():
                 self._log.warning(
-                    "dask-eventbus: cannot reconnect the %s consumer yet (retrying "
-                    "every second, logging every %.0fs): %s",
+                    "dask-eventbus: cannot reconnect the %s consumer yet (retrying with "
+                    "backoff up to every %gs, logging every %.0fs): %s",
                     self._broker,
-                    self.LOG_INTERVAL,
+                    self.MAX_WAIT,
+                    self._outage.interval,
                     self._explain(exc),
                 )
-            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            delay = self._backoff.next_delay()
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             return False
-        if self._last_warning:
-            self._log.warning("dask-eventbus: the %s consumer is connected again", self._broker)
-            self._last_warning = 0.0
+        self._backoff.reset()
+        lasted = self._outage.ended()
+        if lasted is not None:
+            self._log.warning(
+                "dask-eventbus: the %s consumer is connected again after %.1fs",
+                self._broker,
+                lasted,
+            )
         return True
 
 
