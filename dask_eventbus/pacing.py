@@ -54,14 +54,14 @@ class RateLimitedLog:
             self.since = self._last = now
             self.unlogged = 0
             return True
-        self.unlogged += 1
         if now - self._last < self.interval:
+            self.unlogged += 1
             return False
         self._last = now
         return True
 
     def logged(self) -> int:
-        """Occurrences not logged before this one (call after logging it)."""
+        """Occurrences not logged since the last one logged; counting starts over."""
         unlogged, self.unlogged = self.unlogged, 0
         return unlogged
 

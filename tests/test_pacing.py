@@ -30,7 +30,7 @@ def test_rate_limited_log_says_when_to_log(monkeypatch: pytest.MonkeyPatch) -> N
         assert not log.occurred()
     now[0] += 10  # 60 s after the first message
     assert log.occurred()
-    assert log.logged() == 6 and log.logged() == 0
+    assert log.logged() == 5 and log.logged() == 0
     now[0] += 5
     assert log.ended() == 65.0
     assert log.occurred()  # a new episode starts with a message again
