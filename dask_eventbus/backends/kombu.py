@@ -47,6 +47,7 @@ from . import (
     Message,
     Subscription,
 )
+from .diagnosis import explain_network
 from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -490,20 +491,13 @@ class KombuBackend(Backend):
             return f"the broker at {where} answered with AMQP error {code}: {reply}"
         if "MessageNacked" in names:
             return f"the broker at {where} refused (nacked) a published message: {text}"
-        if isinstance(exc, ConnectionRefusedError):
-            return (
-                f"cannot connect to {where}: connection refused; is the broker running "
-                f"and the host and port in eventbus.backends.kombu.url right?"
+        if not module.startswith("kombu"):
+            timeouts = (
+                f"connect-timeout {o.connect_timeout:g}s, publish-timeout {o.publish_timeout:g}s"
             )
-        if isinstance(exc, socket.gaierror):
-            return f"cannot resolve the broker host of {where}: {text}"
-        if isinstance(exc, TimeoutError):
-            return (
-                f"no answer from {where} within its timeout (connect-timeout "
-                f"{o.connect_timeout:g}s, publish-timeout {o.publish_timeout:g}s)"
-            )
-        if isinstance(exc, (ConnectionError, OSError)) and not module.startswith("kombu"):
-            return f"the connection to {where} failed: {type(exc).__name__}: {text}"
+            network = explain_network(exc, where, timeouts)
+            if network is not None:
+                return network
         if isinstance(exc, ImportError):
             extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
             return (

@@ -18,8 +18,6 @@ import contextlib
 import functools
 import logging
 import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +44,7 @@ from . import (
     Message,
     Subscription,
 )
+from .diagnosis import explain_network
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
@@ -524,19 +523,11 @@ class RabbitMQBackend(Backend):
                 f"{where}: access to the virtual host refused for user {user!r} "
                 f"({_reply(cause)}); create the vhost or grant the user permissions on it"
             )
-        if isinstance(cause, ConnectionRefusedError):
-            return f"cannot connect to {where}: connection refused; is the broker running there?"
-        if isinstance(cause, socket.gaierror):
-            return f"cannot connect to {where}: the host name does not resolve ({cause})"
-        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
-            return (
-                f"TLS with {where} failed: {cause}; check that the port speaks TLS and the "
-                "tls options (ca-file, cert-file, verify, server-hostname)"
-            )
-        if isinstance(cause, AMQPConnectorStackTimeout | TimeoutError | socket.timeout):
-            return f"cannot connect to {where}: timed out"
-        if isinstance(cause, OSError):
-            return f"cannot connect to {where}: {cause}"
+        if isinstance(cause, AMQPConnectorStackTimeout):
+            cause = TimeoutError(str(cause))
+        network = explain_network(cause, where, "connect-timeout")
+        if network is not None:
+            return network
         if isinstance(cause, pe.ConnectionBlockedTimeout):
             return (
                 f"{where} blocked publishing for longer than blocked_connection_timeout: "
