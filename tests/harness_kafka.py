@@ -14,15 +14,13 @@ import os
 import pathlib
 import socket
 import ssl
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import require_broker
 
-from dask_eventbus.testing import FaultProxy, Target, unique_name
+from dask_eventbus.testing import BrokerProcess, FaultProxy, Target, free_port, unique_name
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
@@ -37,13 +35,7 @@ def tansu_binary() -> str | None:
     return str(path) if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TansuBroker:
+class TansuBroker(BrokerProcess):
     """One Tansu process with memory storage on a fixed loopback port.
 
     ``stop`` and ``start`` again reuse the port, like a broker that went down
@@ -53,59 +45,19 @@ class TansuBroker:
     def __init__(
         self, binary: str, port: int | None = None, advertised_port: int | None = None
     ) -> None:
-        self.binary = binary
-        self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{port}"
         # Clients connect to the advertised address after bootstrapping: a
         # proxy in front of the broker must be the advertised address.
-        self.advertised = f"127.0.0.1:{advertised_port or self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "broker",
-                "--listener-url",
-                f"tcp://{self.bootstrap}",
-                "--advertised-listener-url",
-                f"tcp://{self.advertised}",
-                "--storage-engine",
-                "memory://tansu/",
-                "--silent",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while not broker_answers(self.bootstrap, timeout=1.0):
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Tansu exited with code {self.process.returncode} on {self.bootstrap}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Tansu did not answer on {self.bootstrap} in {timeout}s")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-    def __enter__(self) -> TansuBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.advertised = f"127.0.0.1:{advertised_port or port}"
+        command = [
+            binary, "broker",
+            "--listener-url", f"tcp://{self.bootstrap}",
+            "--advertised-listener-url", f"tcp://{self.advertised}",
+            "--storage-engine", "memory://tansu/",
+            "--silent",
+        ]  # fmt: skip
+        super().__init__("Tansu", command, port, lambda: broker_answers(self.bootstrap, 1.0))
 
 
 def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:

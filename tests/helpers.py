@@ -14,6 +14,9 @@ from dask_eventbus.events import Event
 
 IN_CI = bool(os.environ.get("CI"))
 
+# Fast retries, so that an outage of a second or two is over quickly.
+FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
+
 
 def require_broker(available: bool, what: str) -> None:
     """Skip a broker test on a laptop without the broker; fail it under CI."""

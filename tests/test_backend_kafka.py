@@ -30,11 +30,10 @@ from distributed.utils_test import gen_test
 from harness_kafka import (
     TansuBroker,
     delete_topic,
-    free_port,
     tansu_behind_a_proxy,
     tansu_binary,
 )
-from helpers import make_certificates, require_broker
+from helpers import FAST_RETRY, make_certificates, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -42,6 +41,7 @@ from dask_eventbus.backends.kafka import KafkaBackend
 from dask_eventbus.events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
     FaultProxy,
+    free_port,
     is_closing,
     read_events,
     run_workload,
@@ -53,7 +53,6 @@ pytestmark = pytest.mark.timeout(180)
 
 # Fast retries, so that a publisher waiting out an outage notices the
 # broker's return quickly.
-FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "500ms"}
 
 
 # ---------------------------------------------------------------- helpers

@@ -27,7 +27,7 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_rabbitmq import delete_rabbitmq_objects
-from helpers import make_certificates, read_until_all, require_broker
+from helpers import FAST_RETRY, make_certificates, read_until_all, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
@@ -43,9 +43,6 @@ from dask_eventbus.testing import (
 from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
-
-# Fast retries, so an outage of a second or two is over quickly.
-FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
 
 
 # ---------------------------------------------------------------- fixtures and tools

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -24,12 +22,14 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import delete_streams
-from helpers import make_certificates, require_program
+from helpers import FAST_RETRY, make_certificates, require_program
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
+    BrokerProcess,
+    free_port,
     is_closing,
     read_events,
     run_workload,
@@ -38,9 +38,6 @@ from dask_eventbus.testing import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-# Fast retries, so an outage of a second or two is over quickly.
-FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -60,78 +57,43 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(BrokerProcess):
     """A ``redis-server`` of the test's own on a free loopback port."""
 
     def __init__(self, directory: str, *args: str, tls: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.tls = tls
+        port = free_port()
         if tls is None:
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            listen = ["--port", str(self.port)]
+            self.url = f"redis://127.0.0.1:{port}/0"
+            listen = ["--port", str(port)]
         else:
-            self.url = f"rediss://127.0.0.1:{self.port}/0"
-            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            self.url = f"rediss://127.0.0.1:{port}/0"
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
             listen += ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"]]
             listen += ["--tls-ca-cert-file", tls["ca"]]
-        self.command = [
-            require_program("redis-server"),
-            *listen,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            directory,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--loglevel",
-            "warning",
-            *args,
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
+        command = [
+            require_program("redis-server"), *listen,
+            "--bind", "127.0.0.1", "--dir", directory,
+            "--save", "", "--appendonly", "no", "--protected-mode", "no",
+            "--loglevel", "warning", *args,
+        ]  # fmt: skip
+        # Listening is enough with TLS: the TLS tests connect properly.
+        ready = self._listening if tls is not None else self._answers_ping
+        super().__init__("redis-server", command, port, ready)
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if self.tls is not None:
-                        return  # listening is enough: the TLS tests connect properly
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
-                        return
-            except OSError:
-                pass
-            assert self.process.poll() is None, f"redis-server exited: {self.command}"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(30)
-        self.process = None
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
 
 
 @pytest.fixture

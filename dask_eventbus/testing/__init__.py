@@ -12,6 +12,7 @@ and run it with plain pytest; the built-in backends run the very same suite::
 Needs pytest, and the ``test`` extra's jsonschema and cloudevents.
 """
 
+from .broker import BrokerProcess, free_port
 from .conformance import BackendConformance, Target
 from .faultproxy import FaultProxy, proxied_url
 from .reading import read_events, read_raw, synthetic_messages, unique_name
@@ -19,8 +20,10 @@ from .workload import is_closing, run_workload
 
 __all__ = [
     "BackendConformance",
+    "BrokerProcess",
     "FaultProxy",
     "Target",
+    "free_port",
     "is_closing",
     "proxied_url",
     "read_events",
