@@ -37,6 +37,7 @@ from helpers import FAST_RETRY, make_certificates, require_broker
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
+from dask_eventbus.backends import kafka as kafka_backend
 from dask_eventbus.backends.kafka import KafkaBackend
 from dask_eventbus.events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
@@ -591,3 +592,16 @@ def test_the_tls_block_reaches_librdkafka(tmp_path: Path) -> None:
             untrusted.publish(messages)
         untrusted.close()
         assert "certificate verify failed" in untrusted.explain(info.value)
+
+
+def test_only_making_a_backend_asks_librdkafka_to_check_its_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match=r"linger\.mss"):
+        create_backend("kafka", {"config": {"linger.mss": 5}})
+    backend = create_backend("kafka", {"topic": "checked-once"})
+    producers: list[dict[str, Any]] = []
+    monkeypatch.setattr(kafka_backend, "Producer", producers.append)
+    restored = pickle.loads(pickle.dumps(backend))  # as the publisher process does
+    assert restored.options == backend.options
+    assert producers == [], "restoring a backend made a librdkafka producer"

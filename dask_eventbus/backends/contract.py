@@ -89,6 +89,15 @@ class Backend:
     def __init__(self, **options: Any) -> None:
         self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
 
+    def check(self) -> None:
+        """Checks of the options too costly for parsing them (optional).
+
+        Run once where the backend is made by name or handed to the plugin,
+        not again where a pickled copy is restored (the publisher process);
+        raise :class:`~dask_eventbus.ConfigError` naming the key and the
+        problem.
+        """
+
     def open(self) -> None:
         """Connect to the broker; called again after a failed publish."""
 

@@ -41,7 +41,14 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..bindings.kafka import Header, HeaderMode, KeyMode, headers_of, key_function
-from ..config import PositiveDuration, mask_secrets, redact_url, redact_value, secret_values
+from ..config import (
+    ConfigError,
+    PositiveDuration,
+    mask_secrets,
+    redact_url,
+    redact_value,
+    secret_values,
+)
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 from .tls import TLSOptions
 
@@ -196,7 +203,6 @@ class KafkaOptions(BackendOptions):
                 raise ValueError(
                     f"give TLS settings in the tls block or as config {', '.join(given)}, not both"
                 )
-        _check_librdkafka_config(self)
         names = ("message.timeout.ms", "delivery.timeout.ms")
         if float(_setting(producer_config(self), names)) <= 0:
             raise ValueError(
@@ -262,6 +268,8 @@ def _check_librdkafka_config(options: KafkaOptions) -> None:
     A producer is created without brokers (so nothing connects) and without
     the security settings (certificate files and Kerberos may exist only
     where the scheduler runs; they are checked when it opens), then dropped.
+    Not part of parsing the options: a producer starts librdkafka's threads,
+    and restoring a pickled backend in the publisher process must not.
     """
     config = {
         name: value
@@ -273,9 +281,14 @@ def _check_librdkafka_config(options: KafkaOptions) -> None:
     try:
         Producer(config)
     except KafkaException as exc:
-        raise ValueError(f"config: {_masked(options, _error_text(exc))}") from None
+        problem = _error_text(exc)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config: {_masked(options, str(exc))}") from None
+        problem = str(exc)
+    else:
+        return
+    raise ConfigError(
+        f"Invalid event bus config eventbus.backends.kafka.config: {_masked(options, problem)}"
+    )
 
 
 def _masked(options: KafkaOptions, text: str) -> str:
@@ -362,6 +375,9 @@ class KafkaBackend(Backend):
             float(_setting(config, ("message.timeout.ms", "delivery.timeout.ms"))) / 1000
         )
         """Seconds librdkafka tries to deliver one record before failing it."""
+
+    def check(self) -> None:
+        _check_librdkafka_config(self.options)
 
     # ------------------------------------------------------------ settings
 

@@ -76,7 +76,8 @@ def create_backend(
     options: Mapping[str, Any] | None = None,
     configured: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Backend:
-    """A backend instance from a name (or an instance, returned as is).
+    """A backend instance from a name (or an instance, returned as is), checked
+    with :meth:`Backend.check`.
 
     ``configured`` holds the ``eventbus.backends`` config; its options for the
     named backend are the defaults that ``options`` override.
@@ -87,6 +88,7 @@ def create_backend(
                 "Backend options cannot be given together with a Backend instance; "
                 "pass them to the backend's constructor instead"
             )
+        backend.check()
         return backend
     if not isinstance(backend, str):
         raise ConfigError(
@@ -97,4 +99,6 @@ def create_backend(
     merged: dict[str, Any] = {}
     for source in ((configured or {}).get(backend) or {}, options or {}):
         merged.update({key.replace("_", "-"): value for key, value in source.items()})
-    return cls(**merged)
+    made = cls(**merged)
+    made.check()
+    return made

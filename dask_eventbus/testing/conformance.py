@@ -82,11 +82,11 @@ class Target:
         if isinstance(self.backend, str):
             return create_backend(self.backend, {**self.options, **overrides})
         made = self.backend()
-        if not overrides:
-            return made
-        options = msgspec.structs.asdict(made.options)
-        options.update({key.replace("-", "_"): value for key, value in overrides.items()})
-        return type(made)(**options)
+        if overrides:
+            options = msgspec.structs.asdict(made.options)
+            options.update({key.replace("-", "_"): value for key, value in overrides.items()})
+            made = type(made)(**options)
+        return create_backend(made)
 
     @property
     def readable(self) -> bool:
