@@ -62,6 +62,7 @@ MAX_FAILURE_GROUPS = 50
 MAX_ROOTS_PER_GROUP = 30
 MAX_DEPENDENTS_SHOWN = 20
 MAX_TABLE_ROWS = 2000
+_DIGITS = re.compile(r"(\d+)")
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*(?=[(:]|$)")
 
 
@@ -404,6 +405,11 @@ def _note(text: str) -> UIElement:
     )
 
 
+def natural_order(text: str) -> list[Any]:
+    """Sort key putting ``tcp://10.0.0.2`` before ``tcp://10.0.0.10``."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(text)]
+
+
 def _pack_rows(tasks: list[StreamTask]) -> tuple[list[float], dict[float, str]]:
     """A row per task (worker thread), and a label at each worker's first row.
 
@@ -417,7 +423,7 @@ def _pack_rows(tasks: list[StreamTask]) -> tuple[list[float], dict[float, str]]:
     rows = [0.0] * len(tasks)
     labels: dict[float, str] = {}
     offset = 0.0
-    for worker in sorted(by_worker):
+    for worker in sorted(by_worker, key=natural_order):
         indices = sorted(by_worker[worker], key=lambda i: tasks[i].startstops[0][1])
         free: list[tuple[float, int]] = []  # (end, row) heap
         used = 0
