@@ -30,6 +30,7 @@ from dask_eventbus.events import (
 )
 from dask_eventbus.pipeline import build_messages
 from dask_eventbus.report import ReportInputWarning, build_report
+from dask_eventbus.report.progress import Progress
 from dask_eventbus.report.reading import backend_messages
 from dask_eventbus.report.sequence import SequenceTracker
 from dask_eventbus.report.timeline import Timeline
@@ -472,3 +473,20 @@ def test_the_page_renders_in_a_real_browser(known_run: list[Event], tmp_path: Pa
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if os.environ.get("DASK_EVENTBUS_KEEP_SCREENSHOTS"):
         print(f"screenshots in {tmp_path}")
+
+
+def test_the_progress_line_shows_on_a_terminal_only() -> None:
+    controller, terminal = os.openpty()
+    with os.fdopen(terminal, "w") as tty, open(os.devnull, "w") as file:
+        count = [0]
+        shown = Progress(tty, lambda: count[0], lambda: 0.5)
+        silent = Progress(file, lambda: count[0])
+        assert shown.enabled and not silent.enabled
+        count[0] = 12_345
+        shown.close()
+        silent.close()
+    try:
+        drawn = os.read(controller, 4096).decode()
+    finally:
+        os.close(controller)
+    assert "Reading events: 12,345" in drawn and "/s)" in drawn and "50%" in drawn

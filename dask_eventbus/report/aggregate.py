@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +116,7 @@ class SourceAggregate:
     graphs: list[Graph] = field(default_factory=list)
     failures: dict[str, Failure] = field(default_factory=dict)
     logs: Counter[str] = field(default_factory=Counter)
+    action_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     dropped: int = 0
     dropped_announcements: list[dict[str, Any]] = field(default_factory=list)
     oversized: Counter[str] = field(default_factory=Counter)
@@ -235,10 +236,12 @@ class SourceAggregate:
         spell.tasks += 1
         actions = []
         for entry in startstops:
-            action, begin, stop = entry.get("action"), entry.get("start"), entry.get("stop")
+            begin, stop = entry.get("start"), entry.get("stop")
             if not isinstance(begin, (int, float)) or not isinstance(stop, (int, float)):
                 continue
-            actions.append((self._name(str(action)), begin, stop))
+            action = self._name(str(entry.get("action")))
+            actions.append((action, begin, stop))
+            self.action_seconds[action] += stop - begin
             if action == "compute":
                 durations = self.compute.get(prefix)
                 if durations is None:

@@ -36,6 +36,7 @@ UNFINISHED_COLOR = "#d3d3d3"
 # distributed's _STYLES for the performance report's summary.
 PANEL_STYLES = {
     "width": "100%",
+    "box-sizing": "border-box",
     "padding": "12px",
     "border": "1px solid lightgray",
     "box-shadow": "inset 1px 0 8px 0 lightgray",
@@ -174,16 +175,20 @@ def _rows(rows: list[tuple[str, Any]]) -> str:
 
 
 def _input_table(counts: dict[str, Any]) -> str:
+    return _rows(_input_rows(counts))
+
+
+def _input_rows(counts: dict[str, Any]) -> list[tuple[str, Any]]:
     from .builder import SKIPPED_KINDS
 
-    rows: list[tuple[str, Any]] = [("Items read", f"{counts['read']:,}")]
+    rows: list[tuple[str, Any]] = [("Items read (all sources)", f"{counts['read']:,}")]
     for kind, what in SKIPPED_KINDS.items():
         skipped = counts["skipped"].get(kind, 0)
         if skipped:
             rows.append((f"Skipped: {what}", f"<span class='bad'>{skipped:,}</span>"))
     if counts["outside_window"]:
         rows.append(("Outside --since/--until", f"{counts['outside_window']:,}"))
-    return _rows(rows)
+    return rows
 
 
 # ------------------------------------------------------------------ summary
@@ -242,8 +247,7 @@ def _summary(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElement:
             ]
         ),
         "<h2>Event bus health</h2>",
-        _rows(_health_rows(health)),
-        _input_table(summary["input"]),
+        _rows(_health_rows(health) + _input_rows(summary["input"])),
     ]
     return _div("".join(parts))
 
@@ -805,7 +809,7 @@ def _graphs(summary: dict[str, Any]) -> UIElement:
             "keys": [g["keys"] for g in shown],
             "prefixes": [
                 ", ".join(
-                    f"{p} x {n:,}" for p, n in sorted(g["prefixes"].items(), key=lambda i: -i[1])
+                    f"{p}: {n:,}" for p, n in sorted(g["prefixes"].items(), key=lambda i: -i[1])
                 )
                 for g in shown
             ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -89,6 +89,7 @@ def summarize(aggregates: list[SourceAggregate], input_counts: dict[str, Any]) -
         "duration_seconds": None if start is None or end is None else end - start,
         "tasks": task_counts(aggregates),
         "bytes": sum(task[NBYTES] for a in aggregates for task in a.tasks.values()),
+        "action_seconds": action_seconds(aggregates),
         "prefixes": prefix_table(aggregates),
         "workers": [
             {
@@ -132,6 +133,15 @@ def summarize(aggregates: list[SourceAggregate], input_counts: dict[str, Any]) -
             for g in a.graphs
         ],
     }
+
+
+def action_seconds(aggregates: list[SourceAggregate]) -> dict[str, float]:
+    """Seconds spent per timed action (compute, transfer, ...), largest first."""
+    totals: dict[str, float] = defaultdict(float)
+    for aggregate in aggregates:
+        for action, seconds in aggregate.action_seconds.items():
+            totals[action] += seconds
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 def source_health(aggregate: SourceAggregate) -> dict[str, Any]:
