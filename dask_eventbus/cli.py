@@ -423,17 +423,18 @@ def report(
 ) -> None:
     """Make a report of what happened on a cluster from its events.
 
-    SOURCE is a JSON Lines file of events (gzipped or not); without it the
-    events are read from the beginning of the configured backend (or
-    --backend with --option, as for tail) until it has no more. Bad lines are
-    counted and skipped. Several schedulers in one input give one report each,
-    with a chooser; --source picks one.
+    SOURCE is a JSON Lines file of events (gzipped or not; '-' reads standard
+    input); without it the events are read from the beginning of the
+    configured backend (or --backend with --option, as for tail) until it has
+    no more. Bad lines are counted and skipped. Several schedulers in one
+    input give one report each, with a chooser; --source picks one.
 
     \b
     Examples:
       dask-eventbus report dask-events.jsonl
       dask-eventbus report events-2026-12-01.jsonl.gz -o run.html --since 2026-12-01T14:00Z
       dask-eventbus report dask-events.jsonl --format json | jq .tasks
+      cat monday.jsonl.gz tuesday.jsonl.gz | dask-eventbus report - -o week.html
       dask-eventbus report -b redis --option url=redis://localhost:6379/0 -o run.html
     """
     from .report import ReportBuilder
@@ -457,7 +458,7 @@ def report(
         if isinstance(instance, JsonLinesBackend):
             input_file = instance.path
     if input_file is not None:
-        if not os.path.isfile(input_file):
+        if input_file != "-" and not os.path.isfile(input_file):
             raise click.ClickException(f"no such events file: {input_file}")
         size = describe_size(input_file)
         bodies: Iterator[bytes] = file_lines(input_file, position)

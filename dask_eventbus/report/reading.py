@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import IO
@@ -12,17 +14,21 @@ from ..backends import Backend
 
 
 def file_lines(path: str | os.PathLike[str], position: list[int] | None = None) -> Iterator[bytes]:
-    """The lines of a JSON Lines file, gunzipped when it is gzip (by content).
+    """The lines of a JSON Lines file (``-``: standard input), gunzipped if gzip.
 
     ``position``, when given, holds the bytes of the file read so far in its
     one element, for a progress display.
     """
     with ExitStack() as stack:
-        raw: IO[bytes] = stack.enter_context(open(path, "rb"))
+        raw: io.BufferedReader
+        if str(path) == "-":
+            raw = sys.stdin.buffer  # type: ignore[assignment]
+            position = None  # a pipe has no position
+        else:
+            raw = stack.enter_context(open(path, "rb"))
         lines: IO[bytes] | gzip.GzipFile = raw
-        if raw.read(2) == b"\x1f\x8b":
+        if raw.peek(2)[:2] == b"\x1f\x8b":
             lines = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-        raw.seek(0)
         for count, line in enumerate(lines):
             if position is not None and not count & 0xFFF:
                 position[0] = raw.tell()
