@@ -751,7 +751,8 @@ def _workers(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElement:
         y="worker",
         text="reason",
         source=source,
-        x_offset=4,
+        x_offset=-6,
+        text_align="right",
         text_font_size="11px",
         text_baseline="middle",
     )
@@ -768,7 +769,6 @@ def _workers(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElement:
         )
     )
     plot.ygrid.visible = False
-    plot.x_range.range_padding = 0.15  # room for the reasons
     table = DataTable(
         source=source,
         columns=[
