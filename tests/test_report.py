@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from browser import Browser, find_chromium
 from distributed import Client, LocalCluster
@@ -244,13 +245,17 @@ def test_bad_input_is_counted_and_skipped_with_one_warning_per_kind(tmp_path: Pa
     unknown["type"] = "com.example.something"
     newer = json.loads(good[1])
     newer["type"] = "dask.task.transition.v2"
+    keyless = json.loads(good[2])
+    keyless["id"], keyless["sequence"] = "run1-4", "4".zfill(20)
+    del keyless["data"]["key"]
     lines = [
         b"this is not json",
         b'{"also": "not a cloudevent"}',
+        b"[1, 2]",
         json.dumps(unknown).encode(),
         json.dumps(newer).encode(),
     ]
-    bodies = [*good, *lines, *lines, b"{broken"]
+    bodies = [*good, *lines, *lines, b"{broken", json.dumps(keyless).encode()]
 
     with pytest.warns(ReportInputWarning) as warned:
         summary = build_report(bodies).summary()
@@ -262,11 +267,12 @@ def test_bad_input_is_counted_and_skipped_with_one_warning_per_kind(tmp_path: Pa
     assert any("newer schema version" in m and ".v2" in m for m in messages)
     assert summary["input"]["skipped"] == {
         "not_json": 3,
-        "not_cloudevent": 2,
+        "not_cloudevent": 5,
         "unknown_type": 2,
         "newer_version": 2,
     }
     assert summary["tasks"]["total"] == 3
+    assert summary["sources"][0]["events"] == 3
 
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(bodies) + b"\n\n")
@@ -427,6 +433,9 @@ RENDERED = """(() => {
 })()"""
 
 
+READY = "typeof Bokeh !== 'undefined' && Bokeh.documents.length > 0"
+
+
 def require_chromium() -> str:
     binary = find_chromium()
     if binary is not None:
@@ -487,3 +496,39 @@ def test_the_progress_line_shows_on_a_terminal_only() -> None:
     finally:
         os.close(controller)
     assert "Reading events: 12,345" in drawn and "/s)" in drawn and "50%" in drawn
+
+
+def test_the_chooser_switches_between_schedulers_in_a_real_browser(
+    known_run: list[Event], tmp_path: Path
+) -> None:
+    binary = require_chromium()
+    other = [msgspec.structs.replace(e, source="dask://elsewhere/other") for e in known_run]
+    page = tmp_path / "two.html"
+    build_report([*known_run, *other]).write_html(page)
+    doc = "Bokeh.documents[0]"
+
+    async def visit() -> tuple[list[str], list[bool], int, int]:
+        async with Browser(binary, tmp_path / "profile", width=1400, height=900) as browser:
+            await browser.open(page.as_uri())
+            deadline = time.monotonic() + 30
+            while not await browser.evaluate(READY):
+                assert time.monotonic() < deadline, "Bokeh never made a document"
+                await asyncio.sleep(0.2)
+            before = await browser.evaluate(RENDERED)
+            await browser.evaluate(
+                f"{doc}.get_model_by_name('report-chooser').value = 'dask://elsewhere/other'"
+            )
+            await asyncio.sleep(1.0)
+            visible = [
+                await browser.evaluate(f"{doc}.get_model_by_name('report-tabs-{i}').visible")
+                for i in (0, 1)
+            ]
+            after = await browser.evaluate(RENDERED)
+            await browser.screenshot(tmp_path / "second-scheduler.png")
+            return browser.errors.messages, visible, before, after
+
+    errors, visible, before, after = asyncio.run(visit())
+    assert errors == []
+    assert visible == [False, True]
+    assert before > 0 and after > 0
+    assert (tmp_path / "second-scheduler.png").stat().st_size > 10_000

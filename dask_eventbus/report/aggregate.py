@@ -155,17 +155,21 @@ class SourceAggregate:
         return tracker.is_new(sequence)
 
     def add(self, type_: str, data: Any, when: float, run: str) -> None:
-        """Account for one new event of this source."""
+        """Account for one new event of this source.
+
+        Raises KeyError, TypeError or ValueError, having changed nothing, when
+        ``data`` lacks what its type requires.
+        """
+        handler = self._handlers.get(type_)
+        if handler is not None and isinstance(data, dict):
+            handler(data, when)
+            if type_ == DROPPED:
+                self._dropped_in(run, data)
         self.events += 1
         if self.start is None or when < self.start:
             self.start = when
         if self.end is None or when > self.end:
             self.end = when
-        handler = self._handlers.get(type_)
-        if handler is not None and isinstance(data, dict):
-            if type_ == DROPPED:
-                self._dropped_in(run, data)
-            handler(data, when)
 
     # ---------------------------------------------------------------- tasks
 
@@ -183,9 +187,10 @@ class SourceAggregate:
         return series
 
     def _transition(self, data: dict[str, Any], when: float) -> None:
-        key = data["key"]
-        start = data["start"]
-        finish = self._name(data["finish"])
+        key, start, finish = data["key"], data["start"], data["finish"]
+        if not (isinstance(key, str) and isinstance(start, str) and isinstance(finish, str)):
+            raise TypeError("key, start and finish must be strings")
+        finish = self._name(finish)
         task = self.tasks.get(key)
         if task is None:
             prefix = self._name(data.get("prefix") or "Other")
@@ -201,7 +206,7 @@ class SourceAggregate:
             self._outcome(task, MEMORY, when)
             task[EVER_MEMORY] = True
             nbytes = data.get("nbytes")
-            if nbytes is not None:
+            if isinstance(nbytes, int):
                 task[NBYTES] = nbytes
             self._finished(data, key, task[PREFIX], False)
         elif finish == "erred":
@@ -230,12 +235,14 @@ class SourceAggregate:
     def _finished(self, data: dict[str, Any], key: str, prefix: str, erred: bool) -> None:
         worker = data.get("worker")
         startstops = data.get("startstops")
-        if not worker or not startstops:
+        if not isinstance(worker, str) or not isinstance(startstops, list) or not startstops:
             return
         spell = self._worker(worker)
         spell.tasks += 1
         actions = []
         for entry in startstops:
+            if not isinstance(entry, dict):
+                continue
             begin, stop = entry.get("start"), entry.get("stop")
             if not isinstance(begin, (int, float)) or not isinstance(stop, (int, float)):
                 continue
@@ -295,20 +302,24 @@ class SourceAggregate:
             spell.nthreads = data.get("nthreads")
 
     def _client(self, data: dict[str, Any], when: float) -> None:
-        self.clients.add(data["client"])
+        client = data["client"]
+        if not isinstance(client, str):
+            raise TypeError("a client id")
+        self.clients.add(client)
 
     def _graph(self, data: dict[str, Any], when: float) -> None:
         client = data.get("client", "")
-        self.clients.add(client)
-        self.graphs.append(
-            Graph(
-                time=when,
-                client=client,
-                tasks=data.get("tasks", 0),
-                keys=data.get("keys_total", 0),
-                prefixes=dict(data.get("prefixes") or {}),
-            )
+        if not isinstance(client, str):
+            raise TypeError("a client id")
+        graph = Graph(
+            time=when,
+            client=client,
+            tasks=data.get("tasks", 0),
+            keys=data.get("keys_total", 0),
+            prefixes=dict(data.get("prefixes") or {}),
         )
+        self.clients.add(client)
+        self.graphs.append(graph)
 
     def _scheduler(self, data: dict[str, Any], when: float, moment: str) -> None:
         known = self.schedulers.setdefault(
@@ -336,7 +347,10 @@ class SourceAggregate:
             self.runs[run].announce_dropped(first, last)
 
     def _dropped(self, data: dict[str, Any], when: float) -> None:
-        self.dropped += int(data.get("count") or 0)
+        count = data.get("count", 0)
+        if not isinstance(count, int):
+            raise TypeError("an integer count")
+        self.dropped += count
         self.dropped_announcements.append({**data, "time": when})
 
     def _oversized(self, data: dict[str, Any], when: float) -> None:

@@ -106,7 +106,10 @@ class ReportBuilder:
             aggregate = self.aggregates[source] = SourceAggregate(source, self.stream_limit)
         run = event.id.rpartition("-")[0]
         if aggregate.is_new(run, int(event.sequence)):
-            aggregate.add(type_, event.data, when, run)
+            try:
+                aggregate.add(type_, event.data, when, run)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._skip("not_cloudevent", f"a {type_} event whose data lacks {exc}")
 
     def _skip(self, kind: str, detail: str) -> None:
         self.skipped[kind] += 1

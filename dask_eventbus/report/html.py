@@ -110,6 +110,7 @@ def render(report: Report) -> str:
             options=report.sources,
             value=report.sources[0],
             width=700,
+            name="report-chooser",
         )
         chooser.js_on_change(
             "value",
