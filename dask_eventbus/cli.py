@@ -465,12 +465,11 @@ def report(
     else:
         bodies = backend_messages(instance, idle_timeout)
 
-    builder = ReportBuilder(
-        source=source,
-        since=since,
-        until=until,
-        warn=lambda message: click.echo(f"Warning: {message}", err=True),
-    )
+    def warn(message: str) -> None:
+        # Over the progress line, which is redrawn below it.
+        click.echo(("\r\x1b[K" if progress.enabled else "") + f"Warning: {message}", err=True)
+
+    builder = ReportBuilder(source=source, since=since, until=until, warn=warn)
     progress = Progress(
         sys.stderr,
         lambda: builder.read,

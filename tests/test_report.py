@@ -91,7 +91,7 @@ def known_run() -> Iterator[list[Event]]:
                 n_workers=2,
                 threads_per_worker=2,
                 processes=False,
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",
                 scheduler_kwargs={"plugins": [plugin]},
             ) as cluster,
             Client(cluster) as client,
@@ -185,6 +185,16 @@ def test_the_command_writes_the_same_summary_from_a_jsonl_file(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == build_report(known_run).summary()
     assert "Reading events" not in result.stderr  # no progress bar when not a terminal
+
+    twice = subprocess.run(
+        [str(BIN / "dask-eventbus"), "report", "-", "--format", "json"],
+        input=path.read_bytes() * 2,  # two gzip members, one after the other
+        capture_output=True,
+        timeout=120,
+    )
+    assert twice.returncode == 0, twice.stderr
+    (health,) = json.loads(twice.stdout)["sources"]
+    assert health["events"] == len(known_run) and health["duplicates"] == len(known_run)
 
     html = tmp_path / "run.html"
     result = run_cli("report", str(path), "-o", str(html))

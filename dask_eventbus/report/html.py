@@ -684,11 +684,12 @@ def _failure_html(failure: dict[str, Any], detail: Any, dependents: dict[str, li
         )
     failed = dependents.get(key, [])
     if failed:
-        shown = ", ".join(f"<code>{escape(k)}</code>" for k in failed[:MAX_DEPENDENTS_SHOWN])
+        # In the order they failed: the order the failure spread in.
+        shown = " → ".join(f"<code>{escape(k)}</code>" for k in failed[:MAX_DEPENDENTS_SHOWN])
         more = len(failed) - MAX_DEPENDENTS_SHOWN
         lines.append(
-            f"<details><summary>{len(failed):,} dependent task(s) failed because of it"
-            f"</summary><p>{shown}{f' and {more:,} more' if more > 0 else ''}</p></details>"
+            f"<p>{len(failed):,} dependent task(s) failed because of it: "
+            f"{shown}{f' and {more:,} more' if more > 0 else ''}</p>"
         )
     return "".join(lines)
 
