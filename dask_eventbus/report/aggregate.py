@@ -21,7 +21,6 @@ from ..events import (
     CLIENT_REMOVED,
     DROPPED,
     GRAPH_UPDATED,
-    LOG,
     OVERSIZED,
     SCHEDULER_CLOSING,
     SCHEDULER_RESTARTED,
@@ -48,7 +47,7 @@ def stimulus_name(stimulus_id: str | None) -> str | None:
     return None if stimulus_id is None else _TIMESTAMP_SUFFIX.sub("", stimulus_id)
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkerSpell:
     """One worker from joining to leaving (a worker that rejoins gets another)."""
 
@@ -63,7 +62,7 @@ class WorkerSpell:
     compute_seconds: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Failure:
     """The last failure of one task key."""
 
@@ -76,7 +75,7 @@ class Failure:
     time: float
 
 
-@dataclass
+@dataclass(slots=True)
 class Graph:
     """One ``dask.graph.updated``."""
 
@@ -87,7 +86,7 @@ class Graph:
     prefixes: dict[str, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamTask:
     """A finished task as the task stream draws it."""
 
@@ -115,7 +114,6 @@ class SourceAggregate:
     clients: set[str] = field(default_factory=set)
     graphs: list[Graph] = field(default_factory=list)
     failures: dict[str, Failure] = field(default_factory=dict)
-    logs: Counter[str] = field(default_factory=Counter)
     action_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     dropped: int = 0
     dropped_announcements: list[dict[str, Any]] = field(default_factory=list)
@@ -142,7 +140,6 @@ class SourceAggregate:
             SCHEDULER_STARTED: self._scheduler_started,
             SCHEDULER_CLOSING: self._scheduler_closing,
             SCHEDULER_RESTARTED: self._restarted,
-            LOG: self._log,
             DROPPED: self._dropped,
             OVERSIZED: self._oversized,
         }
@@ -337,9 +334,6 @@ class SourceAggregate:
 
     def _restarted(self, data: dict[str, Any], when: float) -> None:
         self.restarts.append(when)
-
-    def _log(self, data: dict[str, Any], when: float) -> None:
-        self.logs[str(data.get("topic"))] += 1
 
     def _dropped_in(self, run: str, data: dict[str, Any]) -> None:
         first, last = data.get("first_sequence"), data.get("last_sequence")
