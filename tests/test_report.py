@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 from browser import Browser, find_chromium
 from distributed import Client, LocalCluster
-from helpers import IN_CI, unique_name
+from helpers import IN_CI
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import MemoryBackend, drop_store, get_store
@@ -83,7 +84,7 @@ def known_run() -> Iterator[list[Event]]:
     both fail because of it. A third worker joins, runs the 3 ``extra`` tasks
     and is retired before the end.
     """
-    name = unique_name("report")
+    name = f"report-{uuid.uuid4().hex[:10]}"
     plugin = EventBusPlugin("memory", name=name)
     try:
         with (
