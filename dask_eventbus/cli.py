@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,7 +12,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -461,7 +462,7 @@ def report(
         if input_file != "-" and not os.path.isfile(input_file):
             raise click.ClickException(f"no such events file: {input_file}")
         size = describe_size(input_file)
-        bodies: Iterator[bytes] = file_lines(input_file, position)
+        bodies: Generator[bytes, None, None] = file_lines(input_file, position)
     else:
         bodies = backend_messages(instance, idle_timeout)
 
@@ -476,10 +477,11 @@ def report(
         lambda: position[0] / size if size else None,
     )
     try:
-        for body in bodies:
-            if body.strip():
-                builder.add_json(body)
-            progress.update()
+        with contextlib.closing(bodies):  # the file or subscription, even on Ctrl-C
+            for body in bodies:
+                if body.strip():
+                    builder.add_json(body)
+                progress.update()
     finally:
         progress.close()
     try:

@@ -187,12 +187,14 @@ class Browser:
                 await asyncio.wait_for(self.send("Browser.close"), 10)
             self._socket.close()
             self._socket = None
-        for task in (self._reader, self._drainer):
-            if task is not None:
-                task.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
         if self._process is not None:
             try:
                 await asyncio.wait_for(self._process.wait(), 20)
             except asyncio.TimeoutError:
                 self._process.kill()
                 await self._process.wait()
+        if self._drainer is not None:
+            # Ends at the end of chromium's stderr, once it has exited.
+            await asyncio.wait_for(self._drainer, 20)

@@ -307,6 +307,10 @@ def test_an_empty_input_gives_a_report_that_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "The input holds no events to report on." in html.read_text()
 
+    missing = run_cli("report", str(tmp_path / "missing.jsonl"))
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"Error: no such events file: {tmp_path / 'missing.jsonl'}"
+
 
 def test_several_schedulers_get_a_chooser_or_one_is_picked(tmp_path: Path) -> None:
     path = tmp_path / "two.jsonl"

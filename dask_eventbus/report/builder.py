@@ -155,8 +155,8 @@ def build_report(
     >>> from dask_eventbus.report import build_report
     >>> with open("dask-events.jsonl", "rb") as lines:  # doctest: +SKIP
     ...     report = build_report(lines)
-    >>> report.summary()["tasks"]  # doctest: +SKIP
-    {'total': 4, 'memory': 3, 'erred': 1, 'unfinished': 0}
+    >>> report.summary()["tasks"]["erred"]  # doctest: +SKIP
+    1
     >>> report.write_html("report.html")  # doctest: +SKIP
     """
     builder = ReportBuilder(source=source, since=since, until=until, stream_limit=stream_limit)

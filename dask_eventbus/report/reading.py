@@ -6,14 +6,16 @@ import gzip
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import ExitStack
 from typing import IO
 
 from ..backends import Backend
 
 
-def file_lines(path: str | os.PathLike[str], position: list[int] | None = None) -> Iterator[bytes]:
+def file_lines(
+    path: str | os.PathLike[str], position: list[int] | None = None
+) -> Generator[bytes, None, None]:
     """The lines of a JSON Lines file (``-``: standard input), gunzipped if gzip.
 
     ``position``, when given, holds the bytes of the file read so far in its
@@ -35,7 +37,7 @@ def file_lines(path: str | os.PathLike[str], position: list[int] | None = None) 
             yield line
 
 
-def backend_messages(instance: Backend, idle_timeout: float) -> Iterator[bytes]:
+def backend_messages(instance: Backend, idle_timeout: float) -> Generator[bytes, None, None]:
     """Every message the backend still holds, from the beginning, then stop.
 
     The end of what is there is when nothing arrived for ``idle_timeout``
