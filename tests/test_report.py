@@ -19,10 +19,12 @@ import msgspec
 import pytest
 from browser import Browser, find_chromium
 from distributed import Client, LocalCluster
+from harness_redis import delete_streams
 from helpers import IN_CI
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import MemoryBackend, drop_store, get_store
+from dask_eventbus.backends.redis import RedisBackend
 from dask_eventbus.events import (
     DROPPED,
     LOG,
@@ -367,6 +369,31 @@ def test_a_backend_is_read_from_the_beginning_to_the_end(memory_store_name: str)
     report = build_report(backend_messages(backend, idle_timeout=0.3))
     assert time.monotonic() - started < 5
     assert report.summary()["tasks"]["total"] == 4
+
+
+def test_the_command_reads_a_broker_from_the_beginning_to_the_end(redis_url: str) -> None:
+    stream = f"report-test-{uuid.uuid4().hex[:10]}"
+    backend = RedisBackend(url=redis_url, stream=stream)
+    cleanup = delete_streams(redis_url, stream)
+    try:
+        backend.open()
+        normalizer = Normalizer("dask://test/redis", "run1")
+        backend.publish(build_messages(normalizer, transitions(list(range(1, 8)))))
+        backend.close()
+        started = time.monotonic()
+        result = run_cli(
+            "report", "--format", "json", "-b", "redis",
+            "--option", f"url={redis_url}", "--option", f"stream={stream}",
+            "--idle-timeout", "1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 60
+        summary = json.loads(result.stdout)
+        assert summary["tasks"]["total"] == 7
+        assert [s["source"] for s in summary["sources"]] == ["dask://test/redis"]
+    finally:
+        backend.close()
+        cleanup()
 
 
 def test_large_runs_keep_a_bounded_task_stream_sample() -> None:
