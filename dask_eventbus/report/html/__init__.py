@@ -71,7 +71,7 @@ def render(report: Report) -> str:
             "value",
             CustomJS(
                 args={"pages": pages},
-                code="const at = this.options.indexOf(this.value);"
+                code="const at = cb_obj.options.indexOf(cb_obj.value);"
                 "pages.forEach((page, i) => { page.visible = i === at; });",
             ),
         )

@@ -107,9 +107,9 @@ def progress_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIEleme
         toolbar_location="above",
     )
     processing = np.array(values[("processing",)], dtype=float)
-    processing_plot.varea_step(
-        x=stamps, y1=np.zeros_like(processing), y2=processing, step_mode="after", fill_alpha=0.5
-    )
+    # Steps drawn as an area, by hand: varea_step is newer than Bokeh 3.1.
+    step_x, step_y = np.repeat(stamps, 2)[1:], np.repeat(processing, 2)[:-1]
+    processing_plot.varea(x=step_x, y1=np.zeros_like(step_y), y2=step_y, fill_alpha=0.5)
     processing_plot.y_range.start = 0
     width = format_time(aggregate.timeline.width)
     more = len(by_count) - len(shown)
