@@ -1,7 +1,8 @@
-"""The ``dask-eventbus`` command (also ``dask eventbus``): demo, tail, check, config."""
+"""The ``dask-eventbus`` command (also ``dask eventbus``): demo, tail, check, report, config."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,7 +12,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -81,6 +83,7 @@ def main() -> None:
       dask-eventbus demo
       dask-eventbus tail --from-beginning
       dask-eventbus check --backend redis -o url=redis://localhost:6379/0
+      dask-eventbus report dask-events.jsonl -o report.html
       dask-eventbus config
     """
 
@@ -356,6 +359,165 @@ def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None
         subscription.close()
         instance.close()
     click.echo(f"OK: events published to {name} can be read back.")
+
+
+# ------------------------------------------------------------------ report
+
+
+class Moment(click.ParamType):
+    """An ISO 8601 date and time; UTC unless it has an offset."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        text = value.strip()
+        try:
+            # Python 3.10's fromisoformat does not take "Z".
+            return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO 8601 time; e.g. 2026-12-01T14:30:00Z "
+                "or '2026-12-01 15:30+01:00' (UTC unless an offset is given)",
+                param,
+                ctx,
+            )
+
+
+@main.command()
+@click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="PATH",
+    help="Where to write the report ('-': standard output). "
+    "Default: report.html, or standard output for --format json.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["html", "json"]),
+    default="html",
+    show_default=True,
+    help="A self-contained HTML page, or the JSON summary.",
+)
+@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@click.option("--since", type=Moment(), default=None, help="Only events at or after this time.")
+@click.option("--until", type=Moment(), default=None, help="Only events at or before this time.")
+@backend_option
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option, repeatable, as for tail (no short form here: -o is the output).",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Reading a backend: the end of the events is when none arrived for this long.",
+)
+@_one_line_errors
+def report(
+    input_file: str | None,
+    output: str | None,
+    output_format: str,
+    source: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    backend: str | None,
+    options: tuple[str, ...],
+    idle_timeout: float,
+) -> None:
+    """Make a report of what happened on a cluster from its events.
+
+    SOURCE is a JSON Lines file of events (gzipped or not; '-' reads standard
+    input); without it the events are read from the beginning of the
+    configured backend (or --backend with --option, as for tail) until it has
+    no more. Bad lines are counted and skipped. Several schedulers in one
+    input give one report each, with a chooser; --source picks one.
+
+    \b
+    Examples:
+      dask-eventbus report dask-events.jsonl
+      dask-eventbus report events-2026-12-01.jsonl.gz -o run.html --since 2026-12-01T14:00Z
+      dask-eventbus report dask-events.jsonl --format json | jq .tasks
+      cat monday.jsonl.gz tuesday.jsonl.gz | dask-eventbus report - -o week.html
+      dask-eventbus report -b redis --option url=redis://localhost:6379/0 -o run.html
+    """
+    from .report import ReportBuilder
+    from .report.progress import Progress
+    from .report.reading import backend_messages, describe_size, file_lines
+
+    if output_format == "html":
+        from .report.html import require_bokeh
+
+        try:
+            require_bokeh()
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
+    if input_file is not None and (backend or options):
+        raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    position = [0]
+    size: int | None = None
+    if input_file is None:
+        name, backend_options = _chosen_backend(backend, options)
+        instance = create_backend(name, backend_options, load_settings().backends)
+        if isinstance(instance, JsonLinesBackend):
+            input_file = instance.path
+    if input_file is not None:
+        if input_file != "-" and not os.path.isfile(input_file):
+            raise click.ClickException(f"no such events file: {input_file}")
+        size = describe_size(input_file)
+        bodies: Generator[bytes, None, None] = file_lines(input_file, position)
+    else:
+        bodies = backend_messages(instance, idle_timeout)
+
+    def warn(message: str) -> None:
+        # Over the progress line, which is redrawn below it.
+        click.echo(("\r\x1b[K" if progress.enabled else "") + f"Warning: {message}", err=True)
+
+    builder = ReportBuilder(source=source, since=since, until=until, warn=warn)
+    progress = Progress(
+        sys.stderr,
+        lambda: builder.read,
+        lambda: position[0] / size if size else None,
+    )
+    try:
+        with contextlib.closing(bodies):  # the file or subscription, even on Ctrl-C
+            for body in bodies:
+                if body.strip():
+                    builder.add_json(body)
+                progress.update()
+    finally:
+        progress.close()
+    try:
+        made = builder.report()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    if output is None:
+        output = "-" if output_format == "json" else "report.html"
+    if output_format == "json":
+        text = json.dumps(made.summary(), indent=2) + "\n"
+    else:
+        text = made.to_html()
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(text)
+    click.echo(
+        f"Wrote {output}: {sum(len(a.tasks) for a in made.aggregates):,} tasks, "
+        f"{sum(a.events for a in made.aggregates):,} events from "
+        f"{len(made.aggregates)} scheduler(s)",
+        err=True,
+    )
 
 
 # ------------------------------------------------------------------ config

@@ -181,7 +181,7 @@ def test_config_prints_the_effective_config_with_secrets_masked() -> None:
     assert "eventbus.queue.overflow = 'drop-everything'" in bad.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["tail"], ["check"], ["config"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["tail"], ["check"], ["report"], ["config"]])
 def test_every_command_has_help_with_examples(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0

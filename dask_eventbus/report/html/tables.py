@@ -1,0 +1,201 @@
+"""The Task Prefixes, Workers and Graphs tabs: tables, and the workers' timeline."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import format_bytes, format_time
+
+from ..aggregate import SourceAggregate
+from .common import div, iso_text, note, when
+
+if TYPE_CHECKING:
+    from bokeh.models import UIElement
+
+MAX_TABLE_ROWS = 2000
+
+
+def prefix_tab(summary: dict[str, Any]) -> UIElement:
+    """The Task Prefixes tab: one sortable row per prefix, by total compute time."""
+    from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
+
+    prefixes = summary["prefixes"]
+    names = list(prefixes)
+
+    def column(field: str) -> list[Any]:
+        return [prefixes[p][field] for p in names]
+
+    source = ColumnDataSource(
+        {
+            "prefix": names,
+            "tasks": column("tasks"),
+            "memory": column("memory"),
+            "erred": column("erred"),
+            "total": column("compute_seconds_total"),
+            "median": [
+                v if v is not None else float("nan") for v in column("compute_seconds_median")
+            ],
+            "p95": [v if v is not None else float("nan") for v in column("compute_seconds_p95")],
+            "max": [v if v is not None else float("nan") for v in column("compute_seconds_max")],
+            "nbytes": [format_bytes(v) for v in column("nbytes_total")],
+        }
+    )
+    seconds = NumberFormatter(format="0,0.000")
+    count = NumberFormatter(format="0,0")
+    columns = [
+        TableColumn(field="prefix", title="Prefix", width=220),
+        TableColumn(field="tasks", title="Tasks", formatter=count),
+        TableColumn(field="memory", title="Memory", formatter=count),
+        TableColumn(field="erred", title="Erred", formatter=count),
+        TableColumn(field="total", title="Compute total (s)", formatter=seconds),
+        TableColumn(field="median", title="Median (s)", formatter=seconds),
+        TableColumn(field="p95", title="95th pct (s)", formatter=seconds),
+        TableColumn(field="max", title="Max (s)", formatter=seconds),
+        TableColumn(field="nbytes", title="Bytes"),
+    ]
+    return DataTable(
+        source=source,
+        columns=columns,
+        height=min(800, 40 + 26 * max(1, len(names))),
+        sizing_mode="stretch_width",
+        index_position=None,
+    )
+
+
+def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElement:
+    """The Workers tab: joining and leaving over time, and what each ran."""
+    from bokeh.models import (
+        Column,
+        ColumnDataSource,
+        DataTable,
+        HoverTool,
+        NumberFormatter,
+        TableColumn,
+    )
+    from bokeh.plotting import figure
+
+    workers = summary["workers"]
+    if not workers:
+        return div("<h2>No workers in this input.</h2>")
+    start = aggregate.start or 0.0
+    end = aggregate.end or start
+    labels = [f"{w['name']} ({w['address']})" if w["name"] else w["address"] for w in workers]
+    # Several spells of one worker get one row each.
+    labels = [
+        f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)
+    ]
+    spells = aggregate.workers
+    source = ColumnDataSource(
+        {
+            "worker": labels,
+            "left": [(w.added if w.added is not None else start) * 1000.0 for w in spells],
+            "right": [(w.removed if w.removed is not None else end) * 1000.0 for w in spells],
+            "added": [when(w.added) for w in spells],
+            "removed": [when(w.removed) if w.removed else "still there at the end" for w in spells],
+            "reason": [w.reason or "" for w in spells],
+            "tasks": [w.tasks for w in spells],
+            "compute": [format_time(w.compute_seconds) for w in spells],
+            "compute_seconds": [w.compute_seconds for w in spells],
+            "nthreads": [w.nthreads or 0 for w in spells],
+            "color": ["#1f77b4" if w.removed is None else "#9e9e9e" for w in spells],
+        }
+    )
+    plot = figure(
+        title="Workers joining and leaving",
+        y_range=list(reversed(labels)),
+        x_axis_type="datetime",
+        height=max(160, 60 + 26 * len(labels)),
+        sizing_mode="stretch_width",
+        tools="xpan,xwheel_zoom,box_zoom,reset,save",
+        toolbar_location="above",
+    )
+    plot.hbar(
+        y="worker", left="left", right="right", height=0.6, color="color", alpha=0.7, source=source
+    )
+    plot.text(
+        x="right",
+        y="worker",
+        text="reason",
+        source=source,
+        x_offset=-6,
+        text_align="right",
+        text_font_size="11px",
+        text_baseline="middle",
+    )
+    plot.add_tools(
+        HoverTool(
+            tooltips=[
+                ("worker", "@worker"),
+                ("joined", "@added"),
+                ("left", "@removed"),
+                ("reason", "@reason"),
+                ("tasks", "@tasks"),
+                ("compute", "@compute"),
+            ]
+        )
+    )
+    plot.ygrid.visible = False
+    table = DataTable(
+        source=source,
+        columns=[
+            TableColumn(field="worker", title="Worker", width=320),
+            TableColumn(field="nthreads", title="Threads"),
+            TableColumn(field="added", title="Joined"),
+            TableColumn(field="removed", title="Left"),
+            TableColumn(field="reason", title="Why it left"),
+            TableColumn(field="tasks", title="Tasks", formatter=NumberFormatter(format="0,0")),
+            TableColumn(
+                field="compute_seconds",
+                title="Compute (s)",
+                formatter=NumberFormatter(format="0,0.000"),
+            ),
+        ],
+        height=min(600, 40 + 26 * len(labels)),
+        sizing_mode="stretch_width",
+        index_position=None,
+    )
+    return Column(children=[plot, table], sizing_mode="stretch_width")
+
+
+def graphs_tab(summary: dict[str, Any]) -> UIElement:
+    """The Graphs tab: each graph submitted, at most MAX_TABLE_ROWS of them."""
+    from bokeh.models import Column, ColumnDataSource, DataTable, NumberFormatter, TableColumn
+
+    graphs = summary["graphs"]
+    if not graphs:
+        return div("<h2>No graphs were submitted in this input.</h2>")
+    shown = graphs[:MAX_TABLE_ROWS]
+    source = ColumnDataSource(
+        {
+            "time": [iso_text(g["time"]) for g in shown],
+            "client": [g["client"] for g in shown],
+            "tasks": [g["tasks"] for g in shown],
+            "keys": [g["keys"] for g in shown],
+            "prefixes": [
+                ", ".join(
+                    f"{p}: {n:,}" for p, n in sorted(g["prefixes"].items(), key=lambda i: -i[1])
+                )
+                for g in shown
+            ],
+        }
+    )
+    count = NumberFormatter(format="0,0")
+    table = DataTable(
+        source=source,
+        columns=[
+            TableColumn(field="time", title="Time", width=190),
+            TableColumn(field="client", title="Client", width=300),
+            TableColumn(field="tasks", title="Tasks", formatter=count, width=80),
+            TableColumn(field="keys", title="Keys asked for", formatter=count, width=100),
+            TableColumn(field="prefixes", title="Tasks by prefix", width=600),
+        ],
+        height=min(800, 40 + 26 * len(shown)),
+        sizing_mode="stretch_width",
+        index_position=None,
+    )
+    children: list[UIElement] = []
+    if len(graphs) > len(shown):
+        children.append(
+            note(f"The first {len(shown):,} of {len(graphs):,} graphs; the JSON summary has all.")
+        )
+    return Column(children=[*children, table], sizing_mode="stretch_width")
