@@ -48,6 +48,8 @@ from .events import (
 
 logger = logging.getLogger("distributed.eventbus")
 
+# How long closing waits for the publisher thread once its backend was aborted.
+ABORT_WAIT = 5.0
 # After the first error of a kind, repeats are summarised at most this often.
 LOG_SUMMARY_INTERVAL = 60.0
 
@@ -408,6 +410,10 @@ class Pipeline:
                     self.queued(),
                 )
                 self.undelivered = self.queued()
+                # Nothing may outlive close: a publish still waiting for the
+                # broker gives up now, not whenever the broker comes back.
+                self.backend.abort()
+                self._thread.join(ABORT_WAIT)
         else:
             self.undelivered = len(self._buffer)
 

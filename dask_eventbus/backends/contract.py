@@ -112,6 +112,16 @@ class Backend:
     def close(self) -> None:
         """Release the connection; must not raise and must be safe to repeat."""
 
+    def abort(self) -> None:
+        """Make a publish in progress on another thread give up soon (optional).
+
+        Called from the thread closing the plugin when ``close-timeout`` ran
+        out while a publish still waited for the broker, so that nothing
+        delivers after close returned; must be safe to call from another
+        thread. By default nothing happens: the publish then ends within the
+        backend's own timeouts.
+        """
+
     def send(self, messages: Sequence[Message]) -> None:
         """Publish ``messages`` in the configured content mode; what the
         pipeline calls. Backends implement :meth:`publish`, not this."""

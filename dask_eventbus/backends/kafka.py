@@ -628,6 +628,14 @@ class KafkaBackend(Backend):
         if producer is not None:
             _discard_producer(producer)
 
+    def abort(self) -> None:
+        # librdkafka's purge is thread-safe: the waiting publish sees every
+        # record it still holds fail, and raises.
+        producer = self._producer
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.purge()
+
     # ------------------------------------------------------------ consumer
 
     def subscribe(
