@@ -139,6 +139,13 @@ def test_check_publishes_to_a_publish_only_backend_and_says_it_cannot_read_back(
     assert probe["type"] == "dask.eventbus.probe"
     assert probe["subject"] in result.stdout
 
+    env = {"PYTHONPATH": str(tmp_path)}
+    for command in (["tail"], ["report", "--format", "json"]):
+        refused = run(*command, "--backend", "drop", "--option", f"path={target}", env=env)
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+        assert "'drop' event bus backend is publish-only" in refused.stderr
+
 
 def test_check_diagnoses_a_backend_it_cannot_reach(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from ..config import convert, mask_secrets, redact_value, secret_values
+from ..config import ConfigError, convert, mask_secrets, redact_value, secret_values
 from ..events import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -133,8 +133,10 @@ class Backend:
 
         Optional: a backend that does not implement it is publish-only.
         """
-        raise NotImplementedError(
-            f"the {self.name!r} backend is publish-only: it cannot be read back"
+        raise ConfigError(
+            f"The {self.name!r} event bus backend is publish-only: its events cannot be "
+            "read back with subscribe, dask-eventbus tail or report. Read them where the "
+            "backend delivers them, or publish to a backend that can be read back as well"
         )
 
     def describe(self) -> str:
