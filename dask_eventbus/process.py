@@ -199,14 +199,11 @@ class ProcessSink:
                 pass
         child = self._child
         if child is not None:
-            self._write(_encoder.encode(["close", max(0.0, self._deadline - time.monotonic())]))
-            try:
-                child.wait(max(0.0, self._deadline - time.monotonic()) + 0.5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            if self._replies is not None:
-                self._replies.join(1.0)  # the last acks and stats are read
+            remaining = max(0.0, self._deadline - time.monotonic())
+            self._write_to(child, _encoder.encode(["close", remaining]))
+            # Still self._child meanwhile: its last acks and stats count.
+            _release(child, self._replies, remaining + 0.5)
+            self._child = self._replies = None
         with self._changed:
             undelivered = self._in_flight
             self._unacked.clear()
@@ -253,7 +250,7 @@ class ProcessSink:
 
     def _spawn(self) -> bool:
         self._retire_child()
-        child = None
+        child = reader = None
         try:
             child = subprocess.Popen(
                 [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
@@ -265,13 +262,12 @@ class ProcessSink:
             assert child.stdin is not None and child.stdout is not None
             write_frame(child.stdin, ["init", self._init])
             timeout = min(START_TIMEOUT, max(0.1, self._deadline - time.monotonic()))
-            reply = _read_reply(child.stdout, timeout)
+            reply, reader = _read_reply(child.stdout, timeout)
         except (OSError, ValueError) as exc:
             reply = ["failed", f"{type(exc).__name__}: {safe_text(exc)}"]
         if reply[0] != "ready":
             if child is not None:
-                child.kill()
-                child.wait()
+                _release(child, reader, 0.0)
             self._failed(f"the publisher process failed to start: {redact_url(str(reply[1]))}")
             return False
         if self._starts:
@@ -305,11 +301,8 @@ class ProcessSink:
         child, self._child = self._child, None
         if child is None:
             return
-        with contextlib.suppress(OSError):
-            child.kill()
-        child.wait()
-        if self._replies is not None:
-            self._replies.join(1.0)
+        _release(child, self._replies, 0.0)
+        self._replies = None
         with self._changed:
             self._finish_child_stats()
 
@@ -317,6 +310,9 @@ class ProcessSink:
         child = self._child
         if child is None or not self._alive:
             return False
+        return self._write_to(child, frame)
+
+    def _write_to(self, child: subprocess.Popen[bytes], frame: bytes) -> bool:
         try:
             with self._write_lock:
                 assert child.stdin is not None
@@ -390,24 +386,66 @@ def _packable(obj: Any) -> Any:
     return obj
 
 
-def _read_reply(stream: IO[bytes], timeout: float) -> list[Any]:
-    """The child's first answer other than a log line (which is logged)."""
+def _read_reply(stream: IO[bytes], timeout: float) -> tuple[list[Any], threading.Thread]:
+    """The child's first answer other than a log line (which is logged), and
+    the thread that reads it: still running when there was no answer in time,
+    until the child is stopped."""
     result: queue.Queue[Any] = queue.Queue()
 
     def read() -> None:
         while True:
-            frame = read_frame(stream)
+            try:
+                frame = read_frame(stream)
+            except (OSError, ValueError, msgspec.DecodeError):
+                frame = None
             if frame is None or frame[0] != "log":
                 result.put(frame)
                 return
             logger.log(frame[1], frame[2])
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, name="dask-eventbus-start", daemon=True)
+    reader.start()
     try:
         reply = result.get(timeout=timeout)
     except queue.Empty:
-        return ["failed", f"no answer within {timeout:g}s"]
-    return reply if reply else ["failed", "it exited before it was ready"]
+        return ["failed", f"no answer within {timeout:g}s"], reader
+    reader.join()  # it returned after putting the reply
+    return (reply if reply else ["failed", "it exited before it was ready"]), reader
+
+
+def _release(child: subprocess.Popen[bytes], reader: threading.Thread | None, grace: float) -> None:
+    """Stop ``child`` and release all it holds in this process: both pipes, the
+    thread reading its replies, the process itself (reaped).
+
+    It gets ``grace`` seconds to exit on its own (after a close frame) before it
+    is killed. Nothing is left for the garbage collector, which would close the
+    pipes later, in whatever code runs then, with a ResourceWarning.
+    """
+    if grace <= 0:
+        # Killed first: a write blocked on a full pipe (another thread's) fails
+        # at once instead of holding the stream's lock while it is closed.
+        with contextlib.suppress(OSError):
+            child.kill()
+    if child.stdin is not None:
+        # End of input: a child still reading stops (a close frame came first).
+        with contextlib.suppress(OSError, ValueError):
+            child.stdin.close()
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            child.kill()
+        child.wait()
+    if reader is not None and reader is not threading.current_thread():
+        # The child is gone, so its stdout is at end of stream: the reader
+        # returns once it has read the last acknowledgements and stats.
+        reader.join(5.0)
+        if reader.is_alive():
+            logger.warning("dask-eventbus: the publisher process's reply reader did not stop")
+            return  # closing the stream under a blocked reader could hang
+    if child.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            child.stdout.close()
 
 
 # ---------------------------------------------------------------- child side
@@ -432,7 +470,13 @@ def _child_main() -> int:
     # Frames own the real stdout; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    stdin = sys.stdin.buffer
+    try:
+        return _serve(sys.stdin.buffer, out)
+    finally:
+        out.close()
+
+
+def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
     lock = threading.Lock()
     log = logging.getLogger("distributed.eventbus")
     log.handlers[:] = [_ForwardToParent(out, lock)]
