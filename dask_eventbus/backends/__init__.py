@@ -19,7 +19,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -347,6 +346,8 @@ def register_backend(name: str, cls: type[Backend]) -> None:
 
 def available_backends() -> list[str]:
     """Names of every backend registered or declared as an entry point."""
+    from importlib.metadata import entry_points  # not needed where backends arrive pickled
+
     names = set(_registered)
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
@@ -354,6 +355,8 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
+    from importlib.metadata import entry_points
+
     if name in _registered:
         return _registered[name]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
