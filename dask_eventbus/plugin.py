@@ -122,6 +122,9 @@ class EventBusPlugin(SchedulerPlugin):
         sink: Sink
         if self.mode == "process":
             sink = ProcessSink(self.backend, self.settings, source, run_id)
+            # Now, not in the pipeline thread a moment later: what the plugin
+            # holds in the scheduler's process is all there once start returns.
+            sink.launch()
         else:
             normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
             sink = Publisher(self.backend, normalizer, self.settings)

@@ -15,13 +15,16 @@ import asyncio
 import gc
 import itertools
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from distributed import Client, Scheduler, Worker
+from distributed.utils_test import gen_test
 from harness_kafka import kafka_harness
 from harness_redis import redis_harness
 from helpers import Harness, inc
@@ -120,3 +123,23 @@ def test_closed_schedulers_leave_nothing_behind(harnesses: dict[str, Harness]) -
         # Before collecting garbage: nothing may be left for the collector.
         assert before_gc[name] <= baseline[name] + limit, (name, baseline, before_gc)
         assert after[name] <= baseline[name] + limit, (name, baseline, after)
+
+
+@gen_test()
+async def test_what_the_plugin_holds_is_all_there_once_the_scheduler_started(
+    tmp_path: Path,
+) -> None:
+    # distributed's test_file_descriptors_dont_leak counts the scheduler
+    # process's descriptors right after start: they must not change later on
+    # their own, as the publisher process gets ready and publishes.
+    events_file = tmp_path / "events.jsonl"
+    plugin = EventBusPlugin("jsonl", path=str(events_file))
+    me = psutil.Process()
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False, plugins=[plugin]):
+        fds, threads = me.num_fds(), set(threading.enumerate())
+        deadline = time.monotonic() + 30
+        while plugin.stats()["published"] < 1:
+            assert time.monotonic() < deadline, "the started event was not published"
+            await asyncio.sleep(0.01)
+        assert "dask.scheduler.started" in events_file.read_text()
+        assert (me.num_fds(), set(threading.enumerate())) == (fds, threads)
