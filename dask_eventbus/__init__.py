@@ -1,26 +1,52 @@
-"""dask-eventbus: stream Dask scheduler events to message brokers as CloudEvents."""
+"""dask-eventbus: stream Dask scheduler events to message brokers as CloudEvents.
+
+The public names are loaded on first use (PEP 562), not at import: the
+publisher process imports ``dask_eventbus.process``, and with it this
+package, and must not pay for ``distributed``, the plugin or the command
+line. ``dask scheduler --preload dask_eventbus`` finds ``dask_setup`` all the
+same, by attribute.
+"""
 
 from __future__ import annotations
 
-import inspect
+import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .backends import (
-    Backend,
-    BackendOptions,
-    Message,
-    Subscription,
-    available_backends,
-    create_backend,
-    get_backend,
-    register_backend,
-)
-from .config import ConfigError, load_settings
-from .events import Event
-from .plugin import EventBusPlugin
-from .preload import dask_setup
+
+if TYPE_CHECKING:
+    from .backends import (
+        Backend,
+        BackendOptions,
+        Message,
+        Subscription,
+        available_backends,
+        create_backend,
+        get_backend,
+        register_backend,
+    )
+    from .config import ConfigError, load_settings
+    from .events import Event
+    from .plugin import EventBusPlugin
+    from .preload import dask_setup
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "Backend": "backends",
+    "BackendOptions": "backends",
+    "Message": "backends",
+    "Subscription": "backends",
+    "available_backends": "backends",
+    "create_backend": "backends",
+    "get_backend": "backends",
+    "register_backend": "backends",
+    "ConfigError": "config",
+    "load_settings": "config",
+    "Event": "events",
+    "EventBusPlugin": "plugin",
+    "dask_setup": "preload",
+}
 
 __all__ = [
     "Backend",
@@ -39,6 +65,19 @@ __all__ = [
     "register_backend",
     "subscribe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def subscribe(
@@ -61,6 +100,11 @@ def subscribe(
     ...     for event in events:  # doctest: +SKIP
     ...         print(event.type, event.subject)
     """
+    import inspect
+
+    from .backends import Backend, create_backend, get_backend
+    from .config import load_settings
+
     settings = load_settings()
     chosen = settings.backend if backend is None else backend
     if isinstance(chosen, Backend):

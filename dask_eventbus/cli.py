@@ -23,7 +23,7 @@ import yaml
 from ._version import __version__
 from .backends import Backend, Subscription, create_backend
 from .backends.jsonl import JsonLinesBackend
-from .config import ConfigError, load_settings, redact_url, redact_value
+from .config import ConfigError, load_settings, merge_defaults, redact_url, redact_value
 from .events import PROBE, SCHEDULER_CLOSING, Event, Normalizer
 from .pipeline import build_messages
 from .preload import parse_option_pairs
@@ -534,6 +534,7 @@ def show_config(as_json: bool) -> None:
       dask-eventbus config
       DASK_EVENTBUS__BACKEND=redis dask-eventbus config --json
     """
+    merge_defaults()
     effective = redact_value("eventbus", dask.config.get("eventbus", default={}))
     if as_json:
         click.echo(json.dumps({"eventbus": effective}, indent=2, default=str))

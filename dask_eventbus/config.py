@@ -1,10 +1,16 @@
 """The ``eventbus`` Dask config namespace: defaults, typed settings, validation.
 
 The defaults live in ``eventbus.yaml`` beside this module and are merged into
-Dask's config at import, so yaml files, ``dask.config.set`` and ``DASK_EVENTBUS__*``
-environment variables all work the usual Dask way. :func:`load_settings` turns
-the merged config into typed :class:`Settings`, raising :class:`ConfigError`
-naming the key, the bad value and what is allowed.
+Dask's config (:func:`merge_defaults`) when the plugin, the preload or the
+command line is imported and whenever settings are loaded, so yaml files,
+``dask.config.set`` and ``DASK_EVENTBUS__*`` environment variables all work
+the usual Dask way. :func:`load_settings` turns the merged config into typed
+:class:`Settings`, raising :class:`ConfigError` naming the key, the bad value
+and what is allowed.
+
+This module does not import Dask (or yaml) until one of those functions runs:
+the publisher process imports it only to receive typed settings, and must
+start cheaply.
 """
 
 from __future__ import annotations
@@ -16,17 +22,36 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import dask.config
 import msgspec
-import yaml
-from dask.utils import parse_timedelta
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "eventbus.yaml")
 
-with open(DEFAULTS_FILE) as _f:
-    DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+_defaults: dict[str, Any] | None = None
 
-dask.config.update_defaults(DEFAULTS)
+
+def defaults() -> dict[str, Any]:
+    """The defaults from ``eventbus.yaml``: ``{"eventbus": {...}}``."""
+    global _defaults
+    if _defaults is None:
+        import yaml
+
+        with open(DEFAULTS_FILE) as f:
+            _defaults = yaml.safe_load(f)
+    return _defaults
+
+
+def merge_defaults() -> None:
+    """Make the defaults part of Dask's config, again if it was reset since."""
+    import dask.config
+
+    if "eventbus" not in dask.config.config:
+        dask.config.update_defaults(defaults())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULTS":  # the old module constant, loaded on first use
+        return defaults()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -121,12 +146,17 @@ def _decode_custom(type_: type, value: Any) -> Any:
             raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise ValueError(f"a duration must not be negative, got {value!r}")
-        try:
-            seconds = type_(parse_timedelta(value, default="seconds"))
-        except (ValueError, TypeError, KeyError):
-            raise ValueError(
-                f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
-            ) from None
+        if isinstance(value, (int, float)):
+            seconds = type_(value)
+        else:
+            from dask.utils import parse_timedelta
+
+            try:
+                seconds = type_(parse_timedelta(value, default="seconds"))
+            except (ValueError, TypeError, KeyError):
+                raise ValueError(
+                    f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
+                ) from None
         if type_ is PositiveDuration and seconds <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
         return seconds
@@ -206,10 +236,16 @@ def _lookup(value: Any, path: str) -> Any:
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
-    """The current ``eventbus`` config, with ``overrides`` merged on top."""
+    """The current ``eventbus`` config, with ``overrides`` merged on top.
+
+    The shipped defaults lie underneath, also when something replaced Dask's
+    config wholesale after they were merged (as distributed's test suite does).
+    """
+    import dask.config
+
+    merge_defaults()
     config = dask.config.get("eventbus", default={}) or {}
-    if overrides:
-        config = dask.config.merge(config, dict(overrides))
+    config = dask.config.merge(defaults()["eventbus"], config, dict(overrides or {}))
     return convert(config, Settings, "eventbus")
 
 

@@ -11,9 +11,12 @@ one cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
+import re
+import sys
 import time as _time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +24,6 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
-from dask.utils import key_split
 
 from .config import EventSettings
 
@@ -422,6 +424,41 @@ def _group_name(key: object) -> str:
         parts = text.strip("<>").split()
         return parts[0].split(".")[-1] if parts else text
     return _prefix_name(key)
+
+
+_HEX = re.compile(r"[a-f]+")
+_TOKEN = re.compile(r"[a-f0-9]{32}")
+
+
+@functools.lru_cache(100000)
+def key_split(s: Any) -> str:
+    """The task prefix name of a key, exactly as ``dask.utils.key_split`` gives it.
+
+    A copy, so that the publisher process need not import Dask (``import dask``
+    alone costs more than everything else it imports); ``tests/test_events.py``
+    checks it against Dask's own for every form of key.
+    """
+    if type(s) is bytes:
+        return key_split(s.decode())
+    if type(s) is tuple:
+        return key_split(s[0])
+    try:
+        words = s.split("-")
+        result = words[0]
+        if not result[0].isalpha():
+            result = result.split(",")[0].strip("_'()\"")
+        for word in words[1:]:
+            if word.isalpha() and not (len(word) == 8 and _HEX.match(word) is not None):
+                result += f"-{word}"
+            else:
+                break
+        if len(result) == 32 and _TOKEN.match(result):
+            return "data"
+        if result[0] == "<":
+            result = result.strip("<>").split()[0].split(".")[-1]
+        return sys.intern(result)
+    except Exception:
+        return "Other"
 
 
 def _prefix_name(key: object) -> str:

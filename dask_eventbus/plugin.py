@@ -29,7 +29,7 @@ from . import events as ev
 from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, merge_defaults
 from .events import Normalizer, Record
 from .pipeline import Pipeline, Publisher, Sink
 from .process import ProcessSink
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 logger = logging.getLogger("distributed.eventbus")
+
+# Where the plugin can be used, ``dask.config.get("eventbus...")`` works too.
+merge_defaults()
 
 VERSIONS = {
     "dask": dask.__version__,
@@ -119,6 +122,9 @@ class EventBusPlugin(SchedulerPlugin):
         sink: Sink
         if self.mode == "process":
             sink = ProcessSink(self.backend, self.settings, source, run_id)
+            # Now, not in the pipeline thread a moment later: what the plugin
+            # holds in the scheduler's process is all there once start returns.
+            sink.launch()
         else:
             normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
             sink = Publisher(self.backend, normalizer, self.settings)

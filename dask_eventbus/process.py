@@ -103,6 +103,10 @@ def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- parent side
 
+# A started publisher process, the thread reading its replies, and where that
+# thread puts the process's first answer.
+_Launched = tuple["subprocess.Popen[bytes]", threading.Thread, "queue.Queue[list[Any] | None]"]
+
 
 def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
     """``base`` (children that exited) plus the running child's latest report."""
@@ -140,6 +144,8 @@ class ProcessSink:
         self._batch_ids = itertools.count(1)
         self._child: subprocess.Popen[bytes] | None = None
         self._replies: threading.Thread | None = None
+        # A child started by launch() whose handshake _spawn() has yet to do.
+        self._launched: _Launched | None = None
         self._alive = False
         self._write_lock = threading.Lock()  # the pipeline thread and close() write
         self._closing = threading.Event()
@@ -157,6 +163,21 @@ class ProcessSink:
         return self._stats
 
     # ---- Sink interface
+
+    def launch(self) -> None:
+        """Start the publisher process now, without waiting for it.
+
+        Called on the scheduler's event loop as the plugin starts (it costs a
+        ``posix_spawn``, about a millisecond), so that everything the sink
+        holds in this process (both pipes, the thread reading replies) exists
+        once the scheduler's start returns, rather than appearing a moment
+        later. The pipeline thread's :meth:`start` then sends it its settings
+        and waits until it is ready. A failure here is left for that to retry
+        and report.
+        """
+        if self._launched is None and self._child is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._launched = self._launch()
 
     def start(self) -> None:
         self._ensure_child()
@@ -197,16 +218,16 @@ class ProcessSink:
         with self._changed:
             while self._unacked and self._wait_for_room():
                 pass
+        launched, self._launched = self._launched, None
+        if launched is not None:  # the pipeline thread failed before it took it
+            _release(launched[0], launched[1], 0.0)
         child = self._child
         if child is not None:
-            self._write(_encoder.encode(["close", max(0.0, self._deadline - time.monotonic())]))
-            try:
-                child.wait(max(0.0, self._deadline - time.monotonic()) + 0.5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            if self._replies is not None:
-                self._replies.join(1.0)  # the last acks and stats are read
+            remaining = max(0.0, self._deadline - time.monotonic())
+            self._write_to(child, _encoder.encode(["close", remaining]))
+            # Still self._child meanwhile: its last acks and stats count.
+            _release(child, self._replies, remaining + 0.5)
+            self._child = self._replies = None
         with self._changed:
             undelivered = self._in_flight
             self._unacked.clear()
@@ -251,27 +272,46 @@ class ProcessSink:
                     return True
         return True
 
+    def _launch(self) -> _Launched:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Ctrl-C reaches the scheduler, which then closes the child in order.
+            start_new_session=True,
+        )
+        handshake: queue.Queue[list[Any] | None] = queue.Queue()
+        replies = threading.Thread(
+            target=self._read_replies,
+            args=(child, handshake),
+            name="dask-eventbus-replies",
+            daemon=True,
+        )
+        replies.start()
+        return child, replies, handshake
+
     def _spawn(self) -> bool:
         self._retire_child()
-        child = None
+        launched, self._launched = self._launched, None
+        child = replies = None
+        reply: list[Any]
         try:
-            child = subprocess.Popen(
-                [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                # Ctrl-C reaches the scheduler, which then closes the child in order.
-                start_new_session=True,
-            )
-            assert child.stdin is not None and child.stdout is not None
+            if launched is None:
+                launched = self._launch()
+            child, replies, handshake = launched
+            assert child.stdin is not None
             write_frame(child.stdin, ["init", self._init])
             timeout = min(START_TIMEOUT, max(0.1, self._deadline - time.monotonic()))
-            reply = _read_reply(child.stdout, timeout)
+            try:
+                answer = handshake.get(timeout=timeout)
+            except queue.Empty:
+                answer = ["failed", f"no answer within {timeout:g}s"]
+            reply = answer or ["failed", "it exited before it was ready"]
         except (OSError, ValueError) as exc:
             reply = ["failed", f"{type(exc).__name__}: {safe_text(exc)}"]
         if reply[0] != "ready":
             if child is not None:
-                child.kill()
-                child.wait()
+                _release(child, replies, 0.0)
             self._failed(f"the publisher process failed to start: {redact_url(str(reply[1]))}")
             return False
         if self._starts:
@@ -281,11 +321,8 @@ class ProcessSink:
             )
         self._starts += 1
         self._started_at = time.monotonic()
-        self._child, self._alive = child, True
-        self._replies = threading.Thread(
-            target=self._read_replies, args=(child,), name="dask-eventbus-replies", daemon=True
-        )
-        self._replies.start()
+        with self._changed:
+            self._child, self._replies, self._alive = child, replies, True
         return True
 
     def _failed(self, why: str) -> None:
@@ -305,11 +342,8 @@ class ProcessSink:
         child, self._child = self._child, None
         if child is None:
             return
-        with contextlib.suppress(OSError):
-            child.kill()
-        child.wait()
-        if self._replies is not None:
-            self._replies.join(1.0)
+        _release(child, self._replies, 0.0)
+        self._replies = None
         with self._changed:
             self._finish_child_stats()
 
@@ -317,6 +351,9 @@ class ProcessSink:
         child = self._child
         if child is None or not self._alive:
             return False
+        return self._write_to(child, frame)
+
+    def _write_to(self, child: subprocess.Popen[bytes], frame: bytes) -> bool:
         try:
             with self._write_lock:
                 assert child.stdin is not None
@@ -343,18 +380,32 @@ class ProcessSink:
                         )
             self._changed.notify_all()
 
-    def _read_replies(self, child: subprocess.Popen[bytes]) -> None:
+    def _read_replies(
+        self, child: subprocess.Popen[bytes], handshake: queue.Queue[list[Any] | None]
+    ) -> None:
+        """Reads ``child``'s frames until it exits; its first answer other than
+        a log line (``ready`` or ``failed``, or None at its end) goes to
+        ``handshake``."""
         assert child.stdout is not None
+        ready = False
         while True:
             try:
                 frame = read_frame(child.stdout)
             except (OSError, ValueError, msgspec.DecodeError):
                 frame = None
             if frame is None:
+                if not ready:
+                    handshake.put(None)
                 self._mark_dead(child)
                 return
             if frame[0] == "log":
                 logger.log(frame[1], frame[2])
+                continue
+            if not ready:
+                handshake.put(frame)
+                if frame[0] != "ready":
+                    return  # it failed to start, and exits
+                ready = True
                 continue
             with self._changed:
                 if child is not self._child:
@@ -390,24 +441,39 @@ def _packable(obj: Any) -> Any:
     return obj
 
 
-def _read_reply(stream: IO[bytes], timeout: float) -> list[Any]:
-    """The child's first answer other than a log line (which is logged)."""
-    result: queue.Queue[Any] = queue.Queue()
+def _release(child: subprocess.Popen[bytes], reader: threading.Thread | None, grace: float) -> None:
+    """Stop ``child`` and release all it holds in this process: both pipes, the
+    thread reading its replies, the process itself (reaped).
 
-    def read() -> None:
-        while True:
-            frame = read_frame(stream)
-            if frame is None or frame[0] != "log":
-                result.put(frame)
-                return
-            logger.log(frame[1], frame[2])
-
-    threading.Thread(target=read, daemon=True).start()
+    It gets ``grace`` seconds to exit on its own (after a close frame) before it
+    is killed. Nothing is left for the garbage collector, which would close the
+    pipes later, in whatever code runs then, with a ResourceWarning.
+    """
+    if grace <= 0:
+        # Killed first: a write blocked on a full pipe (another thread's) fails
+        # at once instead of holding the stream's lock while it is closed.
+        with contextlib.suppress(OSError):
+            child.kill()
+    if child.stdin is not None:
+        # End of input: a child still reading stops (a close frame came first).
+        with contextlib.suppress(OSError, ValueError):
+            child.stdin.close()
     try:
-        reply = result.get(timeout=timeout)
-    except queue.Empty:
-        return ["failed", f"no answer within {timeout:g}s"]
-    return reply if reply else ["failed", "it exited before it was ready"]
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            child.kill()
+        child.wait()
+    if reader is not None and reader is not threading.current_thread():
+        # The child is gone, so its stdout is at end of stream: the reader
+        # returns once it has read the last acknowledgements and stats.
+        reader.join(5.0)
+        if reader.is_alive():
+            logger.warning("dask-eventbus: the publisher process's reply reader did not stop")
+            return  # closing the stream under a blocked reader could hang
+    if child.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            child.stdout.close()
 
 
 # ---------------------------------------------------------------- child side
@@ -425,14 +491,27 @@ class _ForwardToParent(logging.Handler):
 
 def main() -> None:
     """Entry point of the publisher process."""
-    sys.exit(_child_main())
+    code = _child_main()
+    # Everything it opened is closed and its last frame written by now; the
+    # interpreter's teardown of the broker client's modules would only make
+    # the scheduler's close wait longer (30 ms with redis-py).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _child_main() -> int:
     # Frames own the real stdout; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    stdin = sys.stdin.buffer
+    try:
+        return _serve(sys.stdin.buffer, out)
+    finally:
+        out.close()
+
+
+def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
     lock = threading.Lock()
     log = logging.getLogger("distributed.eventbus")
     log.handlers[:] = [_ForwardToParent(out, lock)]

@@ -23,12 +23,14 @@ BIN = Path(sys.executable).parent
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "dask"), *args],
-        env={**os.environ, **env},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    # The child writes to its own copy of the file descriptor; ours is closed.
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(BIN / "dask"), *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:

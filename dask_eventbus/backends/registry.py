@@ -8,7 +8,6 @@ same way).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
 from ..config import ConfigError
@@ -36,6 +35,8 @@ def register_backend(name: str, cls: type[Backend]) -> None:
 
 def available_backends() -> list[str]:
     """Names of every backend registered or declared as an entry point."""
+    from importlib.metadata import entry_points  # not needed where backends arrive pickled
+
     names = set(_registered)
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
@@ -43,6 +44,8 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
+    from importlib.metadata import entry_points
+
     if name in _registered:
         return _registered[name]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
