@@ -41,7 +41,7 @@ from dask_eventbus.events import (
     Record,
     transition_record,
 )
-from dask_eventbus.pipeline import build_messages
+from dask_eventbus.messages import build_messages
 
 TARGET_SECONDS = 30.0
 TARGET_BYTES = 1 << 30

@@ -30,7 +30,7 @@ from common import command_line, markdown_table, median, parse_options
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
 from dask_eventbus.events import Normalizer, transition_record
-from dask_eventbus.pipeline import build_messages
+from dask_eventbus.messages import build_messages
 
 RawPublish = Callable[[Any, dict[str, Any], int], None]
 Prepare = Callable[[list[Message], dict[str, Any]], Any]

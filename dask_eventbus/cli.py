@@ -25,7 +25,7 @@ from .backends import Backend, Subscription, create_backend
 from .backends.jsonl import JsonLinesBackend
 from .config import ConfigError, load_settings, merge_defaults, redact_url, redact_value
 from .events import PROBE, SCHEDULER_CLOSING, Event, Normalizer
-from .pipeline import build_messages
+from .messages import build_messages
 from .preload import parse_option_pairs
 
 F = TypeVar("F", bound=Callable[..., Any])

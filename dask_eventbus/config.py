@@ -16,6 +16,7 @@ start cheaply.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -41,11 +42,15 @@ def defaults() -> dict[str, Any]:
 
 
 def merge_defaults() -> None:
-    """Make the defaults part of Dask's config, again if it was reset since."""
+    """Make the defaults part of Dask's config, and fill them in again where
+    the config was reset since (distributed's test utilities do that)."""
     import dask.config
 
-    if "eventbus" not in dask.config.config:
-        dask.config.update_defaults(defaults())
+    ours = defaults()
+    if not any(registered is ours for registered in dask.config.defaults):
+        dask.config.update_defaults(ours)
+    elif "eventbus" not in dask.config.config:
+        dask.config.update(dask.config.config, copy.deepcopy(ours))
 
 
 def __getattr__(name: str) -> Any:

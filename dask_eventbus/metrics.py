@@ -17,7 +17,8 @@ from typing import Any
 
 import dask.config
 
-from .pipeline import DELIVERY_SECONDS, PUBLISH_SECONDS, Histogram, Pipeline
+from .buffer import Pipeline
+from .stats import DELIVERY_SECONDS, PUBLISH_SECONDS, Histogram
 
 try:
     from prometheus_client import REGISTRY

@@ -45,23 +45,25 @@ class RateLimitedLog:
         """When the condition started (monotonic), or None while it is off."""
         self.unlogged = 0
         """Occurrences since the last one logged."""
-        self._last = 0.0
+        self.last_logged = 0.0
+        """When an occurrence was last logged (monotonic)."""
 
     def occurred(self) -> bool:
         """Count one occurrence; True when this one should be logged."""
         now = time.monotonic()
         if self.since is None:
-            self.since = self._last = now
+            self.since = self.last_logged = now
             self.unlogged = 0
             return True
-        if now - self._last < self.interval:
+        if now - self.last_logged < self.interval:
             self.unlogged += 1
             return False
-        self._last = now
         return True
 
     def logged(self) -> int:
-        """Occurrences not logged since the last one logged; counting starts over."""
+        """Say that this occurrence was logged; returns how many were not
+        since the one logged before, and counting starts over."""
+        self.last_logged = time.monotonic()
         unlogged, self.unlogged = self.unlogged, 0
         return unlogged
 

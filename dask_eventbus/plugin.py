@@ -29,10 +29,11 @@ from . import events as ev
 from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
+from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings, merge_defaults
 from .events import Normalizer, Record
-from .pipeline import Pipeline, Publisher, Sink
 from .process import ProcessSink
+from .publisher import Publisher, Sink
 
 if TYPE_CHECKING:
     from distributed import Scheduler

@@ -4,7 +4,7 @@ Normalizing, encoding and above all the broker client cost CPU, and a thread
 of the scheduler's process takes that CPU (and the GIL) from the scheduler.
 In process mode the pipeline thread only packs batches of captured records
 with msgpack and writes them to a child process (running :func:`main`),
-which runs the same :class:`~dask_eventbus.pipeline.Publisher` and
+which runs the same :class:`~dask_eventbus.publisher.Publisher` and
 acknowledges each batch once the broker has.
 
 The parent keeps every batch until it is acknowledged. When the child dies
@@ -44,7 +44,9 @@ import msgspec
 from .backends import Backend
 from .config import Settings, redact_url
 from .events import Normalizer, Record, safe_text
-from .pipeline import LOG_SUMMARY_INTERVAL, DeliveryStats, Histogram, Publisher
+from .pacing import Backoff, RateLimitedLog
+from .publisher import Publisher
+from .stats import DeliveryStats, Histogram
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -155,8 +157,10 @@ class ProcessSink:
         self._stats = DeliveryStats()
         self._starts = 0
         self._started_at = 0.0
-        self._failures = 0  # failed or short-lived starts in a row
-        self._last_failure_log = 0.0
+        # Failed or short-lived starts in a row, and the wait before the next.
+        self._restarts = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
+        self._restart_delay = 0.0
+        self._failure_log = RateLimitedLog()
 
     @property
     def stats(self) -> DeliveryStats:
@@ -257,12 +261,11 @@ class ProcessSink:
     def _ensure_child(self) -> bool:
         """A running child that has every unacknowledged batch; False past the deadline."""
         while not self._alive:
-            if self._failures:
+            if self._restarts.failures:
                 # Children that fail to start, or die soon after, are restarted
                 # with backoff rather than in a tight loop.
-                delay = self.retry.initial_backoff * 2 ** min(self._failures - 1, 30)
-                delay = min(self.retry.max_backoff, delay)
-                time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
+                remaining = self._deadline - time.monotonic()
+                time.sleep(max(0.0, min(self._restart_delay, remaining)))
             if time.monotonic() >= self._deadline:
                 return False
             if self._spawn():
@@ -327,16 +330,15 @@ class ProcessSink:
 
     def _failed(self, why: str) -> None:
         self._stats.last_error = self._finished_stats.last_error = why
-        self._failures += 1
-        now = time.monotonic()
-        if self._failures == 1 or now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
-            self._last_failure_log = now
+        self._restart_delay = self._restarts.next_delay()
+        if self._failure_log.occurred():
             logger.error(
                 "dask-eventbus: publishing to %s: %s (%d in a row). Retrying with backoff.",
                 redact_url(self.backend.describe()),
                 why,
-                self._failures,
+                self._restarts.failures,
             )
+            self._failure_log.logged()
 
     def _retire_child(self) -> None:
         child, self._child = self._child, None
@@ -373,7 +375,8 @@ class ProcessSink:
                     if lived < CRASH_WINDOW:
                         self._failed(f"the publisher process died after {lived:.1f}s")
                     else:
-                        self._failures = 0
+                        self._restarts.reset()
+                        self._failure_log.ended()
                         logger.error(
                             "dask-eventbus: the publisher process exited (code %s); restarting it",
                             child.poll(),

@@ -13,7 +13,7 @@ from cloudevents.core.formats.json import JSONFormat
 from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
 from dask_eventbus.bindings import amqp, kafka, redis
 from dask_eventbus.events import DROPPED, Normalizer, transition_record
-from dask_eventbus.pipeline import build_messages
+from dask_eventbus.messages import build_messages
 from dask_eventbus.testing import synthetic_messages
 
 

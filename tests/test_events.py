@@ -204,7 +204,7 @@ def test_nesting_deeper_than_the_encoder_allows_still_encodes() -> None:
 def test_an_event_over_max_event_bytes_is_replaced_in_place(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from dask_eventbus.pipeline import build_messages
+    from dask_eventbus.messages import build_messages
 
     normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
     now = time.time()
@@ -233,7 +233,7 @@ def test_an_event_over_max_event_bytes_is_replaced_in_place(
 
 
 def test_an_oversized_event_cuts_a_subject_that_is_itself_too_large() -> None:
-    from dask_eventbus.pipeline import build_messages
+    from dask_eventbus.messages import build_messages
 
     normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
     huge_key = "k" * 10_000

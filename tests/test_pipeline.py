@@ -13,12 +13,14 @@ import dask
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
+from helpers import FAST_RETRY
 
 from dask_eventbus import EventBusPlugin, Message, register_backend
 from dask_eventbus.backends.memory import MemoryBackend, MemoryOptions, get_store
+from dask_eventbus.buffer import Pipeline
 from dask_eventbus.config import load_settings
 from dask_eventbus.events import TASK_TRANSITION, Normalizer, transition_record
-from dask_eventbus.pipeline import Pipeline, Publisher
+from dask_eventbus.publisher import Publisher
 from dask_eventbus.testing import run_workload
 from dask_eventbus.testing.workload import inc
 
@@ -71,8 +73,6 @@ class GatedBackend(MemoryBackend):
 
 register_backend("flaky", FlakyBackend)
 register_backend("gated", GatedBackend)
-
-FAST_RETRY = {"eventbus.retry.initial-backoff": "5ms", "eventbus.retry.max-backoff": "20ms"}
 
 
 @pytest.mark.parametrize("partial", [False, True], ids=["clean-failures", "half-written"])

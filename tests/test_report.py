@@ -32,7 +32,7 @@ from dask_eventbus.events import (
     Normalizer,
     transition_record,
 )
-from dask_eventbus.pipeline import build_messages
+from dask_eventbus.messages import build_messages
 from dask_eventbus.report import ReportInputWarning, build_report
 from dask_eventbus.report.progress import Progress
 from dask_eventbus.report.reading import backend_messages

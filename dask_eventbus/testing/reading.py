@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ..backends import Message, Subscription
 from ..events import Event, Normalizer, transition_record
-from ..pipeline import build_messages
+from ..messages import build_messages
 
 
 def unique_name(prefix: str = "dask-eventbus-test") -> str:

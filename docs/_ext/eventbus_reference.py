@@ -17,7 +17,7 @@ from typing import Any
 
 from dask_eventbus import config as eventbus_config
 from dask_eventbus import events as ev
-from dask_eventbus.pipeline import build_messages
+from dask_eventbus.messages import build_messages
 
 _YAML_KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[\w-]+):\s*(?P<rest>.*)$")
 

@@ -1,4 +1,4 @@
-"""The bounded buffer between scheduler hooks and the publisher, and delivery.
+"""The bounded buffer between scheduler hooks and the publisher, and its ledger.
 
 Hooks call :attr:`Pipeline.capture` with a record whose first item is a
 sequence number from :attr:`Pipeline.next_sequence`. Capturing is a deque
@@ -11,305 +11,35 @@ in the sequence numbers it takes out, and announces each gap with a
 The pipeline thread wakes when a batch is full or the flush interval passed
 and hands the batch to a *sink*:
 
-* in ``thread`` mode a :class:`Publisher` in this process normalizes and
+* in ``thread`` mode a :class:`~dask_eventbus.publisher.Publisher` in this process normalizes and
   encodes the batch once and publishes it; a failed publish keeps the batch,
   closes the backend, backs off exponentially with jitter, reopens and
   publishes it again: at-least-once delivery, in order;
 * in ``process`` mode a :class:`~dask_eventbus.process.ProcessSink` ships
   the raw records to a supervised publisher process that runs the same
-  :class:`Publisher` there (see ``process.py``).
+  :class:`~dask_eventbus.publisher.Publisher` there (see ``process.py``).
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from .backends import Backend, Message
+from .backends.contract import Backend
 from .config import Settings, redact_url
-from .events import (
-    CONTENT_TYPE,
-    DROPPED,
-    OVERSIZED,
-    TASK_TRANSITION,
-    Event,
-    Normalizer,
-    Record,
-    encode_many,
-    safe_text,
-)
+from .events import DROPPED, Record
+from .pacing import RateLimitedLog
+from .publisher import Sink
 
 logger = logging.getLogger("distributed.eventbus")
 
 # How long closing waits for the publisher thread once its backend was aborted.
 ABORT_WAIT = 5.0
-# After the first error of a kind, repeats are summarised at most this often.
-LOG_SUMMARY_INTERVAL = 60.0
-
-
-class Histogram:
-    """Bucket counts, as Prometheus histograms report them."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def observe_many(self, values: list[float]) -> None:
-        counts, bounds = self.counts, self.bounds
-        for value in values:
-            counts[bisect.bisect_left(bounds, value)] += 1
-        self.total += sum(values)
-
-    def add(self, counts: list[int], total: float) -> None:
-        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
-        self.total += total
-
-    def state(self) -> tuple[list[int], float]:
-        return list(self.counts), self.total
-
-
-PUBLISH_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-DELIVERY_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-_transition_keys: dict[tuple[str, str], str] = {}
-
-
-def _transition_routing_key(start: str, finish: str) -> str:
-    routing_key = _transition_keys.get((start, finish))
-    if routing_key is None:
-        routing_key = _transition_keys[start, finish] = f"{TASK_TRANSITION}.{start}.{finish}"
-    return routing_key
-
-
-def build_messages(
-    normalizer: Normalizer, records: list[Record], stats: DeliveryStats | None = None
-) -> list[Message]:
-    """Normalize and encode records into what backends publish (counting
-    oversized events in ``stats``)."""
-    events = [normalizer.event(record) for record in records]
-    messages: list[Message] = []
-    append = messages.append
-    limit = normalizer.max_event_bytes
-    for record, event, body in zip(records, events, encode_many(events), strict=True):
-        if len(body) > limit:
-            event, body = _in_place_of_oversized(normalizer, event, len(body))
-            if stats is not None:
-                stats.oversized += 1
-        type_ = routing_key = event.type
-        if type_ == TASK_TRANSITION:
-            routing_key = _transition_routing_key(event.data.start, event.data.finish)
-        append(
-            Message(
-                body,
-                event.id,
-                type_,
-                event.subject,
-                record[0],
-                record[2],
-                routing_key,
-                CONTENT_TYPE,
-                event.source,
-            )
-        )
-    return messages
-
-
-def _in_place_of_oversized(normalizer: Normalizer, event: Event, size: int) -> tuple[Event, bytes]:
-    logger.warning(
-        "dask-eventbus: event %s (%s, subject %r) is %d bytes of JSON, over "
-        "eventbus.events.max-event-bytes (%d); publishing a %s event in its place",
-        event.id,
-        event.type,
-        (event.subject or "")[:200],
-        size,
-        normalizer.max_event_bytes,
-        OVERSIZED,
-    )
-    replacement = normalizer.oversized(event, size)
-    return replacement, replacement.to_json()
-
-
-class DeliveryStats:
-    """What a sink reports about delivery to the broker."""
-
-    def __init__(self) -> None:
-        self.published = 0
-        self.retries = 0
-        self.publish_errors = 0
-        self.last_error: str | None = None
-        self.last_publish_time: float | None = None
-        self.connected = False
-        """Whether the last attempt to publish succeeded."""
-        self.oversized = 0
-        """Events published as dask.eventbus.oversized in place of larger ones."""
-        self.publish_seconds = Histogram(PUBLISH_SECONDS)
-        """Duration of each successful ``backend.publish`` call."""
-        self.delivery_seconds = Histogram(DELIVERY_SECONDS)
-        """Per event: from the scheduler seeing it to the broker acknowledging it."""
-
-
-class Sink(Protocol):
-    """Where the pipeline thread hands batches of records."""
-
-    @property
-    def stats(self) -> DeliveryStats: ...
-
-    def start(self) -> None: ...
-
-    def send(self, records: list[Record]) -> bool:
-        """Deliver or take charge of ``records``; False once closing ran out of time."""
-
-    def in_flight(self) -> int:
-        """Records handed over and not yet acknowledged by the broker."""
-
-    def begin_close(self, deadline: float) -> None: ...
-
-    def idle(self) -> None:
-        """Called when the pipeline thread wakes with nothing to send."""
-
-    def finish(self) -> int:
-        """After the last send: wait (until the deadline) and release; returns undelivered."""
-
-
-class Publisher:
-    """Publishes batches through a backend, retrying with backoff until accepted."""
-
-    def __init__(self, backend: Backend, normalizer: Normalizer, settings: Settings) -> None:
-        self.backend = backend
-        self.normalizer = normalizer
-        self.initial_backoff = settings.retry.initial_backoff
-        self.max_backoff = settings.retry.max_backoff
-        self.max_events = settings.queue.max_events
-        self._stats = DeliveryStats()
-        self._closing = threading.Event()
-        self._deadline = float("inf")
-        self._opened = False
-        self._failing_since: float | None = None
-        self._last_failure_log = 0.0
-        self._failures_since_log = 0
-        self.on_failure: Callable[[], None] | None = None
-        """Called after each failed attempt (the publisher process reports it)."""
-
-    @property
-    def stats(self) -> DeliveryStats:
-        return self._stats
-
-    def start(self) -> None:
-        pass
-
-    def in_flight(self) -> int:
-        return 0
-
-    def begin_close(self, deadline: float) -> None:
-        self._deadline = deadline
-        self._closing.set()
-
-    def idle(self) -> None:
-        pass
-
-    def send(self, records: list[Record]) -> bool:
-        return self.deliver(build_messages(self.normalizer, records, self._stats))
-
-    def finish(self) -> int:
-        self.close_backend()
-        self._stats.connected = False
-        return 0
-
-    def close_backend(self) -> None:
-        self._opened = False
-        try:
-            self.backend.close()
-        except Exception:
-            logger.debug("dask-eventbus: closing the backend failed", exc_info=True)
-
-    def deliver(self, messages: list[Message]) -> bool:
-        """Publish until the broker accepts; False if closing ran out of time."""
-        stats, attempt = self._stats, 0
-        while True:
-            try:
-                if not self._opened:
-                    self.backend.open()
-                    self._opened = True
-                started = time.perf_counter()
-                self.backend.send(messages)
-                stats.publish_seconds.observe(time.perf_counter() - started)
-            except Exception as exc:
-                stats.connected = False
-                self.close_backend()
-                self._record_failure(exc)
-                if self.on_failure is not None:
-                    self.on_failure()
-                attempt += 1
-                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 30))
-                delay *= random.uniform(0.5, 1.0)
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                stats.retries += 1
-                if self._closing.is_set():
-                    time.sleep(min(delay, remaining))
-                else:  # begin_close() cuts the backoff short to start flushing at once
-                    self._closing.wait(delay)
-                continue
-            stats.connected = True
-            stats.published += len(messages)
-            stats.last_publish_time = now = time.time()
-            stats.delivery_seconds.observe_many([now - m.time for m in messages])
-            if self._failing_since is not None:
-                logger.warning(
-                    "dask-eventbus: publishing to %s works again after %.1fs and %d "
-                    "failed attempts",
-                    redact_url(self.backend.describe()),
-                    time.monotonic() - self._failing_since,
-                    attempt,
-                )
-                self._failing_since = None
-            return True
-
-    def _record_failure(self, exc: BaseException) -> None:
-        self._stats.publish_errors += 1
-        try:
-            explanation = self.backend.explain(exc)
-        except Exception:
-            explanation = f"{type(exc).__name__}: {safe_text(exc)}"
-        self._stats.last_error = error = redact_url(explanation)[:2000]
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-            self._last_failure_log = now
-            self._failures_since_log = 0
-            logger.error(
-                "dask-eventbus: cannot publish to %s: %s. Retrying with backoff; "
-                "up to %d events are kept meanwhile (eventbus.queue.max-events).",
-                redact_url(self.backend.describe()),
-                error,
-                self.max_events,
-            )
-            return
-        self._failures_since_log += 1
-        if now - self._last_failure_log >= LOG_SUMMARY_INTERVAL:
-            logger.warning(
-                "dask-eventbus: still cannot publish to %s after %.0fs (%d more failures): %s",
-                redact_url(self.backend.describe()),
-                now - self._failing_since,
-                self._failures_since_log,
-                error,
-            )
-            self._last_failure_log = now
-            self._failures_since_log = 0
 
 
 class Pipeline:
@@ -343,8 +73,8 @@ class Pipeline:
         self.dropped = 0
         """Drops announced so far; see :meth:`dropped_so_far` for the live count."""
         self.undelivered = 0
-        self._last_drop_log = 0.0
-        self._drops_since_log = 0
+        self._drop_log = RateLimitedLog()
+        self._drops_unlogged = 0
 
     # ------------------------------------------------------------ hot path
 
@@ -538,27 +268,26 @@ class Pipeline:
         return (last, DROPPED, time.time(), count, first, last, self.policy)
 
     def _log_drops(self, count: int) -> None:
-        now = time.monotonic()
-        if self.dropped == count:
-            self._last_drop_log = now
+        self._drops_unlogged += count
+        if not self._drop_log.occurred():
+            return
+        dropped, self._drops_unlogged = self._drops_unlogged, 0
+        if dropped == self.dropped:
             logger.error(
                 "dask-eventbus: the event queue was full (eventbus.queue.max-events=%d), "
                 "%d events were dropped (%s). Dropped events are announced with %s "
                 "events; raise max-events or fix the backend to stop this.",
                 self.max_events,
-                count,
+                dropped,
                 self.policy,
                 DROPPED,
             )
-            return
-        self._drops_since_log += count
-        if now - self._last_drop_log >= LOG_SUMMARY_INTERVAL:
+        else:
             logger.warning(
                 "dask-eventbus: %d more events dropped on a full queue in the last "
                 "%.0fs (%d in all)",
-                self._drops_since_log,
-                now - self._last_drop_log,
+                dropped,
+                time.monotonic() - self._drop_log.last_logged,
                 self.dropped,
             )
-            self._last_drop_log = now
-            self._drops_since_log = 0
+        self._drop_log.logged()

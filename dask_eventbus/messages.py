@@ -1,0 +1,73 @@
+"""From captured records to what backends publish: normalized, encoded messages.
+
+Oversized events (over ``eventbus.events.max-event-bytes``) are replaced by a
+``dask.eventbus.oversized`` event keeping their id, time, sequence and subject.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .backends.contract import Message
+from .events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, Event, Normalizer, Record, encode_many
+from .stats import DeliveryStats
+
+logger = logging.getLogger("distributed.eventbus")
+
+
+_transition_keys: dict[tuple[str, str], str] = {}
+
+
+def _transition_routing_key(start: str, finish: str) -> str:
+    routing_key = _transition_keys.get((start, finish))
+    if routing_key is None:
+        routing_key = _transition_keys[start, finish] = f"{TASK_TRANSITION}.{start}.{finish}"
+    return routing_key
+
+
+def build_messages(
+    normalizer: Normalizer, records: list[Record], stats: DeliveryStats | None = None
+) -> list[Message]:
+    """Normalize and encode records into what backends publish (counting
+    oversized events in ``stats``)."""
+    events = [normalizer.event(record) for record in records]
+    messages: list[Message] = []
+    append = messages.append
+    limit = normalizer.max_event_bytes
+    for record, event, body in zip(records, events, encode_many(events), strict=True):
+        if len(body) > limit:
+            event, body = _in_place_of_oversized(normalizer, event, len(body))
+            if stats is not None:
+                stats.oversized += 1
+        type_ = routing_key = event.type
+        if type_ == TASK_TRANSITION:
+            routing_key = _transition_routing_key(event.data.start, event.data.finish)
+        append(
+            Message(
+                body,
+                event.id,
+                type_,
+                event.subject,
+                record[0],
+                record[2],
+                routing_key,
+                CONTENT_TYPE,
+                event.source,
+            )
+        )
+    return messages
+
+
+def _in_place_of_oversized(normalizer: Normalizer, event: Event, size: int) -> tuple[Event, bytes]:
+    logger.warning(
+        "dask-eventbus: event %s (%s, subject %r) is %d bytes of JSON, over "
+        "eventbus.events.max-event-bytes (%d); publishing a %s event in its place",
+        event.id,
+        event.type,
+        (event.subject or "")[:200],
+        size,
+        normalizer.max_event_bytes,
+        OVERSIZED,
+    )
+    replacement = normalizer.oversized(event, size)
+    return replacement, replacement.to_json()

@@ -1,0 +1,167 @@
+"""The publisher: hands batches to a backend until the broker accepted them.
+
+A failed publish keeps the batch, closes the backend, backs off
+exponentially with jitter, reopens and publishes it again: at-least-once
+delivery, in order. The pipeline thread drives it in ``thread`` mode; the
+publisher process runs the same class in ``process`` mode (see
+``process.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .backends.contract import Backend, Message
+from .config import Settings, redact_url
+from .events import Normalizer, Record, safe_text
+from .messages import build_messages
+from .pacing import Backoff, RateLimitedLog
+from .stats import DeliveryStats
+
+logger = logging.getLogger("distributed.eventbus")
+
+
+class Sink(Protocol):
+    """Where the pipeline thread hands batches of records."""
+
+    @property
+    def stats(self) -> DeliveryStats: ...
+
+    def start(self) -> None: ...
+
+    def send(self, records: list[Record]) -> bool:
+        """Deliver or take charge of ``records``; False once closing ran out of time."""
+
+    def in_flight(self) -> int:
+        """Records handed over and not yet acknowledged by the broker."""
+
+    def begin_close(self, deadline: float) -> None: ...
+
+    def idle(self) -> None:
+        """Called when the pipeline thread wakes with nothing to send."""
+
+    def finish(self) -> int:
+        """After the last send: wait (until the deadline) and release; returns undelivered."""
+
+
+class Publisher:
+    """Publishes batches through a backend, retrying with backoff until accepted."""
+
+    def __init__(self, backend: Backend, normalizer: Normalizer, settings: Settings) -> None:
+        self.backend = backend
+        self.normalizer = normalizer
+        self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
+        self.max_events = settings.queue.max_events
+        self._stats = DeliveryStats()
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._opened = False
+        self._failing = RateLimitedLog()
+        self.on_failure: Callable[[], None] | None = None
+        """Called after each failed attempt (the publisher process reports it)."""
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self._stats
+
+    def start(self) -> None:
+        pass
+
+    def in_flight(self) -> int:
+        return 0
+
+    def begin_close(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._closing.set()
+
+    def idle(self) -> None:
+        pass
+
+    def send(self, records: list[Record]) -> bool:
+        return self.deliver(build_messages(self.normalizer, records, self._stats))
+
+    def finish(self) -> int:
+        self.close_backend()
+        self._stats.connected = False
+        return 0
+
+    def close_backend(self) -> None:
+        self._opened = False
+        try:
+            self.backend.close()
+        except Exception:
+            logger.debug("dask-eventbus: closing the backend failed", exc_info=True)
+
+    def deliver(self, messages: list[Message]) -> bool:
+        """Publish until the broker accepts; False if closing ran out of time."""
+        stats = self._stats
+        while True:
+            try:
+                if not self._opened:
+                    self.backend.open()
+                    self._opened = True
+                started = time.perf_counter()
+                self.backend.send(messages)
+                stats.publish_seconds.observe(time.perf_counter() - started)
+            except Exception as exc:
+                stats.connected = False
+                self.close_backend()
+                self._record_failure(exc)
+                if self.on_failure is not None:
+                    self.on_failure()
+                delay = self._backoff.next_delay()
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                stats.retries += 1
+                if self._closing.is_set():
+                    time.sleep(min(delay, remaining))
+                else:  # begin_close() cuts the backoff short to start flushing at once
+                    self._closing.wait(delay)
+                continue
+            stats.connected = True
+            stats.published += len(messages)
+            stats.last_publish_time = now = time.time()
+            stats.delivery_seconds.observe_many([now - m.time for m in messages])
+            attempts, lasted = self._backoff.failures, self._failing.ended()
+            self._backoff.reset()
+            if lasted is not None:
+                logger.warning(
+                    "dask-eventbus: publishing to %s works again after %.1fs and %d "
+                    "failed attempts",
+                    redact_url(self.backend.describe()),
+                    lasted,
+                    attempts,
+                )
+            return True
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._stats.publish_errors += 1
+        try:
+            explanation = self.backend.explain(exc)
+        except Exception:
+            explanation = f"{type(exc).__name__}: {safe_text(exc)}"
+        self._stats.last_error = error = redact_url(explanation)[:2000]
+        if not self._failing.occurred():
+            return
+        if self._failing.last_logged == self._failing.since:
+            logger.error(
+                "dask-eventbus: cannot publish to %s: %s. Retrying with backoff; "
+                "up to %d events are kept meanwhile (eventbus.queue.max-events).",
+                redact_url(self.backend.describe()),
+                error,
+                self.max_events,
+            )
+        else:
+            logger.warning(
+                "dask-eventbus: still cannot publish to %s after %.0fs (%d more failures): %s",
+                redact_url(self.backend.describe()),
+                time.monotonic() - (self._failing.since or 0.0),
+                self._failing.unlogged + 1,
+                error,
+            )
+        self._failing.logged()
