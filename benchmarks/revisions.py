@@ -43,9 +43,10 @@ def run(tree: str, script: list[str]) -> tuple[list[str], dict[str, list[float |
     rows = {}
     for line in lines[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        rows[cells[0]] = [
-            float(c.replace(",", "")) if _NUMBER.match(c) else None for c in cells[1:]
-        ]
+        numeric = [float(c.replace(",", "")) if _NUMBER.match(c) else None for c in cells]
+        # The leading text cells name the row (e.g. backend and raw client).
+        width = next((i for i, n in enumerate(numeric) if n is not None), len(cells))
+        rows[" / ".join(cells[:width])] = [None] * (width - 1) + numeric[width:]
     return header, rows
 
 
