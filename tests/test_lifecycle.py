@@ -27,9 +27,10 @@ from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kafka import kafka_harness
 from harness_redis import redis_harness
-from helpers import Harness, inc
 
 from dask_eventbus import EventBusPlugin
+from dask_eventbus.testing import Target
+from dask_eventbus.testing.workload import inc
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(600)]
 
@@ -77,7 +78,7 @@ async def one_scheduler(plugin: EventBusPlugin, n: int) -> None:
 
 
 @pytest.fixture
-def harnesses(request: pytest.FixtureRequest) -> Iterator[dict[str, Harness]]:
+def harnesses(request: pytest.FixtureRequest) -> Iterator[dict[str, Target]]:
     from conftest import jsonl_harness, memory_harness
 
     made = {
@@ -93,7 +94,7 @@ def harnesses(request: pytest.FixtureRequest) -> Iterator[dict[str, Harness]]:
             harness.cleanup()
 
 
-def test_closed_schedulers_leave_nothing_behind(harnesses: dict[str, Harness]) -> None:
+def test_closed_schedulers_leave_nothing_behind(harnesses: dict[str, Target]) -> None:
     def plugin(backend: str) -> EventBusPlugin:
         return EventBusPlugin(backend, **harnesses[backend].options)
 
