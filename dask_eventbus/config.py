@@ -1,16 +1,15 @@
 """The ``eventbus`` Dask config namespace: defaults, typed settings, validation.
 
 The defaults live in ``eventbus.yaml`` beside this module and are merged into
-Dask's config (:func:`merge_defaults`) when the plugin, the preload or the
-command line is imported and whenever settings are loaded, so yaml files,
+Dask's config at import (:func:`merge_defaults`), so yaml files,
 ``dask.config.set`` and ``DASK_EVENTBUS__*`` environment variables all work
 the usual Dask way. :func:`load_settings` turns the merged config into typed
 :class:`Settings`, raising :class:`ConfigError` naming the key, the bad value
 and what is allowed.
 
-This module does not import Dask (or yaml) until one of those functions runs:
-the publisher process imports it only to receive typed settings, and must
-start cheaply.
+In the publisher process (``$EVENTBUS_PUBLISHER_PROCESS`` set) nothing is
+merged and neither Dask nor yaml is imported: it only receives typed settings,
+and must start cheaply.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "eventbus.yaml")
+PUBLISHER_PROCESS_ENV = "EVENTBUS_PUBLISHER_PROCESS"
+"""Set in the publisher process's environment (not ``DASK_*``: Dask would read it)."""
 
 _defaults: dict[str, Any] | None = None
 _merged = False
@@ -278,3 +279,7 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return redact_url(value)
     return value
+
+
+if not os.environ.get(PUBLISHER_PROCESS_ENV):
+    merge_defaults()

@@ -29,7 +29,7 @@ from . import events as ev
 from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
-from .config import ConfigError, Settings, load_settings, merge_defaults
+from .config import ConfigError, Settings, load_settings
 from .events import Normalizer, Record
 from .pipeline import Pipeline, Publisher, Sink
 from .process import ProcessSink
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 logger = logging.getLogger("distributed.eventbus")
-
-# Where the plugin can be used, ``dask.config.get("eventbus...")`` works too.
-merge_defaults()
 
 VERSIONS = {
     "dask": dask.__version__,
