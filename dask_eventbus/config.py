@@ -151,17 +151,24 @@ def _decode_custom(type_: type, value: Any) -> Any:
             raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise ValueError(f"a duration must not be negative, got {value!r}")
-        if isinstance(value, (int, float)):
-            return Duration(value)
-        from dask.utils import parse_timedelta
-
         try:
-            return Duration(parse_timedelta(value, default="seconds"))
+            return Duration(_seconds(value))
         except (ValueError, TypeError, KeyError):
             raise ValueError(
                 f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
             ) from None
     raise NotImplementedError(type_)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        # As parse_timedelta returns it: the publisher process, which receives
+        # numbers only, need not import Dask.
+        return value
+    from dask.utils import parse_timedelta
+
+    seconds: float = parse_timedelta(value, default="seconds")
+    return seconds
 
 
 def _kebab_keys(value: Any, type_: Any) -> Any:
