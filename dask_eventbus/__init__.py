@@ -4,7 +4,8 @@ The public names are loaded on first use (PEP 562), not at import: the
 publisher process imports ``dask_eventbus.process``, and with it this
 package, and must not pay for ``distributed``, the plugin or the command
 line. ``dask scheduler --preload dask_eventbus`` finds ``dask_setup`` all the
-same, by attribute.
+same, by attribute. Importing the package still merges the ``eventbus``
+defaults into Dask's config, except in the publisher process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import config  # noqa: F401  (its import merges the defaults into Dask's config)
 from ._version import __version__
 
 if TYPE_CHECKING:

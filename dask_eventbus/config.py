@@ -1,22 +1,20 @@
 """The ``eventbus`` Dask config namespace: defaults, typed settings, validation.
 
 The defaults live in ``eventbus.yaml`` beside this module and are merged into
-Dask's config (:func:`merge_defaults`) when the plugin, the preload or the
-command line is imported and whenever settings are loaded, so yaml files,
+Dask's config at import (:func:`merge_defaults`), so yaml files,
 ``dask.config.set`` and ``DASK_EVENTBUS__*`` environment variables all work
 the usual Dask way. :func:`load_settings` turns the merged config into typed
 :class:`Settings`, raising :class:`ConfigError` naming the key, the bad value
 and what is allowed.
 
-This module does not import Dask (or yaml) until one of those functions runs:
-the publisher process imports it only to receive typed settings, and must
-start cheaply.
+In the publisher process (``$EVENTBUS_PUBLISHER_PROCESS`` set) nothing is
+merged and neither Dask nor yaml is imported: it only receives typed settings,
+and must start cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -26,8 +24,11 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "eventbus.yaml")
+PUBLISHER_PROCESS_ENV = "EVENTBUS_PUBLISHER_PROCESS"
+"""Set in the publisher process's environment (not ``DASK_*``: Dask would read it)."""
 
 _defaults: dict[str, Any] | None = None
+_merged = False
 
 
 def defaults() -> dict[str, Any]:
@@ -42,15 +43,13 @@ def defaults() -> dict[str, Any]:
 
 
 def merge_defaults() -> None:
-    """Make the defaults part of Dask's config, and fill them in again where
-    the config was reset since (distributed's test utilities do that)."""
-    import dask.config
+    """Make the defaults part of Dask's config (once per process)."""
+    global _merged
+    if not _merged:
+        import dask.config
 
-    ours = defaults()
-    if not any(registered is ours for registered in dask.config.defaults):
-        dask.config.update_defaults(ours)
-    elif "eventbus" not in dask.config.config:
-        dask.config.update(dask.config.config, copy.deepcopy(ours))
+        dask.config.update_defaults(defaults())
+        _merged = True
 
 
 def __getattr__(name: str) -> Any:
@@ -151,21 +150,27 @@ def _decode_custom(type_: type, value: Any) -> Any:
             raise ValueError(f"expected a duration like '50ms' or '10s', got {value!r}")
         if isinstance(value, (int, float)) and value < 0:
             raise ValueError(f"a duration must not be negative, got {value!r}")
-        if isinstance(value, (int, float)):
-            seconds = type_(value)
-        else:
-            from dask.utils import parse_timedelta
-
-            try:
-                seconds = type_(parse_timedelta(value, default="seconds"))
-            except (ValueError, TypeError, KeyError):
-                raise ValueError(
-                    f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
-                ) from None
+        try:
+            seconds = type_(_seconds(value))
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"expected a duration like '50ms', '10s' or a number of seconds, got {value!r}"
+            ) from None
         if type_ is PositiveDuration and seconds <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
         return seconds
     raise NotImplementedError(type_)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        # As parse_timedelta returns it: the publisher process, which receives
+        # numbers only, need not import Dask.
+        return value
+    from dask.utils import parse_timedelta
+
+    seconds: float = parse_timedelta(value, default="seconds")
+    return seconds
 
 
 def _kebab_keys(value: Any, type_: Any) -> Any:
@@ -314,3 +319,7 @@ def redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return redact_url(value)
     return value
+
+
+if not os.environ.get(PUBLISHER_PROCESS_ENV):
+    merge_defaults()

@@ -30,7 +30,7 @@ from . import metrics
 from ._version import __version__
 from .backends import Backend, create_backend
 from .buffer import Pipeline
-from .config import ConfigError, Settings, load_settings, merge_defaults
+from .config import ConfigError, Settings, load_settings
 from .events import Normalizer, Record
 from .process import ProcessSink
 from .publisher import Publisher, Sink
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
     from distributed import Scheduler
 
 logger = logging.getLogger("distributed.eventbus")
-
-# Where the plugin can be used, ``dask.config.get("eventbus...")`` works too.
-merge_defaults()
 
 VERSIONS = {
     "dask": dask.__version__,

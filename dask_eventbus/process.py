@@ -42,7 +42,7 @@ from typing import IO, Any
 import msgspec
 
 from .backends import Backend
-from .config import Settings, redact_url
+from .config import PUBLISHER_PROCESS_ENV, Settings, redact_url
 from .events import Normalizer, Record, safe_text
 from .pacing import Backoff, RateLimitedLog
 from .publisher import Publisher
@@ -51,9 +51,15 @@ from .stats import DeliveryStats, Histogram
 logger = logging.getLogger("distributed.eventbus")
 
 START_TIMEOUT = 60.0
+PUBLISHER_COMMAND = [sys.executable, "-c", "from dask_eventbus.process import main; main()"]
 # A child that dies sooner than this after starting counts as a failed start.
 CRASH_WINDOW = 10.0
 _LENGTH = struct.Struct(">I")
+
+
+def publisher_environment() -> dict[str, str]:
+    """The publisher process's environment: this one's, marked as that process's."""
+    return {**os.environ, PUBLISHER_PROCESS_ENV: "1"}
 
 
 def _pack_fallback(obj: object) -> object:
@@ -277,9 +283,10 @@ class ProcessSink:
 
     def _launch(self) -> _Launched:
         child = subprocess.Popen(
-            [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
+            PUBLISHER_COMMAND,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=publisher_environment(),
             # Ctrl-C reaches the scheduler, which then closes the child in order.
             start_new_session=True,
         )

@@ -248,18 +248,23 @@ NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_event
 def test_the_publisher_process_imports_only_what_publishing_needs(tmp_path: Path) -> None:
     from dask_eventbus.config import load_settings
     from dask_eventbus.events import LOG
-    from dask_eventbus.process import read_frame, write_frame
+    from dask_eventbus.process import (
+        PUBLISHER_COMMAND,
+        publisher_environment,
+        read_frame,
+        write_frame,
+    )
 
     events_file = tmp_path / "events.jsonl"
     plugin = EventBusPlugin("jsonl", path=str(events_file))
     init = ProcessSink(plugin.backend, load_settings(), "dask://test", "run")._init
     # The command ProcessSink runs, with Python reporting every import on stderr.
     with subprocess.Popen(
-        [sys.executable, "-c", "from dask_eventbus.process import main; main()"],
+        PUBLISHER_COMMAND,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        env={**publisher_environment(), "PYTHONPROFILEIMPORTTIME": "1"},
     ) as child:
         assert child.stdin is not None and child.stdout is not None
         write_frame(child.stdin, ["init", init])
