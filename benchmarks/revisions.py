@@ -1,10 +1,11 @@
 """Two revisions of the package side by side: a benchmark run alternately
 against each, medians and the after/before ratio in one table.
 
-Each revision is a source tree (a checkout or ``git worktree``) put first on
-``PYTHONPATH``, so the same benchmark script imports that tree's
-``dask_eventbus`` (the publisher process inherits it). Every run prints the
-benchmark's markdown table; the rows and numeric columns are collected.
+Each revision is a source tree (a checkout or ``git worktree``): its own
+``benchmarks/<script>`` runs with the tree first on ``PYTHONPATH``, so it
+imports that tree's ``dask_eventbus`` (the publisher process inherits it).
+Every run prints the benchmark's markdown table; the rows and numeric
+columns are collected.
 
     git worktree add /tmp/before <revision>
     python benchmarks/revisions.py --before /tmp/before --after . --runs 3 \\
@@ -24,18 +25,16 @@ from collections import defaultdict
 
 from common import command_line, markdown_table
 
-HERE = pathlib.Path(__file__).resolve().parent
 _NUMBER = re.compile(r"^-?[\d,]*\.?\d+(e[-+]?\d+)?$")
 
 
 def run(tree: str, script: list[str]) -> tuple[list[str], dict[str, list[float | None]]]:
     """One run of the benchmark against ``tree``: header and rows of numbers."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(pathlib.Path(tree).resolve()), str(HERE)]),
-    }
+    root = pathlib.Path(tree).resolve()
+    benchmarks = root / "benchmarks"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(benchmarks)])}
     output = subprocess.run(
-        [sys.executable, str(HERE / script[0]), *script[1:]],
+        [sys.executable, str(benchmarks / script[0]), *script[1:]],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     lines = [line for line in output.splitlines() if line.startswith("|")]
