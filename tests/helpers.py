@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from typing import Any
 
 import pytest
 
+from dask_eventbus import create_backend, subscribe
+from dask_eventbus.backends import Message
 from dask_eventbus.events import Event
+from dask_eventbus.testing import read_events
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -73,3 +77,23 @@ def make_certificates(directory: Any) -> dict[str, str]:
         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", files["cert"],
     )  # fmt: skip
     return files
+
+
+def tls_server_context(certificates: dict[str, str]) -> ssl.SSLContext:
+    """A server-side SSL context with the certificate from :func:`make_certificates`,
+    for a TLS-terminating FaultProxy."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates["cert"], certificates["key"])
+    return context
+
+
+def assert_replayed(backend: str, options: dict[str, Any], messages: list[Message]) -> None:
+    """Publish ``messages`` through a new backend, then read them back from the beginning."""
+    made = create_backend(backend, options)
+    made.open()
+    try:
+        made.publish(messages)
+    finally:
+        made.close()
+    with subscribe(backend, from_beginning=True, **options) as events:
+        assert [e.id for e in read_events(events, count=len(messages))] == [m.id for m in messages]

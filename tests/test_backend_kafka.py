@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-import ssl
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +32,13 @@ from harness_kafka import (
     tansu_behind_a_proxy,
     tansu_binary,
 )
-from helpers import FAST_RETRY, make_certificates, require_broker
+from helpers import (
+    FAST_RETRY,
+    assert_replayed,
+    make_certificates,
+    require_broker,
+    tls_server_context,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -572,19 +577,10 @@ def test_defaults_and_pickling() -> None:
 
 def test_the_tls_block_reaches_librdkafka(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates["cert"], certificates["key"])
+    context = tls_server_context(certificates)
     with tansu_behind_a_proxy(unique_name(), tls=context) as (_, plain):
-        options = {**plain, "tls": {"ca-file": certificates["ca"]}}
         messages = synthetic_messages(5)
-        backend = create_backend("kafka", options)
-        backend.open()
-        try:
-            backend.publish(messages)
-        finally:
-            backend.close()
-        with subscribe("kafka", from_beginning=True, **options) as events:
-            assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+        assert_replayed("kafka", {**plain, "tls": {"ca-file": certificates["ca"]}}, messages)
 
         untrusted = create_backend("kafka", {**plain, "tls": {}})  # the system's CAs
         with pytest.raises(Exception) as info:

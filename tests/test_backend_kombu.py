@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import make_certificates, read_until_all
+from helpers import make_certificates, read_until_all, tls_server_context
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -270,8 +269,7 @@ def test_the_tls_block_reaches_the_transport(
 ) -> None:
     fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
     certificates = make_certificates(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates["cert"], certificates["key"])
+    context = tls_server_context(certificates)
     broker = ("127.0.0.1", 5672 if transport == "amqp" else 6379)
     with FaultProxy(broker, tls=context) as proxy:
         url = (

@@ -15,7 +15,6 @@ import logging
 import pickle
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,13 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_rabbitmq import delete_rabbitmq_objects
-from helpers import FAST_RETRY, make_certificates, read_until_all, require_broker
+from helpers import (
+    FAST_RETRY,
+    make_certificates,
+    read_until_all,
+    require_broker,
+    tls_server_context,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
@@ -488,8 +493,7 @@ def test_tls_through_a_tls_terminating_proxy(
     rabbitmq_url: str, names: dict[str, Any], tmp_path: Any
 ) -> None:
     certificates = make_certificates(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates["cert"], certificates["key"])
+    context = tls_server_context(certificates)
     params = pika.URLParameters(rabbitmq_url)
     tls_proxy = FaultProxy((params.host, params.port), tls=context)
     try:

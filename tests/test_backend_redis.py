@@ -22,7 +22,7 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import delete_streams
-from helpers import FAST_RETRY, make_certificates, require_program
+from helpers import FAST_RETRY, assert_replayed, make_certificates, require_program
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
@@ -483,15 +483,7 @@ def test_tls_with_a_ca_and_a_clear_error_without(
     certificates = make_certificates(tmp_path)
     server = redis_server(tls=certificates)
     options = {"url": server.url, "stream": "events", "tls": {"ca-file": certificates["ca"]}}
-    messages = synthetic_messages(5)
-    backend = create_backend("redis", options)
-    backend.open()
-    try:
-        backend.publish(messages)
-    finally:
-        backend.close()
-    with subscribe("redis", from_beginning=True, **options) as events:
-        assert [e.id for e in read_events(events, count=5)] == [m.id for m in messages]
+    assert_replayed("redis", options, synthetic_messages(5))
 
     # The options the tls block replaced still work, with a warning.
     with pytest.warns(FutureWarning, match="ssl-ca-certs is deprecated: use the tls block"):
