@@ -117,6 +117,8 @@ def subscribe(
         params = {k: v for k, v in options.items() if k in accepted and k != "self"}
         backend_options = {k: v for k, v in options.items() if k not in params}
         instance = create_backend(chosen, backend_options, settings.backends)
+    if types and "types" in inspect.signature(type(instance).subscribe).parameters:
+        params = {**params, "types": types}  # the backend filters on the broker, too
     subscription = instance.subscribe(from_beginning=from_beginning, **params)
     subscription.set_types(types)
     return subscription

@@ -21,6 +21,7 @@ BUILTIN_EXTRAS = {
     "rabbitmq": "rabbitmq",
     "kombu": "kombu",
     "redis": "redis",
+    "nats": "nats",
 }
 
 _registered: dict[str, type[Backend]] = {}

@@ -1,0 +1,107 @@
+"""The ``nats`` backend in the conformance suite, against a real NATS server
+with JetStream.
+
+The server is ``NATS_URL`` (default ``nats://127.0.0.1:4222``). Every test
+gets a stream and a subject prefix of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+
+import nats
+import nats.errors
+import pytest
+from helpers import require_broker
+from nats.js.errors import NotFoundError
+
+from dask_eventbus.testing import Target, proxied_url, unique_name
+
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+
+
+async def _jetstream_available(url: str) -> bool:
+    try:
+        client = await nats.connect(
+            url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=1
+        )
+    except (nats.errors.Error, OSError):
+        return False
+    try:
+        await client.jetstream().account_info()
+        return True
+    except nats.errors.Error:
+        return False
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The URL of a reachable NATS server with JetStream; skips (fails under CI) without."""
+    require_broker(asyncio.run(_jetstream_available(NATS_URL)), f"NATS JetStream at {NATS_URL}")
+    return NATS_URL
+
+
+def delete_streams(url: str, *streams: str) -> Callable[[], None]:
+    """A cleanup that deletes ``streams`` (and their consumers)."""
+
+    async def delete() -> None:
+        client = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+            for stream in streams:
+                with contextlib.suppress(NotFoundError):
+                    await client.jetstream().delete_stream(stream)
+        finally:
+            await client.close()
+
+    return lambda: asyncio.run(delete())
+
+
+def nats_options(url: str) -> dict[str, str]:
+    """A stream and a subject prefix of a test's own.
+
+    The suite publishes the same synthetic events again on purpose, where
+    JetStream would drop them as the duplicates of a retry: it publishes
+    without message ids. The fault matrix (through the proxy) sends them.
+    """
+    name = unique_name("dask-eventbus-test")
+    return {"url": url, "stream": name, "subject-prefix": name, "deduplicate": False}
+
+
+def nats_harness(request: pytest.FixtureRequest) -> Target:
+    url = request.getfixturevalue("nats_url")
+    options = nats_options(url)
+    return Target(
+        "nats",
+        options,
+        bad_options=[
+            ({"url": "http://127.0.0.1:4222"}, "url must use nats:// or tls://"),
+            ({"url": "nats://s3cr3t-token@127.0.0.1:4222"}, "give a token as token"),
+            ({"user": "alice"}, "user and password go together"),
+            ({"token": "abcd", "creds-file": "/x.creds"}, "give one way to authenticate"),
+            ({"subject-prefix": "events.>"}, "subject-prefix"),
+            ({"stream": "a.b"}, "stream"),
+            ({"publish-timeout": 0}, "publish-timeout"),
+            ({"max-msgs": 0}, "max-msgs"),
+            ({"duplicate-window": "soon"}, "duplicate-window"),
+        ],
+        cleanup=delete_streams(url, options["stream"]),
+        proxied=proxied_url(
+            url,
+            4222,
+            {
+                "stream": options["stream"],
+                "subject-prefix": options["subject-prefix"],
+                "deduplicate": True,
+                "connect-timeout": "1s",
+                "publish-timeout": "2s",
+            },
+        ),
+    )
+
+
+HARNESSES = {"nats": nats_harness}
