@@ -21,6 +21,7 @@ was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import time
@@ -261,8 +262,13 @@ class NatsBackend(Backend):
                 kwargs["tls_hostname"] = tls.server_hostname
         try:
             await client.connect(**kwargs)
-        except nats.errors.NoServersError as exc:
-            raise exc from (errors[-1] if errors else None)
+        except BaseException as exc:
+            # nats-py leaves the socket of a failed attempt open.
+            with contextlib.suppress(Exception):
+                await client.close()
+            if isinstance(exc, nats.errors.NoServersError):
+                raise exc from (errors[-1] if errors else None)
+            raise
         if options.wants_tls() and not client._server_info.get("tls_required"):
             await client.close()
             raise nats.errors.SecureConnWantedError()
@@ -430,7 +436,8 @@ class _JetStreamReader(Subscription):
         # The stream sequence of the last message received: an ephemeral
         # consumer made again after a reconnection starts after it.
         self._last_sequence: int | None = None
-        self._outstanding: set[str] = set()  # reply subjects of deliveries not acknowledged
+        # Reply subjects of deliveries not acknowledged, in the order received.
+        self._outstanding: dict[str, None] = {}
         self._reconnects = ConsumerReconnect(logger, "NATS", backend.explain)
 
     def start(self) -> None:
@@ -503,7 +510,7 @@ class _JetStreamReader(Subscription):
         deliveries = []
         for message in messages:
             self._last_sequence = message.metadata.sequence.stream
-            self._outstanding.add(message.reply)
+            self._outstanding[message.reply] = None
             deliveries.append(Delivery(message.data, message))
         return deliveries
 
@@ -540,7 +547,7 @@ class _JetStreamReader(Subscription):
         client = self._client
         if client is None or message.reply not in self._outstanding:
             return  # from a connection that is gone: delivered again anyway
-        self._outstanding.discard(message.reply)
+        del self._outstanding[message.reply]
         self._loop.submit(_send(client, message.reply, b"+ACK"))
 
     def _close(self) -> None:

@@ -1,0 +1,473 @@
+"""The ``nats`` backend against real NATS servers with JetStream.
+
+Most tests use the server at ``NATS_URL`` (default 127.0.0.1:4222), each on
+a stream and subject prefix of its own. Restarts, authentication and stalls
+use a ``nats-server`` each test starts itself on a free loopback port with
+a store directory of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+import nats
+import pytest
+from cloudevents.core.formats.json import JSONFormat
+from distributed import Client, Scheduler, Worker
+from distributed.utils_test import gen_test
+from harness_nats import delete_streams, nats_options
+from helpers import FAST_RETRY, require_program
+
+from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
+from dask_eventbus.backends.nats import NatsBackend
+from dask_eventbus.bindings.nats import message_id
+from dask_eventbus.events import TASK_TRANSITION, key_to_str
+from dask_eventbus.testing import (
+    BrokerProcess,
+    FaultProxy,
+    free_port,
+    is_closing,
+    read_events,
+    run_workload,
+    synthetic_messages,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def options(nats_url: str) -> Iterator[dict[str, Any]]:
+    made = nats_options(nats_url)
+    made["deduplicate"] = True
+    yield made
+    delete_streams(nats_url, made["stream"])()
+
+
+class NatsServer(BrokerProcess):
+    """A nats-server with JetStream on a free port, its store in ``directory``."""
+
+    def __init__(self, directory: str, *args: str) -> None:
+        port = free_port()
+        command = [require_program("nats-server"), "-js", "-sd", directory, "-a", "127.0.0.1"]
+        super().__init__("nats-server", [*command, "-p", str(port), *args], port, self._listening)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+@pytest.fixture
+def nats_server(tmp_path: Any) -> Iterator[Callable[..., NatsServer]]:
+    started: list[NatsServer] = []
+
+    def start(*args: str) -> NatsServer:
+        server = NatsServer(str(tmp_path / f"store-{len(started)}"), *args)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def stored(url: str, stream: str, subjects: str = ">") -> list[nats.aio.msg.Msg]:
+    """Every message ``stream`` holds, read by a plain nats-py consumer of its own."""
+    client = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+    try:
+        js = client.jetstream()
+        total = (await js.stream_info(stream)).state.messages
+        pull = await js.pull_subscribe(subjects, stream=stream)
+        messages: list[nats.aio.msg.Msg] = []
+        while len(messages) < total:
+            batch = await pull.fetch(500, timeout=5)
+            for message in batch:
+                await message.ack()
+            messages += batch
+        return messages
+    finally:
+        await client.close()
+
+
+def assert_complete(events: list[Event]) -> None:
+    """Every sequence number from 1 to the scheduler's last, each exactly once."""
+    counts = Counter(e.sequence_number for e in events)
+    last = max(counts)
+    assert sorted(counts) == list(range(1, last + 1)), "events lost"
+    assert set(counts.values()) == {1}, "events duplicated"
+    assert is_closing(events[-1])
+
+
+def slowinc(x: int, delay: float = 0.02) -> int:
+    time.sleep(delay)
+    return x + 1
+
+
+def nats_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("dask-eventbus-nats")]
+
+
+# ---------------------------------------------------------------- a real cluster
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+@gen_test(timeout=150)
+async def test_a_real_cluster_is_read_back_complete_and_in_order_by_a_plain_consumer(
+    options: dict[str, Any], mode: str
+) -> None:
+    with dask.config.set({"eventbus.pipeline.mode": mode}):
+        plugin = EventBusPlugin("nats", **options)
+    assert plugin.mode == mode
+    transition_log = await run_workload(plugin)
+    messages = await stored(options["url"], options["stream"])
+
+    fmt = JSONFormat()
+    events = []
+    for message in messages:
+        cloudevent = fmt.read(None, message.data)
+        assert cloudevent.get_specversion() == "1.0"
+        event = Event.from_json(message.data)
+        events.append(event)
+        routing = event.type
+        if event.type == TASK_TRANSITION:
+            routing += f".{event.data['start']}.{event.data['finish']}"
+        assert message.subject == f"{options['subject-prefix']}.{routing}"
+        assert message.headers is not None
+        assert message.headers["Content-Type"] == "application/cloudevents+json"
+        assert message.headers["Nats-Msg-Id"] == f"{event.source}#{event.id}"
+    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    assert_complete(events)
+    transitions = [
+        (e.data["key"], e.data["start"], e.data["finish"], e.data.get("stimulus_id"))
+        for e in events
+        if e.type == TASK_TRANSITION
+    ]
+    assert transitions == [
+        (key_to_str(t.key), t.start, t.finish, t.stimulus_id) for t in transition_log
+    ]
+    assert plugin.stats()["published"] == len(events)
+    assert not nats_threads(), "the backend's loop thread outlived the plugin"
+
+
+@gen_test(timeout=150)
+async def test_a_server_restart_mid_computation_loses_and_duplicates_nothing(
+    nats_server: Callable[..., NatsServer],
+) -> None:
+    server = nats_server()
+    with dask.config.set(FAST_RETRY):
+        plugin = EventBusPlugin("nats", url=server.url, **{"connect-timeout": "1s"})
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
+        async with Worker(s.address, nthreads=2), Worker(s.address, nthreads=2):
+            async with Client(s.address, asynchronous=True) as c:
+                futures = c.map(slowinc, range(600), key=[f"slowinc-{i}" for i in range(600)])
+                deadline = time.monotonic() + 60
+                while sum(f.done() for f in futures) < 50 or not plugin.stats()["published"]:
+                    assert time.monotonic() < deadline, "the computation did not start"
+                    await asyncio.sleep(0.02)
+                server.kill()
+                done_at_kill = sum(f.done() for f in futures)
+                await asyncio.sleep(1.5)
+                done_during_outage = sum(f.done() for f in futures) - done_at_kill
+                await asyncio.to_thread(server.start)
+                results = await c.gather(futures)
+        transition_count = len(s.transition_log)
+    events = [Event.from_json(m.data) for m in await stored(server.url, "dask-events")]
+
+    assert results == list(range(1, 601))
+    assert done_during_outage > 0, "the computation stalled while NATS was down"
+    # Batches retried after the restart were dropped as duplicates by JetStream.
+    assert_complete(events)
+    assert sum(e.type == TASK_TRANSITION for e in events) == transition_count
+    stats = plugin.stats()
+    assert stats["publish_errors"] > 0
+    assert stats["dropped"] == 0 and stats["undelivered"] == 0
+
+
+def test_a_retried_batch_is_not_stored_twice_within_the_duplicate_window(
+    options: dict[str, Any],
+) -> None:
+    messages = synthetic_messages(50)
+    backend = create_backend("nats", options)
+    backend.open()
+    try:
+        backend.send(messages)
+        # As the pipeline does when a batch's acknowledgements were lost.
+        backend.close()
+        backend.open()
+        backend.send(messages)
+        backend.send(messages[20:30])
+    finally:
+        backend.close()
+    stored_messages = asyncio.run(stored(options["url"], options["stream"]))
+    assert [m.headers["Nats-Msg-Id"] for m in stored_messages if m.headers] == [
+        message_id(m) for m in messages
+    ]
+
+
+def test_the_stream_is_created_with_the_configured_limits(options: dict[str, Any]) -> None:
+    limits = {"max-age": "1h", "max-bytes": 10_000_000, "max-msgs": 500, "duplicate-window": "30s"}
+    backend = create_backend("nats", {**options, **limits})
+    backend.open()
+    backend.close()
+
+    async def config() -> Any:
+        client = await nats.connect(options["url"])
+        try:
+            return (await client.jetstream().stream_info(options["stream"])).config
+        finally:
+            await client.close()
+
+    made = asyncio.run(config())
+    assert made.subjects == [f"{options['subject-prefix']}.>"]
+    assert made.storage == nats.js.api.StorageType.FILE
+    assert (made.max_age, made.max_bytes, made.max_msgs) == (3600, 10_000_000, 500)
+    assert made.duplicate_window == 30
+
+
+def test_without_create_stream_a_missing_stream_is_explained(options: dict[str, Any]) -> None:
+    backend = create_backend("nats", {**options, "create-stream": False})
+    with pytest.raises(nats.js.errors.NotFoundError) as info:
+        backend.open()
+    assert "create-stream is false" in backend.explain(info.value)
+    assert not nats_threads()
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def test_a_durable_consumer_resumes_where_it_stopped(options: dict[str, Any]) -> None:
+    messages = synthetic_messages(20)
+    backend = create_backend("nats", options)
+    backend.open()
+    try:
+        backend.send(messages)
+    finally:
+        backend.close()
+    with subscribe("nats", from_beginning=True, durable="resumer", **options) as events:
+        first = read_events(events, count=10)
+    with subscribe("nats", durable="resumer", **options) as events:
+        rest = read_events(events, count=10)
+        assert events.poll(timeout=1.0) is None
+    assert [e.id for e in first + rest] == [m.id for m in messages]
+
+
+def test_subject_filters_select_on_the_server(options: dict[str, Any]) -> None:
+    messages = synthetic_messages(40)
+    prefix = options["subject-prefix"]
+    wanted = [m for m in messages if m.routing_key.endswith(".memory")]
+    with subscribe(
+        "nats", subjects=[f"{prefix}.dask.task.transition.*.memory"], **options
+    ) as events:
+        backend = create_backend("nats", options)
+        backend.open()
+        try:
+            backend.send(messages)
+        finally:
+            backend.close()
+        received = read_events(events, count=len(wanted))
+        assert events.poll(timeout=1.0) is None
+    assert [e.id for e in received] == [m.id for m in wanted]
+
+
+def test_the_subscriber_follows_the_stream_through_a_server_restart(
+    nats_server: Callable[..., NatsServer],
+) -> None:
+    server = nats_server()
+    first, second = synthetic_messages(10, run_id="first"), synthetic_messages(10, run_id="then")
+    with subscribe("nats", url=server.url, **{"connect-timeout": "1s"}) as events:
+        backend = create_backend("nats", {"url": server.url})
+        backend.open()
+        backend.send(first)
+        backend.close()
+        assert [e.id for e in read_events(events, count=10)] == [m.id for m in first]
+        server.kill()
+        assert events.poll(timeout=1.0) is None
+        server.start()
+        backend.open()
+        backend.send(second)
+        backend.close()
+        assert [e.id for e in read_events(events, count=10)] == [m.id for m in second]
+
+
+def test_subscribe_refuses_unknown_parameters(options: dict[str, Any]) -> None:
+    backend = create_backend("nats", options)
+    with pytest.raises(TypeError, match="unknown nats subscribe options: group"):
+        backend.subscribe(group="g")
+    with pytest.raises(ValueError, match="durable"):
+        backend.subscribe(durable="a.b")
+
+
+# ---------------------------------------------------------------- outages, lifecycle
+
+
+def test_close_releases_the_loop_thread_and_is_repeatable(options: dict[str, Any]) -> None:
+    before = threading.active_count()
+    backend = create_backend("nats", options)
+    for _ in range(3):
+        backend.open()
+        backend.send(synthetic_messages(5))
+        backend.close()
+        backend.close()
+    assert threading.active_count() == before
+    assert not nats_threads()
+    again = pickle.loads(pickle.dumps(backend))
+    again.open()
+    loop = again._loop
+    assert loop is not None
+    again.close()
+    assert loop.loop.is_closed()
+
+
+def test_abort_makes_a_stalled_publish_give_up(nats_url: str, options: dict[str, Any]) -> None:
+    host, port = nats_url.rsplit("/", 1)[-1].split(":")
+    with FaultProxy((host, int(port))) as proxy:
+        backend = create_backend(
+            "nats", {**options, "url": f"nats://127.0.0.1:{proxy.port}", "publish-timeout": "60s"}
+        )
+        backend.open()
+        proxy.set_mode("stall")
+        failure: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                backend.send(synthetic_messages(10))
+            except BaseException as exc:
+                failure.append(exc)
+
+        publisher = threading.Thread(target=publish)
+        started = time.monotonic()
+        publisher.start()
+        time.sleep(0.5)
+        backend.abort()
+        publisher.join(10)
+        assert not publisher.is_alive() and failure
+        assert time.monotonic() - started < 5
+        assert "aborted" in backend.explain(failure[0])
+        proxy.set_mode("pass")
+        proxy.cut()
+        backend.close()
+    assert not nats_threads()
+
+
+def test_a_stalled_server_makes_publish_raise_in_time(
+    options: dict[str, Any], nats_url: str
+) -> None:
+    host, port = nats_url.rsplit("/", 1)[-1].split(":")
+    with FaultProxy((host, int(port))) as proxy:
+        backend = create_backend(
+            "nats", {**options, "url": f"nats://127.0.0.1:{proxy.port}", "publish-timeout": "1s"}
+        )
+        backend.open()
+        proxy.set_mode("stall")
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as info:
+            backend.send(synthetic_messages(10))
+        assert time.monotonic() - started < 4
+        assert "did not acknowledge in time" in backend.explain(info.value)
+        proxy.set_mode("pass")
+        proxy.cut()
+        backend.close()
+
+
+def test_no_server_is_explained_with_the_address() -> None:
+    port = free_port()
+    backend = create_backend("nats", {"url": f"nats://127.0.0.1:{port}", "connect-timeout": "1s"})
+    with pytest.raises(nats.errors.NoServersError) as info:
+        backend.open()
+    explained = backend.explain(info.value)
+    assert f"127.0.0.1:{port}" in explained and "connection refused" in explained
+    assert not nats_threads()
+
+
+@pytest.mark.parametrize(
+    ("server_args", "given", "secret"),
+    [
+        (("--user", "alice", "--pass", "right-pw-1"), {"user": "alice"}, "wrong-pw-42"),
+        (("--auth", "right-token-1"), {}, "wrong-token-42"),
+    ],
+    ids=["password", "token"],
+)
+def test_refused_credentials_are_explained_and_secrets_stay_hidden(
+    nats_server: Callable[..., NatsServer],
+    server_args: tuple[str, ...],
+    given: dict[str, str],
+    secret: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = nats_server(*server_args)
+    key = "password" if given else "token"
+    backend = create_backend("nats", {"url": server.url, key: secret, **given})
+    with pytest.raises(Exception) as info:
+        backend.open()
+    explained = backend.explain(info.value)
+    assert "refused the credentials" in explained
+    for text in (explained, repr(backend), repr(backend.options), backend.describe(), caplog.text):
+        assert secret not in text
+    in_url = create_backend("nats", {"url": f"nats://alice:{secret}@127.0.0.1:{server.port}"})
+    assert secret not in repr(in_url) and secret not in repr(in_url.options)
+    assert not nats_threads()
+
+
+def test_tls_asked_for_but_not_offered_is_refused(options: dict[str, Any]) -> None:
+    backend = create_backend("nats", {**options, "url": options["url"].replace("nats:", "tls:")})
+    with pytest.raises(nats.errors.Error) as info:
+        backend.open()
+    assert "does not offer TLS" in backend.explain(info.value)
+
+
+def test_several_servers_are_tried_in_turn(options: dict[str, Any]) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    backend = create_backend("nats", {**options, "url": f"{dead},{options['url']}"})
+    backend.open()
+    try:
+        backend.send(synthetic_messages(3))
+    finally:
+        backend.close()
+    listed = create_backend("nats", {**options, "url": [dead, options["url"]]})
+    assert listed.options.servers() == [dead, options["url"]]
+
+
+def test_bad_options_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"eventbus\.backends\.nats.*subject-prefix"):
+        create_backend("nats", {"subject-prefix": "a..b"})
+    with pytest.raises(ConfigError, match="user and password"):
+        create_backend("nats", {"password": "only-a-password"})
+
+
+def test_backend_class_is_the_registered_one() -> None:
+    assert type(create_backend("nats")) is NatsBackend
+
+
+def test_batched_mode_publishes_one_message_per_batch(options: dict[str, Any]) -> None:
+    messages = synthetic_messages(30)
+    backend = create_backend("nats", {**options, "content-mode": "batched"})
+    backend.open()
+    try:
+        backend.send(messages[:10])
+        backend.send(messages[10:])
+    finally:
+        backend.close()
+    held = asyncio.run(stored(options["url"], options["stream"]))
+    assert [m.subject for m in held] == [f"{options['subject-prefix']}.dask.eventbus.batch"] * 2
+    assert [len(json.loads(m.data)) for m in held] == [10, 20]
+    assert held[0].headers == {
+        "Content-Type": "application/cloudevents-batch+json",
+        "Nats-Msg-Id": message_id(messages[0]),
+    }
