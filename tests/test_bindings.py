@@ -11,8 +11,8 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, from_stru
 from cloudevents.core.formats.json import JSONFormat
 
 from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
-from dask_eventbus.bindings import amqp, kafka, redis
-from dask_eventbus.events import DROPPED, Normalizer, transition_record
+from dask_eventbus.bindings import amqp, kafka, nats, redis
+from dask_eventbus.events import DROPPED, Event, Normalizer, transition_record
 from dask_eventbus.messages import build_messages
 from dask_eventbus.testing import synthetic_messages
 
@@ -129,3 +129,59 @@ def test_redis_xadd_commands_carry_each_entrys_fields(maxlen: int) -> None:
         assert redis.body_of(dict(redis.entry_fields(message))) == message.body
     assert reader.gets() is False
     assert redis.body_of(None) is None  # an entry trimmed away
+
+
+# ---------------------------------------------------------------- nats
+
+
+def test_nats_records_carry_subject_message_id_and_content_type() -> None:
+    transition, dropped, wide = varied_messages()
+    record = nats.to_record(transition, "dask-events")
+    assert record.subject == "dask-events.dask.task.transition.processing.memory"
+    assert record.payload is transition.body
+    assert record.headers == {
+        "Content-Type": "application/cloudevents+json",
+        "Nats-Msg-Id": f"dask://host/Scheduler-1#{transition.id}",
+    }
+    assert nats.to_record(dropped, "a.b").subject == f"a.b.{DROPPED}"
+    assert nats.to_record(wide, "p").subject == "p.dask.task.transition.waiting.processing"
+    assert "Nats-Msg-Id" not in nats.to_record(transition, "p", deduplicate=False).headers
+    # The same event of another scheduler has another message id.
+    other = transition._replace(source="dask://host/Scheduler-2")
+    assert nats.message_id(other) != nats.message_id(transition)
+
+
+def test_nats_records_read_back_as_the_events() -> None:
+    messages = varied_messages()
+    for message in messages:
+        record = nats.to_record(message, "p")
+        assert nats.events_of(record.payload, record.headers) == [Event.from_json(message.body)]
+    (batch,) = in_content_mode(messages, "batched")
+    record = nats.to_record(batch, "p")
+    assert record.subject == "p.dask.eventbus.batch"
+    assert record.headers["Content-Type"] == BATCH_CONTENT_TYPE
+    assert nats.events_of(record.payload, record.headers) == [
+        Event.from_json(m.body) for m in messages
+    ]
+    with pytest.raises(ValueError, match="not a CloudEvent"):
+        nats.events_of(b"{}", {"Content-Type": "text/plain"})
+
+
+def test_nats_subject_filters_from_types() -> None:
+    assert nats.subject_filters("p", None) is None
+    assert nats.subject_filters("p", ["dask.task.*"]) == ["p.dask.task.>", "p.dask.eventbus.batch"]
+    assert nats.subject_filters("p", ["dask.worker.added"]) == [
+        "p.dask.worker.added",
+        "p.dask.worker.added.>",
+        "p.dask.eventbus.batch",
+    ]
+    # Overlapping filters are refused by JetStream: the wider one stays.
+    assert nats.subject_filters("p", ["dask.*", "dask.task.*"]) == ["p.dask.>"]
+    assert nats.subject_filters("p", ["dask.task.transition.*.erred"]) is None
+    assert nats.subject_filters("p", ["*"]) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "a..b", ".a", "a.", "a.*", "a.>", "a b"])
+def test_nats_bad_subject_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="subject-prefix"):
+        nats.check_subject_prefix(prefix)
