@@ -9,6 +9,7 @@ a store directory of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pickle
 import socket
@@ -25,7 +26,7 @@ from cloudevents.core.formats.json import JSONFormat
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_nats import delete_streams, nats_options
-from helpers import FAST_RETRY, require_program
+from helpers import FAST_RETRY, assert_replayed, make_certificates, require_program
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.nats import NatsBackend
@@ -425,11 +426,67 @@ def test_refused_credentials_are_explained_and_secrets_stay_hidden(
     assert not nats_threads()
 
 
-def test_tls_asked_for_but_not_offered_is_refused(options: dict[str, Any]) -> None:
+def test_tls_asked_for_but_not_offered_is_refused_before_credentials_go_out(
+    options: dict[str, Any],
+) -> None:
     backend = create_backend("nats", {**options, "url": options["url"].replace("nats:", "tls:")})
     with pytest.raises(nats.errors.Error) as info:
         backend.open()
     assert "does not offer TLS" in backend.explain(info.value)
+    assert not nats_threads()
+
+    # A server without TLS that asks for credentials never sees them.
+    received = bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.sendall(
+                    b'INFO {"server_id":"x","version":"2.9.10","auth_required":true,'
+                    b'"headers":true,"max_payload":1048576}\r\n'
+                )
+                connection.settimeout(2.0)
+                with contextlib.suppress(OSError):
+                    while chunk := connection.recv(4096):
+                        received.extend(chunk)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        plaintext = create_backend(
+            "nats",
+            {"url": f"tls://127.0.0.1:{port}", "user": "alice", "password": "never-sent-pw"},
+        )
+        with pytest.raises(nats.errors.Error):
+            plaintext.open()
+        server.join(10)
+    assert b"never-sent-pw" not in received and b"CONNECT" not in received
+
+
+def test_tls_with_a_ca_and_a_clear_error_without(
+    nats_server: Callable[..., NatsServer], tmp_path: Any
+) -> None:
+    certificates = make_certificates(tmp_path)
+    server = nats_server(
+        "--tls", "--tlscert", certificates["cert"], "--tlskey", certificates["key"]
+    )
+    url = f"tls://127.0.0.1:{server.port}"
+    with_ca = {"url": url, "tls": {"ca-file": certificates["ca"]}}
+    assert_replayed("nats", with_ca, synthetic_messages(5))
+    # A nats:// url with the tls block speaks TLS too.
+    assert_replayed(
+        "nats", {**with_ca, "url": f"nats://127.0.0.1:{server.port}"}, synthetic_messages(3)
+    )
+    untrusted = create_backend("nats", {"url": url})
+    with pytest.raises(Exception) as info:
+        untrusted.open()
+    assert "TLS with NATS" in untrusted.explain(info.value)
+    plain = create_backend("nats", {"url": f"nats://127.0.0.1:{server.port}"})
+    with pytest.raises(Exception) as info:
+        plain.open()
+    assert "TLS" in plain.explain(info.value)
+    assert not nats_threads()
 
 
 def test_several_servers_are_tried_in_turn(options: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Closing a scheduler releases everything the event bus opened for it.
 
 One process creates and closes many schedulers, each with a worker, a small
-graph and the plugin, on ``jsonl``, ``redis`` and ``kafka`` in their default
+graph and the plugin, on ``jsonl``, ``redis``, ``kafka`` and ``nats`` in their default
 (process) mode and on ``memory`` (thread mode). Afterwards its open file
 descriptors, threads (the operating system's, so a broker client's native
 threads count too) and child processes must be back where they were, and no
@@ -26,6 +26,7 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kafka import kafka_harness
+from harness_nats import nats_harness
 from harness_redis import redis_harness
 
 from dask_eventbus import EventBusPlugin
@@ -35,7 +36,7 @@ from dask_eventbus.testing.workload import inc
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(600)]
 
 SCHEDULERS = 100
-BACKENDS = ["jsonl", "redis", "kafka", "memory"]
+BACKENDS = ["jsonl", "redis", "kafka", "nats", "memory"]
 # Left for things that are not the event bus's: the event loop's executor
 # growing by a thread, a socket distributed keeps for reuse.
 TOLERANCE = {"fds": 4, "threads": 2, "children": 0}
@@ -85,6 +86,7 @@ def harnesses(request: pytest.FixtureRequest) -> Iterator[dict[str, Target]]:
         "jsonl": jsonl_harness(request),
         "redis": redis_harness(request),
         "kafka": kafka_harness(request),
+        "nats": nats_harness(request),
         "memory": memory_harness(request),
     }
     try:

@@ -53,10 +53,12 @@ def with_secret(harness: Target) -> dict[str, Any]:
         return {**options, "config": config, "timeout": "3s"}
     parsed = urlsplit(options["url"])
     host = parsed.netloc.rpartition("@")[2]
-    if parsed.scheme.startswith("redis"):
+    if parsed.scheme.startswith("redis") or parsed.scheme == "nats":
         # redis-py ignores a password the (passwordless) test Redis does not
-        # ask for; a port nobody listens on refuses the connection instead.
-        # (tests/test_backend_redis.py refuses passwords on a Redis of its own.)
+        # ask for, and so does a NATS server without authentication; a port
+        # nobody listens on refuses the connection instead.
+        # (tests/test_backend_redis.py and test_backend_nats.py refuse
+        # passwords on a server of their own.)
         host = "127.0.0.1:1"
     user = "guest" if parsed.scheme.startswith("amqp") else ""
     options["url"] = urlunsplit(parsed._replace(netloc=f"{user}:{SECRET}@{host}"))

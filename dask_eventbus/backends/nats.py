@@ -225,7 +225,7 @@ class NatsBackend(Backend):
         options = self.options
         gone: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         errors: list[BaseException] = []
-        client = NATSClient()
+        client = _TLSOnlyClient() if options.wants_tls() else NATSClient()
 
         async def error_cb(exc: Exception) -> None:
             errors.append(exc)
@@ -263,15 +263,13 @@ class NatsBackend(Backend):
         try:
             await client.connect(**kwargs)
         except BaseException as exc:
-            # nats-py leaves the socket of a failed attempt open.
+            # nats-py leaves the socket of a failed attempt open; closing it
+            # after a failed TLS handshake may wait for the peer.
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), 1.0)
             if isinstance(exc, nats.errors.NoServersError):
                 raise exc from (errors[-1] if errors else None)
             raise
-        if options.wants_tls() and not client._server_info.get("tls_required"):
-            await client.close()
-            raise nats.errors.SecureConnWantedError()
         return client, gone
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -404,6 +402,18 @@ class NatsBackend(Backend):
             return f"lost the connection to {where} ({detail})"
         network = explain_network(cause, where, "connect-timeout")
         return network or super().explain(exc)
+
+
+class _TLSOnlyClient(NATSClient):
+    """A nats-py client that refuses a server without TLS before it sends
+    anything (credentials): nats-py itself only upgrades a connection to TLS
+    when the server requires it, even for a ``tls://`` URL."""
+
+    def _connect_command(self) -> bytes:
+        if not self._server_info.get("tls_required"):
+            raise nats.errors.SecureConnWantedError()
+        command: bytes = super()._connect_command()
+        return command
 
 
 def _closed(error: BaseException | None) -> Exception:
