@@ -184,7 +184,8 @@ class NatsBackend(Backend):
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not every.done():
                 every.cancel()
-                raise _closed(gone.result())
+                # Closed before every acknowledgement came: by what closed it.
+                raise nats.errors.ConnectionClosedError() from gone.result()
             failures = [r for r in every.result() if isinstance(r, BaseException)]
         finally:
             for ack in acks:
@@ -399,7 +400,8 @@ class NatsBackend(Backend):
                 f"{self.options.publish_timeout:g}s): is the server overloaded or stalled?"
             )
         if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError)):
-            return f"lost the connection to {where} ({detail})"
+            why = f": {self.mask(repr(exc.__cause__))}" if exc.__cause__ is not None else ""
+            return f"lost the connection to {where}{why}"
         network = explain_network(cause, where, "connect-timeout")
         return network or super().explain(exc)
 
@@ -414,11 +416,6 @@ class _TLSOnlyClient(NATSClient):
             raise nats.errors.SecureConnWantedError()
         command: bytes = super()._connect_command()
         return command
-
-
-def _closed(error: BaseException | None) -> Exception:
-    reason = f": {type(error).__name__}: {error}" if error is not None else ""
-    return nats.errors.ConnectionClosedError(f"the connection closed before every ack{reason}")
 
 
 class _JetStreamReader(Subscription):
