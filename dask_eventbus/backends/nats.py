@@ -462,13 +462,13 @@ class _JetStreamReader(Subscription):
                 try:
                     await js.consumer_info(stream, self._durable)
                 except NotFoundError:
-                    await js.add_consumer(stream, self._config(js, client, durable=self._durable))
+                    await js.add_consumer(stream, self._config(client, durable=self._durable))
                 name = self._durable
             else:
                 if self._last_sequence is None and not self._from_beginning:
                     info = await js.stream_info(stream)
                     self._last_sequence = info.state.last_seq
-                made = await js.add_consumer(stream, self._config(js, client))
+                made = await js.add_consumer(stream, self._config(client))
                 name = made.name
             self._pull = await js.pull_subscribe_bind(consumer=name, stream=stream)
         except BaseException:
@@ -476,9 +476,7 @@ class _JetStreamReader(Subscription):
             raise
         self._client, self._consumer = client, name
 
-    def _config(
-        self, js: JetStreamContext, client: NATSClient, durable: str | None = None
-    ) -> api.ConsumerConfig:
+    def _config(self, client: NATSClient, durable: str | None = None) -> api.ConsumerConfig:
         config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT)
         if durable is None:
             config.inactive_threshold = 60.0
