@@ -313,6 +313,30 @@ def test_the_subscriber_follows_the_stream_through_a_server_restart(
         assert [e.id for e in read_events(events, count=10)] == [m.id for m in second]
 
 
+def test_a_durable_consumer_survives_a_server_restart(
+    nats_server: Callable[..., NatsServer],
+) -> None:
+    server = nats_server()
+    first, second = synthetic_messages(10, run_id="first"), synthetic_messages(10, run_id="then")
+    backend = create_backend("nats", {"url": server.url})
+    backend.open()
+    backend.send(first)
+    backend.close()
+    options = {"url": server.url, "connect-timeout": "1s"}
+    with subscribe("nats", durable="survivor", from_beginning=True, **options) as events:
+        assert [e.id for e in read_events(events, count=5)] == [m.id for m in first[:5]]
+        server.kill()
+        server.start()
+        backend.open()
+        backend.send(second)
+        backend.close()
+        # Unacknowledged events come again, none is skipped.
+        rest = read_events(events, until=lambda e: e.id == second[-1].id)
+    ids = [e.id for e in rest]
+    assert set(ids) >= {m.id for m in first[5:] + second}
+    assert ids[-10:] == [m.id for m in second]
+
+
 def test_subscribe_refuses_unknown_parameters(options: dict[str, Any]) -> None:
     backend = create_backend("nats", options)
     with pytest.raises(TypeError, match="unknown nats subscribe options: group"):
