@@ -12,7 +12,7 @@ import pytest
 
 from dask_eventbus.events import EVENT_TYPES, OVERSIZED
 from dask_eventbus.normalize import Normalizer
-from dask_eventbus.process import _Batch, _pack, _parent_frames
+from dask_eventbus.process import _Batch, _decode_parent_frame, _pack, _parent_frames
 from dask_eventbus.records import (
     RECORD_TYPES,
     AnyRecord,
@@ -86,3 +86,15 @@ def test_the_publisher_process_normalizes_a_record_as_this_process_does(record: 
         assert there["data"]["message"]["big"] == str(2**70)
         there["data"]["message"]["big"] = here["data"]["message"]["big"]
     assert there == here
+
+
+def test_a_record_the_publisher_process_cannot_decode_costs_only_that_event() -> None:
+    bad = ["dask.task.transition", 1, NOW, "k", 5, "memory"]  # a start state that is no string
+    good = ["dask.log", 2, NOW, "topic", {"x": 1}]
+    frame = _decode_parent_frame(msgspec.msgpack.encode(["batch", 3, [bad, good]]))
+    assert isinstance(frame, _Batch) and frame.batch_id == 3
+    error, log = frame.records
+    assert isinstance(error, LogRecord) and error.sequence == 1
+    assert error.topic == "dask-eventbus.normalization-error"
+    assert "Expected `str`, got `int`" in error.message["error"]
+    assert log == LogRecord(2, NOW, "topic", {"x": 1})
