@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .backends.contract import Backend, Message
 from .config import Settings, redact_url
-from .events import Normalizer, Record, safe_text
+from .events import safe_text
 from .messages import build_messages
+from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
+from .records import Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
@@ -33,7 +35,7 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
 
-    def send(self, records: list[Record]) -> bool:
+    def send(self, records: Sequence[Record]) -> bool:
         """Deliver or take charge of ``records``; False once closing ran out of time."""
 
     def in_flight(self) -> int:
@@ -81,7 +83,7 @@ class Publisher:
     def idle(self) -> None:
         pass
 
-    def send(self, records: list[Record]) -> bool:
+    def send(self, records: Sequence[Record]) -> bool:
         return self.deliver(build_messages(self.normalizer, records, self._stats))
 
     def finish(self) -> int:
