@@ -21,6 +21,7 @@ BUILTIN_EXTRAS = {
     "rabbitmq": "rabbitmq",
     "kombu": "kombu",
     "redis": "redis",
+    "webhook": "webhook",
 }
 
 _registered: dict[str, type[Backend]] = {}
