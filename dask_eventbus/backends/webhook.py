@@ -226,6 +226,11 @@ class WebhookBackend(Backend):
     def explain(self, exc: BaseException) -> str:
         where = self._where
         detail = self.mask(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Refused):
+            return (
+                f"the webhook receiver refused {len(exc.messages)} events for good "
+                f"(not retried): {self.mask(exc.reason)}"
+            )
         if isinstance(exc, WebhookError):
             wait = f" (Retry-After {exc.retry_after:g}s)" if exc.retry_after is not None else ""
             if exc.status == 429:
