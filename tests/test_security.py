@@ -58,6 +58,11 @@ def with_secret(harness: Target) -> dict[str, Any]:
         # ask for; a port nobody listens on refuses the connection instead.
         # (tests/test_backend_redis.py refuses passwords on a Redis of its own.)
         host = "127.0.0.1:1"
+    if parsed.scheme.startswith("http"):
+        # A 401 is a refusal for good, not retried (tests/test_backend_webhook.py
+        # checks that it leaks nothing); here the token goes in a header too.
+        host = "127.0.0.1:1"
+        options["headers"] = {"Authorization": f"Bearer {SECRET}"}
     user = "guest" if parsed.scheme.startswith("amqp") else ""
     options["url"] = urlunsplit(parsed._replace(netloc=f"{user}:{SECRET}@{host}"))
     return options
