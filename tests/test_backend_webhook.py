@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
 
 from dask_eventbus import Backend, EventBusPlugin, create_backend
+from dask_eventbus.backends import Refused
 from dask_eventbus.bindings.http import (
     request,
     request_end,
@@ -39,7 +41,7 @@ from dask_eventbus.bindings.http import (
 from dask_eventbus.config import ConfigError, load_settings
 from dask_eventbus.events import DROPPED, Normalizer, load_shipped_schema
 from dask_eventbus.publisher import Publisher
-from dask_eventbus.testing import FaultProxy, run_workload, synthetic_messages
+from dask_eventbus.testing import FaultProxy, free_port, run_workload, synthetic_messages
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -420,3 +422,49 @@ def test_http2_option_still_speaks_to_an_http1_receiver() -> None:
         finally:
             backend.close()
         assert len(receiver.events()) == 2
+
+
+RECEIVER_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "webhook-receiver"
+
+
+def test_the_documented_receiver_verifies_and_prints_what_arrives() -> None:
+    port = free_port()
+    env = {**os.environ, "WEBHOOK_SECRET": SECRET}
+    receiver = subprocess.Popen(
+        [sys.executable, str(RECEIVER_EXAMPLE / "receiver.py"), str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and receiver.poll() is None
+                time.sleep(0.1)
+        messages = synthetic_messages(6)
+        for mode, batch in (("structured", messages[:3]), ("batched", messages[3:])):
+            backend = create_backend(
+                "webhook", {"url": url, "secret": SECRET, "content-mode": mode}
+            )
+            backend.open()
+            try:
+                backend.send(batch)
+            finally:
+                backend.close()
+        wrong = "whsec_" + base64.b64encode(b"another key").decode()
+        backend = create_backend("webhook", {"url": url, "secret": wrong})
+        backend.open()
+        try:
+            with pytest.raises(Refused, match="HTTP 401"):
+                backend.send(synthetic_messages(1, run_id="forged"))
+        finally:
+            backend.close()
+    finally:
+        receiver.terminate()
+        output, _ = receiver.communicate(timeout=10)
+    assert output.splitlines() == [f"{m.sequence:020d} {m.type} {m.subject}" for m in messages]
