@@ -23,7 +23,7 @@ import dask
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
-from helpers import FAST_RETRY
+from helpers import FAST_RETRY, make_certificates, tls_server_context
 from jsonschema import Draft202012Validator, FormatChecker
 from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
@@ -468,3 +468,29 @@ def test_the_documented_receiver_verifies_and_prints_what_arrives() -> None:
         receiver.terminate()
         output, _ = receiver.communicate(timeout=10)
     assert output.splitlines() == [f"{m.sequence:020d} {m.type} {m.subject}" for m in messages]
+
+
+def test_https_with_the_tls_block_and_a_clear_error_without(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    messages = synthetic_messages(3)
+    with (
+        WebhookReceiver() as receiver,
+        FaultProxy(("127.0.0.1", receiver.port), tls=tls_server_context(certificates)) as proxy,
+    ):
+        url = f"https://127.0.0.1:{proxy.port}/events"
+        backend = create_backend("webhook", {"url": url, "tls": {"ca-file": certificates["ca"]}})
+        backend.open()
+        try:
+            backend.send(messages)
+        finally:
+            backend.close()
+        assert ids(receiver.events()) == [m.id for m in messages]
+
+        unverified = create_backend("webhook", {"url": url})
+        unverified.open()
+        try:
+            with pytest.raises(Exception) as info:
+                unverified.send(messages)
+        finally:
+            unverified.close()
+        assert "TLS with the webhook receiver at 127.0.0.1" in unverified.explain(info.value)
