@@ -28,20 +28,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dask_eventbus.events import (
-    CLIENT_ADDED,
-    CLIENT_REMOVED,
-    GRAPH_UPDATED,
-    LOG,
-    SCHEDULER_CLOSING,
-    SCHEDULER_STARTED,
-    WORKER_ADDED,
-    WORKER_REMOVED,
-    Normalizer,
-    Record,
-    transition_record,
-)
 from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import (
+    ClientAddedRecord,
+    ClientRemovedRecord,
+    GraphRecord,
+    LogRecord,
+    Record,
+    SchedulerClosingRecord,
+    SchedulerStartedRecord,
+    TransitionRecord,
+    WorkerAddedRecord,
+    WorkerRemovedRecord,
+)
 
 TARGET_SECONDS = 30.0
 TARGET_BYTES = 1 << 30
@@ -62,22 +62,22 @@ class Run:
         }
         self.nthreads = threads
 
-    def record(self, type_: str, when: float, *fields: Any) -> Record:
+    def record(self, record_type: type[Record], when: float, *fields: Any) -> Record:
         self.sequence += 1
-        return (self.sequence, type_, when, *fields)
+        return record_type(self.sequence, when, *fields)
 
     def transition(self, when: float, key: str, start: str, finish: str, **kw: Any) -> Record:
         self.sequence += 1
         prefix = key.split("-", 1)[0]
-        return transition_record(
+        return TransitionRecord(
             self.sequence,
+            when,
             key,
             start,
             finish,
             f"{finish}-{when:.6f}",
             group=prefix,
             prefix=prefix,
-            timestamp=when,
             **kw,
         )
 
@@ -157,13 +157,18 @@ class Run:
         client = "Client-0a1b2c3d-benchmark"
         start: list[Record] = [
             self.record(
-                SCHEDULER_STARTED, self.clock, "Scheduler-bench", "tcp://10.0.0.0:8786", VERSIONS, 0
+                SchedulerStartedRecord,
+                self.clock,
+                "Scheduler-bench",
+                "tcp://10.0.0.0:8786",
+                VERSIONS,
+                0,
             ),
             *(
-                self.record(WORKER_ADDED, self.clock, self.worker_info(w), None)
+                self.record(WorkerAddedRecord, self.clock, self.worker_info(w), None)
                 for w in self.threads
             ),
-            self.record(CLIENT_ADDED, self.clock, client),
+            self.record(ClientAddedRecord, self.clock, client),
         ]
         yield start
         number = 0
@@ -178,7 +183,7 @@ class Run:
                     keys, wanted = item[1], item[2]
                     records.append(
                         self.record(
-                            GRAPH_UPDATED,
+                            GraphRecord,
                             when,
                             client,
                             keys,
@@ -187,7 +192,9 @@ class Run:
                             f"update-graph-{when}",
                         )
                     )
-                    records.append(self.record(LOG, when, "scheduler", {"action": "update-graph"}))
+                    records.append(
+                        self.record(LogRecord, when, "scheduler", {"action": "update-graph"})
+                    )
                 else:
                     _, key, start_state, finish, kw = item
                     records.append(self.transition(when, key, start_state, finish, **kw))
@@ -198,13 +205,16 @@ class Run:
                 info = self.worker_info(leaving)
                 del self.threads[leaving]
                 reason = f"retire-workers-{self.clock}"
-                yield [self.record(WORKER_REMOVED, self.clock, info, reason)]
+                yield [self.record(WorkerRemovedRecord, self.clock, info, reason)]
         end = self.clock + 1
         yield [
-            self.record(CLIENT_REMOVED, end, client),
-            *(self.record(WORKER_REMOVED, end, self.worker_info(w), "close") for w in self.threads),
+            self.record(ClientRemovedRecord, end, client),
+            *(
+                self.record(WorkerRemovedRecord, end, self.worker_info(w), "close")
+                for w in self.threads
+            ),
             self.record(
-                SCHEDULER_CLOSING, end, "Scheduler-bench", "tcp://10.0.0.0:8786", VERSIONS, 0
+                SchedulerClosingRecord, end, "Scheduler-bench", "tcp://10.0.0.0:8786", VERSIONS, 0
             ),
         ]
 

@@ -29,8 +29,9 @@ from common import command_line, markdown_table, median, parse_options
 
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
-from dask_eventbus.events import Normalizer, transition_record
 from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import TransitionRecord
 
 RawPublish = Callable[[Any, dict[str, Any], int], None]
 Prepare = Callable[[list[Message], dict[str, Any]], Any]
@@ -58,8 +59,14 @@ def messages(count: int) -> list[Message]:
         "startstops": [{"action": "compute", "start": now, "stop": now + 0.001}],
     }
     records = [
-        transition_record(
-            i, f"inc-{i:032x}", "processing", "memory", f"s-{i}", extra=extra, timestamp=now
+        TransitionRecord(
+            i,
+            now,
+            f"inc-{i:032x}",
+            "processing",
+            "memory",
+            f"s-{i}",
+            extra=extra,
         )
         for i in range(1, count + 1)
     ]

@@ -1,7 +1,7 @@
 """The bounded buffer between scheduler hooks and the publisher, and its ledger.
 
-Hooks call :attr:`Pipeline.capture` with a record whose first item is a
-sequence number from :attr:`Pipeline.next_sequence`. Capturing is a deque
+Hooks call :attr:`Pipeline.capture` with a record whose sequence number
+comes from :attr:`Pipeline.next_sequence`. Capturing is a deque
 append: O(1), no lock, no I/O. When the buffer is full the overflow policy
 drops either the oldest records (``deque(maxlen)`` evicts them) or the new one.
 Drops are not counted on the hot path: the pipeline thread sees them as gaps
@@ -32,9 +32,10 @@ from typing import Any
 
 from .backends.contract import Backend
 from .config import Settings, redact_url
-from .events import DROPPED, Record
+from .events import DROPPED
 from .pacing import RateLimitedLog
 from .publisher import Sink
+from .records import DroppedRecord, Record
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -158,7 +159,7 @@ class Pipeline:
         if self.policy == "drop-newest":
             return self._overflowed[0]
         try:
-            unseen = self._buffer[0][0] - self._last_taken - 1
+            unseen = self._buffer[0].sequence - self._last_taken - 1
         except IndexError:
             unseen = 0
         return self.dropped + max(0, unseen)
@@ -224,7 +225,12 @@ class Pipeline:
             except Exception:
                 # A bug must cost this batch, not every event after it.
                 lost = self._pending
-                if len(lost) == 1 and lost[0][1] == DROPPED and lost[0][6] == "error":
+                announcement = lost[0]
+                if (
+                    len(lost) == 1
+                    and type(announcement) is DroppedRecord
+                    and announcement.policy == "error"
+                ):
                     self._pending = []  # not even the announcement goes out
                 else:
                     self._pending = [self._lost_batch(lost)]
@@ -232,14 +238,15 @@ class Pipeline:
             self._pending = []
 
     def _take_batch(self) -> list[Record]:
-        buffer, records = self._buffer, []
+        buffer, records = self._buffer, list[Record]()
         popleft = buffer.popleft
         try:
             for _ in range(self.batch_size):
                 record = popleft()
-                if record[0] > self._last_taken + 1:
-                    records.append(self._dropped_record(record[0] - 1))
-                self._last_taken = record[0]
+                sequence = record.sequence
+                if sequence > self._last_taken + 1:
+                    records.append(self._dropped_record(sequence - 1))
+                self._last_taken = sequence
                 records.append(record)
         except IndexError:
             pass
@@ -250,23 +257,23 @@ class Pipeline:
                 self._last_taken = final
         return records
 
-    def _lost_batch(self, records: list[Record]) -> Record:
+    def _lost_batch(self, records: list[Record]) -> DroppedRecord:
         """A dropped-event record standing for a batch that could not be sent."""
         logger.exception(
             "dask-eventbus: could not publish a batch of %d events; they are dropped and announced",
             len(records),
         )
-        first, last = records[0][0], records[-1][0]
+        first, last = records[0].sequence, records[-1].sequence
         count = len(records)
         self.dropped += count
-        return (last, DROPPED, time.time(), count, first, last, "error")
+        return DroppedRecord(last, time.time(), count, first, last, "error")
 
-    def _dropped_record(self, last: int) -> Record:
+    def _dropped_record(self, last: int) -> DroppedRecord:
         first = self._last_taken + 1
         count = last - first + 1
         self.dropped += count
         self._log_drops(count)
-        return (last, DROPPED, time.time(), count, first, last, self.policy)
+        return DroppedRecord(last, time.time(), count, first, last, self.policy)
 
     def _log_drops(self, count: int) -> None:
         self._drops_unlogged += count

@@ -24,9 +24,11 @@ from ._version import __version__
 from .backends import Backend, Subscription, create_backend
 from .backends.jsonl import JsonLinesBackend
 from .config import ConfigError, load_settings, merge_defaults, redact_url, redact_value
-from .events import PROBE, SCHEDULER_CLOSING, Event, Normalizer
+from .events import PROBE, SCHEDULER_CLOSING, Event
 from .messages import build_messages
+from .normalize import Normalizer
 from .preload import parse_option_pairs
+from .records import ProbeRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -326,7 +328,9 @@ def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None
     probe_id = f"probe-{uuid.uuid4().hex[:12]}"
     host = socket.gethostname()
     normalizer = Normalizer(f"dask-eventbus-check://{host}", probe_id)
-    messages = build_messages(normalizer, [(1, PROBE, time.time(), probe_id, host, __version__)])
+    messages = build_messages(
+        normalizer, [ProbeRecord(1, time.time(), probe_id, host, __version__)]
+    )
 
     if not instance.readable:
         try:

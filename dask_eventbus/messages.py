@@ -7,9 +7,12 @@ Oversized events (over ``eventbus.events.max-event-bytes``) are replaced by a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from .backends.contract import Message
-from .events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, Event, Normalizer, Record, encode_many
+from .events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, Event, encode_many
+from .normalize import Normalizer
+from .records import Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
@@ -26,7 +29,7 @@ def _transition_routing_key(start: str, finish: str) -> str:
 
 
 def build_messages(
-    normalizer: Normalizer, records: list[Record], stats: DeliveryStats | None = None
+    normalizer: Normalizer, records: Sequence[Record], stats: DeliveryStats | None = None
 ) -> list[Message]:
     """Normalize and encode records into what backends publish (counting
     oversized events in ``stats``)."""
@@ -48,8 +51,8 @@ def build_messages(
                 event.id,
                 type_,
                 event.subject,
-                record[0],
-                record[2],
+                record.sequence,
+                record.time,
                 routing_key,
                 CONTENT_TYPE,
                 event.source,

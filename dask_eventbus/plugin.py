@@ -1,7 +1,7 @@
 """EventBusPlugin: the scheduler hooks. They capture; the pipeline does the rest.
 
-Every hook builds one record tuple ``(sequence, type, time, *fields)`` and
-hands it to the pipeline's capture function. Hooks read from the scheduler
+Every hook builds one record of its event's type (``records.py``) and hands
+it to the pipeline's capture function. Hooks read from the scheduler
 only what will have changed by the time the publisher thread gets to it (the
 worker a task was sent to, the blame of a failure, a worker's description
 before it is removed); everything else is kept by reference. No I/O, no
@@ -31,9 +31,23 @@ from ._version import __version__
 from .backends import Backend, create_backend
 from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
-from .events import Normalizer, Record
+from .normalize import Normalizer
 from .process import ProcessSink
 from .publisher import Publisher, Sink
+from .records import (
+    ClientAddedRecord,
+    ClientRemovedRecord,
+    GraphRecord,
+    LogRecord,
+    Record,
+    SchedulerClosingRecord,
+    SchedulerRestartedRecord,
+    SchedulerStartedRecord,
+    TransitionRecord,
+    WorkerAddedRecord,
+    WorkerRemovedRecord,
+    _SchedulerRecord,
+)
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -140,10 +154,10 @@ class EventBusPlugin(SchedulerPlugin):
         logger.info(
             "dask-eventbus: publishing scheduler events to %r (%s mode)", self.backend, self.mode
         )
-        self._capture_scheduler(ev.SCHEDULER_STARTED)
+        self._capture_scheduler(SchedulerStartedRecord)
 
     async def before_close(self) -> None:
-        self._capture_scheduler(ev.SCHEDULER_CLOSING)
+        self._capture_scheduler(SchedulerClosingRecord)
 
     async def close(self) -> None:
         pipeline = self._pipeline
@@ -205,9 +219,8 @@ class EventBusPlugin(SchedulerPlugin):
                 task_group = ts.group
                 group, prefix = task_group.name, task_group.prefix.name
             self._capture(
-                (
+                TransitionRecord(
                     self._next_sequence(),
-                    ev.TASK_TRANSITION,
                     time(),
                     key,
                     start,
@@ -255,9 +268,8 @@ class EventBusPlugin(SchedulerPlugin):
             limit = self.settings.events.max_graph_keys
             shown = list(itertools.islice(keys, limit))
             self._capture(
-                (
+                GraphRecord(
                     self._next_sequence(),
-                    ev.GRAPH_UPDATED,
                     time(),
                     client,
                     tasks,
@@ -274,7 +286,7 @@ class EventBusPlugin(SchedulerPlugin):
             info = _worker_info(scheduler.workers[worker])
             self._workers[worker] = info
             if self._enabled[ev.WORKER_ADDED]:
-                self._capture((self._next_sequence(), ev.WORKER_ADDED, time(), info, None))
+                self._capture(WorkerAddedRecord(self._next_sequence(), time(), info, None))
         except Exception:
             logger.debug("dask-eventbus: add_worker capture failed", exc_info=True)
 
@@ -289,43 +301,35 @@ class EventBusPlugin(SchedulerPlugin):
         try:
             info = self._workers.pop(worker, None) or {"address": worker}
             if self._enabled[ev.WORKER_REMOVED]:
-                self._capture(
-                    (
-                        self._next_sequence(),
-                        ev.WORKER_REMOVED,
-                        time(),
-                        info,
-                        stimulus_id,
-                    )
-                )
+                self._capture(WorkerRemovedRecord(self._next_sequence(), time(), info, stimulus_id))
         except Exception:
             logger.debug("dask-eventbus: remove_worker capture failed", exc_info=True)
 
     def add_client(self, scheduler: Scheduler, client: str) -> None:
-        self._capture_simple(ev.CLIENT_ADDED, client)
+        self._capture_simple(ClientAddedRecord, client)
 
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
-        self._capture_simple(ev.CLIENT_REMOVED, client)
+        self._capture_simple(ClientRemovedRecord, client)
 
     def restart(self, scheduler: Scheduler) -> None:
-        self._capture_scheduler(ev.SCHEDULER_RESTARTED)
+        self._capture_scheduler(SchedulerRestartedRecord)
 
     def log_event(self, topic: str, msg: Any) -> None:
-        self._capture_simple(ev.LOG, topic, msg)
+        self._capture_simple(LogRecord, topic, msg)
 
-    def _capture_simple(self, type_: str, *fields: Any) -> None:
+    def _capture_simple(self, record_type: type[Record], *fields: Any) -> None:
         try:
-            if self._enabled[type_]:
-                self._capture((self._next_sequence(), type_, time(), *fields))
+            if self._enabled[record_type.event_type]:
+                self._capture(record_type(self._next_sequence(), time(), *fields))
         except Exception:
-            logger.debug("dask-eventbus: %s capture failed", type_, exc_info=True)
+            logger.debug("dask-eventbus: %s capture failed", record_type.event_type, exc_info=True)
 
-    def _capture_scheduler(self, type_: str) -> None:
+    def _capture_scheduler(self, record_type: type[_SchedulerRecord]) -> None:
         scheduler = self.scheduler
         if scheduler is None:
             return
         self._capture_simple(
-            type_,
+            record_type,
             scheduler.id,
             scheduler.address or None,
             VERSIONS,

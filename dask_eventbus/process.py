@@ -16,8 +16,10 @@ beyond that the pipeline stops taking records, the buffer fills, and the
 overflow policy applies as in thread mode.
 
 Frames are a 4-byte big-endian length and a msgpack array: parent to child
-``["init", {...}]``, ``["batch", id, records]``, ``["deadline", seconds]``
-(closing has begun: stop backing off), ``["close", seconds]``;
+``["init", {...}]``, ``["batch", id, records]`` (each record an array
+``[type, sequence, time, *fields]``, decoded into its record type),
+``["deadline", seconds]`` (closing has begun: stop backing off),
+``["close", seconds]``;
 child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
 ``["stats", stats]`` (after a failed attempt), ``["log", level, text]`` and
 ``["closed", stats]``.
@@ -37,15 +39,18 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast
 
 import msgspec
 
 from .backends import Backend
 from .config import PUBLISHER_PROCESS_ENV, Settings, redact_url
-from .events import Normalizer, Record, safe_text
+from .events import safe_text
+from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
 from .publisher import Publisher
+from .records import AnyRecord, LogRecord, Record
 from .stats import DeliveryStats, Histogram
 
 logger = logging.getLogger("distributed.eventbus")
@@ -67,8 +72,30 @@ def _pack_fallback(obj: object) -> object:
     return safe_text(obj)
 
 
+class _ParentFrame(msgspec.Struct, array_like=True, tag_field="kind"):
+    """What the parent sends the publisher process."""
+
+
+class _Init(_ParentFrame, tag="init"):
+    state: dict[str, Any]
+
+
+class _Batch(_ParentFrame, tag="batch"):
+    batch_id: int
+    records: list[AnyRecord]
+
+
+class _Deadline(_ParentFrame, tag="deadline"):
+    seconds: float
+
+
+class _Close(_ParentFrame, tag="close"):
+    seconds: float
+
+
 _encoder = msgspec.msgpack.Encoder(enc_hook=_pack_fallback)
 _decoder = msgspec.msgpack.Decoder()
+_parent_frames = msgspec.msgpack.Decoder(_Init | _Batch | _Deadline | _Close)
 
 
 def write_frame(stream: IO[bytes], message: Any, lock: threading.Lock | None = None) -> None:
@@ -83,7 +110,7 @@ def write_frame(stream: IO[bytes], message: Any, lock: threading.Lock | None = N
             stream.flush()
 
 
-def read_frame(stream: IO[bytes]) -> Any:
+def read_frame(stream: IO[bytes], decode: Callable[[bytes], Any] = _decoder.decode) -> Any:
     """The next frame, or None at end of stream."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
@@ -92,7 +119,30 @@ def read_frame(stream: IO[bytes]) -> Any:
     payload = stream.read(size)
     if len(payload) < size:
         return None
-    return _decoder.decode(payload)
+    return decode(payload)
+
+
+def _decode_parent_frame(payload: bytes) -> _ParentFrame:
+    try:
+        return _parent_frames.decode(payload)
+    except msgspec.ValidationError:
+        # A field of a type the hooks do not promise (a change in what
+        # distributed passes, say) costs that event, as it would cost its
+        # normalization in thread mode, not the batch and all after it.
+        _, batch_id, records = _decoder.decode(payload)
+        return _Batch(batch_id, [_record_or_error(record) for record in records])
+
+
+def _record_or_error(fields: list[Any]) -> AnyRecord:
+    try:
+        return msgspec.convert(fields, AnyRecord)
+    except msgspec.ValidationError as exc:
+        return LogRecord(
+            fields[1],
+            fields[2],
+            "dask-eventbus.normalization-error",
+            {"type": safe_text(fields[0]), "error": safe_text(exc)[:1000]},
+        )
 
 
 def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
@@ -200,7 +250,7 @@ class ProcessSink:
         self._deadline = deadline
         self._closing.set()
         # Lets the child cut a retry's backoff short, as thread mode does.
-        self._write(_encoder.encode(["deadline", max(0.0, deadline - time.monotonic())]))
+        self._write(_encoder.encode(_Deadline(max(0.0, deadline - time.monotonic()))))
         with self._changed:
             self._changed.notify_all()
 
@@ -209,9 +259,9 @@ class ProcessSink:
         if not self._alive and self._unacked:
             self._ensure_child()
 
-    def send(self, records: list[Record]) -> bool:
+    def send(self, records: Sequence[Record]) -> bool:
         batch_id = next(self._batch_ids)
-        frame = _pack(["batch", batch_id, records])
+        frame = _pack(_Batch(batch_id, cast("list[AnyRecord]", records)))
         with self._changed:
             while self._unacked and self._in_flight + len(records) > self._window:
                 if not self._wait_for_room():
@@ -235,7 +285,7 @@ class ProcessSink:
         child = self._child
         if child is not None:
             remaining = max(0.0, self._deadline - time.monotonic())
-            self._write_to(child, _encoder.encode(["close", remaining]))
+            self._write_to(child, _encoder.encode(_Close(remaining)))
             # Still self._child meanwhile: its last acks and stats count.
             _release(child, self._replies, remaining + 0.5)
             self._child = self._replies = None
@@ -311,7 +361,7 @@ class ProcessSink:
                 launched = self._launch()
             child, replies, handshake = launched
             assert child.stdin is not None
-            write_frame(child.stdin, ["init", self._init])
+            write_frame(child.stdin, _Init(self._init))
             timeout = min(START_TIMEOUT, max(0.1, self._deadline - time.monotonic()))
             try:
                 answer = handshake.get(timeout=timeout)
@@ -434,18 +484,18 @@ class ProcessSink:
         self._finished_stats.connected = False
 
 
-def _pack(message: Any) -> bytes:
+def _pack(message: _ParentFrame) -> bytes:
     try:
         return _encoder.encode(message)
     except (OverflowError, TypeError, ValueError):
         # Integers beyond 64 bits, say, in a log_event message: as text.
-        return _encoder.encode(_packable(message))
+        return _encoder.encode(_packable(msgspec.to_builtins(message, enc_hook=_pack_fallback)))
 
 
 def _packable(obj: Any) -> Any:
     if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
         return str(obj)
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, list):
         return [_packable(item) for item in obj]
     if isinstance(obj, dict):
         return {_packable(k): _packable(v) for k, v in obj.items()}
@@ -529,10 +579,10 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    frame = read_frame(stdin)
-    if not frame or frame[0] != "init":
+    frame = read_frame(stdin, _decode_parent_frame)
+    if not isinstance(frame, _Init):
         return 2
-    init = frame[1]
+    init = frame.state
     try:
         for path in reversed(init["sys_path"]):
             if path not in sys.path:
@@ -549,21 +599,21 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
         return 1
     write_frame(out, ["ready"], lock)
 
-    inbox: queue.Queue[Any] = queue.Queue()
+    inbox: queue.Queue[_Batch | None] = queue.Queue()
 
     def read_parent() -> None:
         while True:
             try:
-                message = read_frame(stdin)
+                message = read_frame(stdin, _decode_parent_frame)
             except Exception:
                 message = None
-            if message is None or message[0] == "close":
-                timeout = message[1] if message else 0.0
+            if message is None or isinstance(message, _Close):
+                timeout = message.seconds if message else 0.0
                 publisher.begin_close(time.monotonic() + timeout)
                 inbox.put(None)
                 return
-            if message[0] == "deadline":
-                publisher.begin_close(time.monotonic() + message[1])
+            if isinstance(message, _Deadline):
+                publisher.begin_close(time.monotonic() + message.seconds)
                 continue
             inbox.put(message)
 
@@ -572,10 +622,9 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
         message = inbox.get()
         if message is None:
             break
-        _, batch_id, records = message
-        if not publisher.send(records):
+        if not publisher.send(message.records):
             break
-        write_frame(out, ["ack", batch_id, _stats_state(publisher.stats)], lock)
+        write_frame(out, ["ack", message.batch_id, _stats_state(publisher.stats)], lock)
     publisher.finish()
     write_frame(out, ["closed", _stats_state(publisher.stats)], lock)
     return 0

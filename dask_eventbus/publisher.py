@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .backends.contract import Backend, Message, Refused
 from .config import Settings, redact_url
-from .events import DROPPED, Normalizer, Record, safe_text
+from .events import DROPPED, safe_text
 from .messages import build_messages
+from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
+from .records import DroppedRecord, Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
@@ -36,7 +38,7 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
 
-    def send(self, records: list[Record]) -> bool:
+    def send(self, records: Sequence[Record]) -> bool:
         """Deliver or take charge of ``records``; False once closing ran out of time."""
 
     def in_flight(self) -> int:
@@ -85,7 +87,7 @@ class Publisher:
     def idle(self) -> None:
         pass
 
-    def send(self, records: list[Record]) -> bool:
+    def send(self, records: Sequence[Record]) -> bool:
         return self.deliver(build_messages(self.normalizer, records, self._stats))
 
     def finish(self) -> int:
@@ -188,7 +190,8 @@ class Publisher:
             return True
         now = time.time()
         records: list[Record] = [
-            (last, DROPPED, now, last - first + 1, first, last, "refused") for first, last in runs
+            DroppedRecord(last, now, last - first + 1, first, last, "refused")
+            for first, last in runs
         ]
         return self.deliver(build_messages(self.normalizer, records, self._stats))
 

@@ -39,7 +39,8 @@ from dask_eventbus.bindings.http import (
     signing_key,
 )
 from dask_eventbus.config import ConfigError, load_settings
-from dask_eventbus.events import DROPPED, Normalizer, load_shipped_schema
+from dask_eventbus.events import DROPPED, load_shipped_schema
+from dask_eventbus.normalize import Normalizer
 from dask_eventbus.publisher import Publisher
 from dask_eventbus.testing import FaultProxy, free_port, run_workload, synthetic_messages
 

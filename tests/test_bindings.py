@@ -12,8 +12,10 @@ from cloudevents.core.formats.json import JSONFormat
 
 from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
 from dask_eventbus.bindings import amqp, kafka, redis
-from dask_eventbus.events import DROPPED, Normalizer, transition_record
+from dask_eventbus.events import DROPPED
 from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import DroppedRecord, TransitionRecord
 from dask_eventbus.testing import synthetic_messages
 
 
@@ -22,9 +24,9 @@ def varied_messages() -> list[Message]:
     normalizer = Normalizer("dask://host/Scheduler-1", "run")
     now = time.time()
     records = [
-        transition_record(1, "inc-1", "processing", "memory", "s-1", timestamp=now),
-        (2, DROPPED, now + 0.000123, 5, 10, 14, "drop-oldest"),
-        transition_record(3, "ключ-キー", "waiting", "processing", "s-3", timestamp=now),
+        TransitionRecord(1, now, "inc-1", "processing", "memory", "s-1"),
+        DroppedRecord(2, now + 0.000123, 5, 10, 14, "drop-oldest"),
+        TransitionRecord(3, now, "ключ-キー", "waiting", "processing", "s-3"),
     ]
     return build_messages(normalizer, records)
 

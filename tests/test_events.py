@@ -24,25 +24,25 @@ from dask_eventbus.events import (
     OVERSIZED,
     TASK_TRANSITION,
     Event,
-    Normalizer,
     _with_clean_descriptions,
     json_schema,
     key_to_str,
     load_shipped_schema,
-    transition_record,
 )
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import LogRecord, TransitionRecord
 
 VALIDATOR = Draft202012Validator(load_shipped_schema(), format_checker=FormatChecker())
 NORMALIZER = Normalizer("/tests/events", "run", max_text_length=100)
 
 
 def transition(key: Any, extra: dict[str, Any] | None = None, finish: str = "erred") -> bytes:
-    record = transition_record(1, key, "processing", finish, "s-1", extra=extra or {})
+    record = TransitionRecord(1, time.time(), key, "processing", finish, "s-1", extra=extra or {})
     return NORMALIZER.event(record).to_json()
 
 
 def log(message: Any, topic: Any = "topic") -> bytes:
-    return NORMALIZER.event((2, LOG, time.time(), topic, message)).to_json()
+    return NORMALIZER.event(LogRecord(2, time.time(), topic, message)).to_json()
 
 
 def assert_valid(body: bytes) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def test_huge_tracebacks_are_truncated_and_can_be_turned_off() -> None:
     assert len(data["exception"]) == 100 and data["exception"].endswith("...")
     assert len(data["traceback"]) == 100
     quiet = Normalizer("/tests/events", "run", include_tracebacks=False)
-    record = transition_record(1, "k", "processing", "erred", "s", extra=extra)
+    record = TransitionRecord(1, time.time(), "k", "processing", "erred", "s", extra=extra)
     assert "exception" not in quiet.event(record).to_dict()["data"]
 
 
@@ -181,12 +181,13 @@ def test_any_key_and_payload_encode_to_valid_cloudevents(key: Any, message: Any,
 
 DEEP_NESTING = """
 import json, time
-from dask_eventbus.events import LOG, Normalizer
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import LogRecord
 nested = cursor = []
 for _ in range(5000):
     cursor.append([])
     cursor = cursor[0]
-event = Normalizer("/tests/events", "run").event((1, LOG, time.time(), "t", {"deep": nested}))
+event = Normalizer("/tests/events", "run").event(LogRecord(1, time.time(), "t", {"deep": nested}))
 print(json.loads(event.to_json())["data"]["message"]["deep"][0][0][0] is not None)
 """
 
@@ -209,9 +210,9 @@ def test_an_event_over_max_event_bytes_is_replaced_in_place(
     normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
     now = time.time()
     records = [
-        transition_record(1, "before", "processing", "memory", "s-1", timestamp=now),
-        (2, LOG, now, "huge-topic", {"blob": "x" * 10_000}),
-        transition_record(3, "after", "processing", "memory", "s-3", timestamp=now),
+        TransitionRecord(1, now, "before", "processing", "memory", "s-1"),
+        LogRecord(2, now, "huge-topic", {"blob": "x" * 10_000}),
+        TransitionRecord(3, now, "after", "processing", "memory", "s-3"),
     ]
     with caplog.at_level(logging.WARNING, logger="distributed.eventbus"):
         messages = build_messages(normalizer, records)
@@ -237,7 +238,9 @@ def test_an_oversized_event_cuts_a_subject_that_is_itself_too_large() -> None:
 
     normalizer = Normalizer("/tests/events", "run", max_event_bytes=4096)
     huge_key = "k" * 10_000
-    (message,) = build_messages(normalizer, [transition_record(1, huge_key, "released", "waiting")])
+    (message,) = build_messages(
+        normalizer, [TransitionRecord(1, time.time(), huge_key, "released", "waiting")]
+    )
     assert_valid(message.body)
     event = Event.from_json(message.body)
     assert event.type == OVERSIZED and len(message.body) <= 4096

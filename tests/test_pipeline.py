@@ -19,8 +19,10 @@ from dask_eventbus import EventBusPlugin, Message, register_backend
 from dask_eventbus.backends.memory import MemoryBackend, MemoryOptions, get_store
 from dask_eventbus.buffer import Pipeline
 from dask_eventbus.config import load_settings
-from dask_eventbus.events import TASK_TRANSITION, Normalizer, transition_record
+from dask_eventbus.events import TASK_TRANSITION
+from dask_eventbus.normalize import Normalizer
 from dask_eventbus.publisher import Publisher
+from dask_eventbus.records import TransitionRecord
 from dask_eventbus.testing import run_workload
 from dask_eventbus.testing.workload import inc
 
@@ -113,7 +115,9 @@ def make_pipeline(
 def capture_transitions(pipeline: Pipeline, count: int) -> None:
     for i in range(count):
         pipeline.capture(
-            transition_record(pipeline.next_sequence(), f"k-{i}", "waiting", "processing", "s")
+            TransitionRecord(
+                pipeline.next_sequence(), time.time(), f"k-{i}", "waiting", "processing", "s"
+            )
         )
 
 

@@ -269,7 +269,8 @@ def test_the_publisher_process_imports_only_what_publishing_needs(tmp_path: Path
         assert child.stdin is not None and child.stdout is not None
         write_frame(child.stdin, ["init", init])
         assert read_frame(child.stdout) == ["ready"]
-        write_frame(child.stdin, ["batch", 1, [(1, LOG, time.time(), "topic", {"a": 1})]])
+        # A record travels as [type, sequence, time, *fields].
+        write_frame(child.stdin, ["batch", 1, [[LOG, 1, time.time(), "topic", {"a": 1}]]])
         write_frame(child.stdin, ["close", 5.0])
         frames = []
         while (frame := read_frame(child.stdout)) is not None:

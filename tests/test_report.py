@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -25,14 +24,10 @@ from helpers import IN_CI
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import MemoryBackend, drop_store, get_store
 from dask_eventbus.backends.redis import RedisBackend
-from dask_eventbus.events import (
-    DROPPED,
-    LOG,
-    Event,
-    Normalizer,
-    transition_record,
-)
+from dask_eventbus.events import Event
 from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import DroppedRecord, LogRecord, Record, TransitionRecord
 from dask_eventbus.report import ReportInputWarning, build_report
 from dask_eventbus.report.progress import Progress
 from dask_eventbus.report.reading import backend_messages
@@ -212,24 +207,21 @@ def test_the_command_writes_the_same_summary_from_a_jsonl_file(
 # ------------------------------------------------------------ synthetic input
 
 
-def encoded(records: list[tuple[Any, ...]], source: str = "dask://test/one") -> list[bytes]:
+def encoded(records: list[Record], source: str = "dask://test/one") -> list[bytes]:
     normalizer = Normalizer(source, "run1")
     return [m.body for m in build_messages(normalizer, records)]
 
 
-def transitions(seqs: list[int], start: float = 1_796_000_000.0) -> list[tuple[Any, ...]]:
-    return [
-        transition_record(seq, f"t-{seq}", "released", "waiting", timestamp=start + seq)
-        for seq in seqs
-    ]
+def transitions(seqs: list[int], start: float = 1_796_000_000.0) -> list[Record]:
+    return [TransitionRecord(seq, start + seq, f"t-{seq}", "released", "waiting") for seq in seqs]
 
 
 def test_health_shows_gaps_duplicates_drops_and_oversized() -> None:
     normalizer = Normalizer("dask://test/one", "run1")
     records = [
         *transitions([1, 2, 3, 6]),
-        (9, DROPPED, 1_796_000_009.0, 3, 7, 9, "drop-oldest"),  # 7 and 8 lost
-        (10, LOG, 1_796_000_010.0, "topic", {"x": 1}),
+        DroppedRecord(9, 1_796_000_009.0, 3, 7, 9, "drop-oldest"),  # 7 and 8 lost
+        LogRecord(10, 1_796_000_010.0, "topic", {"x": 1}),
     ]
     messages = build_messages(normalizer, records)
     oversized = normalizer.oversized(Event.from_json(messages[-1].body), 2_000_000)
@@ -397,21 +389,21 @@ def test_the_command_reads_a_broker_from_the_beginning_to_the_end(redis_url: str
 
 
 def test_large_runs_keep_a_bounded_task_stream_sample() -> None:
-    records: list[tuple[Any, ...]] = []
+    records: list[Record] = []
     for i in range(1, 301):
         extra = {
             "nbytes": 8,
             "startstops": [{"action": "compute", "start": 1e9 + i, "stop": 1e9 + i + 0.5}],
         }
         records.append(
-            transition_record(
+            TransitionRecord(
                 i,
+                1e9 + i + 0.5,
                 f"x-{i}",
                 "processing",
                 "memory",
                 worker="tcp://w:1",
                 extra=extra,
-                timestamp=1e9 + i + 0.5,
             )
         )
     report = build_report(encoded(records), stream_limit=100)

@@ -17,18 +17,14 @@ from time import sleep
 from unittest import mock
 
 import cloudpickle
+import dask
 import psutil
 import pytest
-from tlz import concat, first, merge
-from tornado.ioloop import PeriodicCallback
-
-import dask
 from dask import bag, delayed
 from dask.base import DaskMethodsMixin
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.utils import parse_timedelta, tmpfile, typename
-
 from distributed import (
     Client,
     Event,
@@ -87,6 +83,8 @@ from distributed.utils_test import (
     wait_for_state,
 )
 from distributed.worker import dumps_function, secede
+from tlz import concat, first, merge
+from tornado.ioloop import PeriodicCallback
 
 pytestmark = pytest.mark.ci1
 
@@ -149,9 +147,7 @@ async def test_decide_worker_with_many_independent_leaves(c, s, a, b):
     y2s = c.persist(ys)
     await wait(y2s)
 
-    nhits = sum(y.key in a.data for y in y2s[::2]) + sum(
-        y.key in b.data for y in y2s[1::2]
-    )
+    nhits = sum(y.key in a.data for y in y2s[::2]) + sum(y.key in b.data for y in y2s[1::2])
 
     assert nhits > 80
 
@@ -218,9 +214,7 @@ def test_decide_worker_coschedule_order_neighbors(ndeps, nthreads):
                 assert len(kwargs) == ndeps
                 return np.random.random((10, 10))
 
-            trivial_deps = {
-                f"k{i}": delayed(object(), name=f"object-{i}") for i in range(ndeps)
-            }
+            trivial_deps = {f"k{i}": delayed(object(), name=f"object-{i}") for i in range(ndeps)}
 
             # TODO is there a simpler (non-blockwise) way to make this sort of graph?
             x = da.blockwise(
@@ -246,9 +240,7 @@ def test_decide_worker_coschedule_order_neighbors(ndeps, nthreads):
             assert sum(any(k in w.data for k in keys) for w in workers) <= 2
 
             # What fraction of the keys for this row does each worker hold?
-            key_fractions = [
-                len(set(w.data).intersection(keys)) / len(keys) for w in workers
-            ]
+            key_fractions = [len(set(w.data).intersection(keys)) / len(keys) for w in workers]
             key_fractions.sort()
             # Primary worker: holds the highest percentage of keys
             # Secondary worker: holds the second highest percentage of keys
@@ -271,9 +263,7 @@ def test_decide_worker_coschedule_order_neighbors(ndeps, nthreads):
                 assert not random_keys.intersection(keys)
                 # `object-` keys (the trivial deps of the root random tasks) should be
                 # transferred
-                if any(
-                    (not isinstance(k, str) or not k.startswith("object")) for k in keys
-                ):
+                if any((not isinstance(k, str) or not k.startswith("object")) for k in keys):
                     # But not many other things should be
                     unexpected_transfers.append(list(keys))
 
@@ -461,8 +451,7 @@ async def test_queued_release_multiple_workers(c, s, *workers):
 
         # All of the second batch should be queued after the first batch
         assert [ts.key for ts in s.queued.sorted()] == [
-            f.key
-            for f in itertools.chain(first_batch[s.total_nthreads :], second_batch)
+            f.key for f in itertools.chain(first_batch[s.total_nthreads :], second_batch)
         ]
 
         # Cancel the first batch.
@@ -475,9 +464,7 @@ async def test_queued_release_multiple_workers(c, s, *workers):
         await async_poll_for(lambda: len(s.tasks) == len(second_batch))
 
         # Second batch should move up the queue and start processing
-        assert len(s.queued) == len(second_batch) - s.total_nthreads, list(
-            s.queued.sorted()
-        )
+        assert len(s.queued) == len(second_batch) - s.total_nthreads, list(s.queued.sorted())
 
         await event.set()
         await c2.gather(second_batch)
@@ -646,9 +633,7 @@ def test_saturation_factor(
     async def _test_saturation_factor(c, s, a, b):
         saturation = float(saturation_config)
         event = Event()
-        fs = c.map(
-            lambda _: event.wait(), range(10), key=[f"wait-{i}" for i in range(10)]
-        )
+        fs = c.map(lambda _: event.wait(), range(10), key=[f"wait-{i}" for i in range(10)])
         while a.state.executing_count < min(
             a.state.nthreads, expected_task_counts[0]
         ) or b.state.executing_count < min(b.state.nthreads, expected_task_counts[1]):
@@ -833,10 +818,7 @@ async def test_remove_worker_by_name_from_scheduler(s, a, b):
     assert a.address in s.stream_comms
     assert await s.remove_worker(address=a.name, stimulus_id="test") == "OK"
     assert a.address not in s.workers
-    assert (
-        await s.remove_worker(address=a.address, stimulus_id="test")
-        == "already-removed"
-    )
+    assert await s.remove_worker(address=a.address, stimulus_id="test") == "already-removed"
 
 
 @gen_cluster(config={"distributed.scheduler.events-cleanup-delay": "500 ms"})
@@ -859,9 +841,7 @@ async def test_clear_events_worker_removal(s, a, b):
     assert b.address in s._broker._topics
 
 
-@gen_cluster(
-    config={"distributed.scheduler.events-cleanup-delay": "10 ms"}, client=True
-)
+@gen_cluster(config={"distributed.scheduler.events-cleanup-delay": "10 ms"}, client=True)
 async def test_clear_events_client_removal(c, s, a, b):
     assert s.get_events(c.id)
     s.remove_client(c.id)
@@ -908,9 +888,7 @@ async def test_blocked_handlers_are_respected(s, a, b):
     await comm.close()
 
 
-@gen_cluster(
-    nthreads=[], config={"distributed.scheduler.blocked-handlers": ["test-handler"]}
-)
+@gen_cluster(nthreads=[], config={"distributed.scheduler.blocked-handlers": ["test-handler"]})
 async def test_scheduler_init_pulls_blocked_handlers_from_config(s):
     assert s.blocked_handlers == ["test-handler"]
 
@@ -1052,18 +1030,14 @@ async def test_ready_remove_worker(c, s, a, b, worker_saturation):
         list(s.workers.values()),
         s.WORKER_SATURATION,
     )
-    assert sum(len(w.processing) for w in s.workers.values()) + len(s.queued) == len(
-        s.tasks
-    )
+    assert sum(len(w.processing) for w in s.workers.values()) + len(s.queued) == len(s.tasks)
     await s.remove_worker(address=a.address, stimulus_id="test")
     assert set(s.workers) == {b.address}
     assert all(cmp(len(w.processing), w.nthreads) for w in s.workers.values()), (
         list(s.workers.values()),
         s.WORKER_SATURATION,
     )
-    assert sum(len(w.processing) for w in s.workers.values()) + len(s.queued) == len(
-        s.tasks
-    )
+    assert sum(len(w.processing) for w in s.workers.values()) + len(s.queued) == len(s.tasks)
     await ev.set()
 
 
@@ -1285,9 +1259,7 @@ async def test_broadcast_nanny(s, a, b):
     result1 = await s.broadcast(msg={"op": "identity"}, nanny=True)
     assert all(d["type"] == "Nanny" for d in result1.values())
 
-    result2 = await s.broadcast(
-        msg={"op": "identity"}, workers=[a.worker_address], nanny=True
-    )
+    result2 = await s.broadcast(msg={"op": "identity"}, workers=[a.worker_address], nanny=True)
     assert len(result2) == 1
     assert first(result2.values())["id"] == a.id
 
@@ -1327,9 +1299,7 @@ async def test_broadcast_deprecation(s, a, b):
 async def test_broadcast_reuse_comm(
     s: Scheduler, a: Worker, b: Worker, reuse_broadcast_comm: bool
 ) -> None:
-    with dask.config.set(
-        {"distributed.scheduler.reuse-broadcast-comm": reuse_broadcast_comm}
-    ):
+    with dask.config.set({"distributed.scheduler.reuse-broadcast-comm": reuse_broadcast_comm}):
         out = await s.broadcast(msg={"op": "ping"})
         assert out == {a.address: b"pong", b.address: b"pong"}
 
@@ -1614,9 +1584,7 @@ async def test_workers_to_close_never_close_long_running(c, s, a, b, reverse):
 
 @gen_cluster(client=True)
 async def test_retire_workers_no_suspicious_tasks(c, s, a, b):
-    future = c.submit(
-        slowinc, 100, delay=0.5, workers=a.address, allow_other_workers=True
-    )
+    future = c.submit(slowinc, 100, delay=0.5, workers=a.address, allow_other_workers=True)
     await asyncio.sleep(0.2)
     await s.retire_workers(workers=[a.address])
 
@@ -1719,10 +1687,7 @@ async def test_balance_many_workers(c, s, *workers):
 # FIXME test is very timing-based; if some threads are consistently slower than others,
 # they'll receive fewer tasks from the queue (a good thing).
 @pytest.mark.skipif(
-    MACOS
-    and math.isfinite(
-        float(dask.config.get("distributed.scheduler.worker-saturation"))
-    ),
+    MACOS and math.isfinite(float(dask.config.get("distributed.scheduler.worker-saturation"))),
     reason="flaky on macOS with queuing active",
 )
 @nodebug
@@ -1852,11 +1817,7 @@ async def test_close_worker(s, a, b):
     await asyncio.sleep(0.2)
     assert len(s.workers) == 1
     events = s.get_events(a.address)
-    assert any(
-        "reason" in msg
-        for _, msg in events
-        if "closing-worker" in msg.get("action", "")
-    )
+    assert any("reason" in msg for _, msg in events if "closing-worker" in msg.get("action", ""))
 
 
 @pytest.mark.slow
@@ -1939,9 +1900,7 @@ async def test_scheduler_file():
                 pass
 
 
-@pytest.mark.parametrize(
-    "host", ["tcp://0.0.0.0", "tcp://127.0.0.1", "tcp://127.0.0.1:38275"]
-)
+@pytest.mark.parametrize("host", ["tcp://0.0.0.0", "tcp://127.0.0.1", "tcp://127.0.0.1:38275"])
 @pytest.mark.parametrize(
     "dashboard_address,expect",
     [
@@ -2017,9 +1976,7 @@ async def test_profile_metadata_keys(c, s, a, b):
 
     meta = await s.get_profile_metadata(profile_cycle_interval=0.100)
     assert set(meta["keys"]) == {"slowinc", "slowdec"}
-    assert (
-        len(meta["counts"]) - 3 <= len(meta["keys"]["slowinc"]) <= len(meta["counts"])
-    )
+    assert len(meta["counts"]) - 3 <= len(meta["keys"]["slowinc"]) <= len(meta["counts"])
 
 
 @pytest.mark.skipif(sys.version_info.minor == 11, reason="Profiler disabled")
@@ -2095,15 +2052,11 @@ async def test_cancel_fire_and_forget(c, s, a, b):
 
 
 @pytest.mark.slow
-@gen_cluster(
-    client=True, Worker=Nanny, clean_kwargs={"processes": False, "threads": False}
-)
+@gen_cluster(client=True, Worker=Nanny, clean_kwargs={"processes": False, "threads": False})
 async def test_log_tasks_during_restart(c, s, a, b):
     future = c.submit(sys.exit, 0)
     await wait(future)
-    assert "exit" in str(
-        {name: topic.events for name, topic in s._broker._topics.items()}
-    )
+    assert "exit" in str({name: topic.events for name, topic in s._broker._topics.items()})
 
 
 @gen_cluster(client=True)
@@ -2508,8 +2461,7 @@ async def test_no_workers_timeout_disabled(c, s):
         await future
 
     assert all(
-        event["action"] != "no-workers-timeout-exceeded"
-        for _, event in s.get_events("scheduler")
+        event["action"] != "no-workers-timeout-exceeded" for _, event in s.get_events("scheduler")
     )
 
 
@@ -2583,8 +2535,7 @@ async def test_no_workers_timeout_queued(c, s, a):
     await c.gather(futures)
 
     assert all(
-        event["action"] != "no-workers-timeout-exceeded"
-        for _, event in s.get_events("scheduler")
+        event["action"] != "no-workers-timeout-exceeded" for _, event in s.get_events("scheduler")
     )
 
 
@@ -2712,9 +2663,7 @@ async def test_dashboard_address():
 
 @gen_cluster(client=True)
 async def test_adaptive_target(c, s, a, b):
-    with dask.config.set(
-        {"distributed.scheduler.default-task-durations": {"slowinc": 10}}
-    ):
+    with dask.config.set({"distributed.scheduler.default-task-durations": {"slowinc": 10}}):
         assert s.adaptive_target() == 0
         x = c.submit(inc, 1)
         await x
@@ -2819,9 +2768,7 @@ async def test_retire_workers_bad_params(c, s, a, b):
         await s.retire_workers(foo=1)
 
 
-@gen_cluster(
-    client=True, config={"distributed.scheduler.default-task-durations": {"inc": 100}}
-)
+@gen_cluster(client=True, config={"distributed.scheduler.default-task-durations": {"inc": 100}})
 async def test_get_prefix_duration(c, s, a, b):
     future = c.submit(inc, 1)
     await future
@@ -2908,9 +2855,7 @@ async def test_task_group_and_prefix_statistics(c, s, a, b, no_time_resync):
     assert sum(tg.states.values()) == 5
     assert len(tg) == 5
     assert len(tp) == 5
-    assert tg.nbytes_total == sum(
-        ts.get_nbytes() for ts in s.tasks.values() if ts.group is tg
-    )
+    assert tg.nbytes_total == sum(ts.get_nbytes() for ts in s.tasks.values() if ts.group is tg)
 
     assert tg.prefix is tp
     assert tp.groups == {tg}
@@ -3086,9 +3031,7 @@ async def test_task_group_not_done_noworker(c, s, a, b):
     assert not tg.done
 
 
-@gen_cluster(
-    client=True, nthreads=[], config={"distributed.scheduler.worker-saturation": 1.0}
-)
+@gen_cluster(client=True, nthreads=[], config={"distributed.scheduler.worker-saturation": 1.0})
 async def test_task_group_not_done_queued(c, s):
     """TaskGroup.done is False if any of its tasks are in queued state"""
     futs = c.map(inc, range(4))
@@ -3129,9 +3072,7 @@ async def test_task_prefix(c, s, a, b):
 
 
 @pytest.mark.slow
-@gen_cluster(
-    client=True, Worker=Nanny, config={"distributed.scheduler.allowed-failures": 0}
-)
+@gen_cluster(client=True, Worker=Nanny, config={"distributed.scheduler.allowed-failures": 0})
 async def test_failing_task_increments_suspicious(client, s, a, b):
     future = client.submit(sys.exit, 0)
     await wait(future)
@@ -3205,9 +3146,7 @@ async def test_gather_failing_can_recover(c, s, a, b):
     with (
         mock.patch.object(s, "rpc", rpc),
         dask.config.set({"distributed.comm.retry.count": 1}),
-        captured_handler(
-            logging.getLogger("distributed").handlers[0]
-        ) as distributed_log,
+        captured_handler(logging.getLogger("distributed").handlers[0]) as distributed_log,
     ):
         res = await s.gather(keys=["x"])
     assert re.match(
@@ -3303,9 +3242,7 @@ async def test_too_many_groups(c, s, a, b):
 async def test_multiple_listeners(dashboard_link_template, expected_dashboard_link):
     with dask.config.set({"distributed.dashboard.link": dashboard_link_template}):
         with captured_logger("distributed.scheduler") as log:
-            async with Scheduler(
-                dashboard_address=":0", protocol=["inproc", "tcp"]
-            ) as s:
+            async with Scheduler(dashboard_address=":0", protocol=["inproc", "tcp"]) as s:
                 async with Worker(s.listeners[0].contact_address) as a:
                     async with Worker(s.listeners[1].contact_address) as b:
                         assert a.address.startswith("inproc")
@@ -3339,9 +3276,7 @@ async def test_worker_name_collision(s, a):
     # and leaves the data structures of Scheduler in a good state
     # is not updated by the second worker
     with captured_logger("distributed.scheduler") as log:
-        with raises_with_cause(
-            RuntimeError, None, ValueError, f"name taken, {a.name!r}"
-        ):
+        with raises_with_cause(RuntimeError, None, ValueError, f"name taken, {a.name!r}"):
             await Worker(s.address, name=a.name, host="127.0.0.1")
 
     s.validate_state()
@@ -3745,24 +3680,18 @@ async def test_rebalance(c, s, a, b):
     # Generate 500 buffers worth 512 MiB total on worker a. This sends its memory
     # utilisation slightly above 50% (after counting unmanaged) which is above the
     # distributed.worker.memory.rebalance.sender-min threshold.
-    futures = c.map(
-        lambda _: "x" * (2**29 // 500), range(500), workers=[a.worker_address]
-    )
+    futures = c.map(lambda _: "x" * (2**29 // 500), range(500), workers=[a.worker_address])
     await wait(futures)
     # Wait for heartbeats
     await assert_memory(s, "process", 512, 1024)
     await assert_ndata(c, {a.worker_address: 500, b.worker_address: 0})
     await s.rebalance()
     # Allow for some uncertainty as the unmanaged memory is not stable
-    await assert_ndata(
-        c, {a.worker_address: (50, 450), b.worker_address: (50, 450)}, total=500
-    )
+    await assert_ndata(c, {a.worker_address: (50, 450), b.worker_address: (50, 450)}, total=500)
 
     # rebalance() when there is nothing to do
     await s.rebalance()
-    await assert_ndata(
-        c, {a.worker_address: (50, 450), b.worker_address: (50, 450)}, total=500
-    )
+    await assert_ndata(c, {a.worker_address: (50, 450), b.worker_address: (50, 450)}, total=500)
 
 
 # Set rebalance() to work predictably on small amounts of managed memory. By default, it
@@ -3799,9 +3728,7 @@ async def test_rebalance_workers_and_keys(client, s, a, b, c):
     assert (len(a.data), len(b.data), len(c.data)) == (100, 0, 0)
 
     # Limit rebalancing to two arbitrary keys and two arbitrary workers.
-    await s.rebalance(
-        keys=[futures[3].key, futures[7].key], workers=[a.address, b.address]
-    )
+    await s.rebalance(keys=[futures[3].key, futures[7].key], workers=[a.address, b.address])
     assert (len(a.data), len(b.data), len(c.data)) == (98, 2, 0)
 
     with pytest.raises(KeyError):
@@ -4052,9 +3979,7 @@ async def test_gather_on_worker_key_not_on_sender(c, s, a, b):
 
 @pytest.mark.parametrize("missing_first", [False, True])
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3)
-async def test_gather_on_worker_key_not_on_sender_replicated(
-    client, s, a, b, c, missing_first
-):
+async def test_gather_on_worker_key_not_on_sender_replicated(client, s, a, b, c, missing_first):
     """One of the senders for a key does not actually hold it, but the key is available
     somewhere else
     """
@@ -4111,9 +4036,7 @@ async def test_rebalance_dead_recipient(client, s, a, b, c):
     await c.close()
     assert s.workers.keys() == {a.address, b.address}
 
-    out = await s._rebalance_move_data(
-        [(a_ws, b_ws, x_ts), (a_ws, c_ws, y_ts)], stimulus_id="test"
-    )
+    out = await s._rebalance_move_data([(a_ws, b_ws, x_ts), (a_ws, c_ws, y_ts)], stimulus_id="test")
     assert out == {"status": "partial-fail", "keys": [y.key]}
     assert a.data == {y.key: "y"}
     assert b.data == {x.key: "x"}
@@ -4328,8 +4251,7 @@ async def test_Scheduler__to_dict(c, s, a):
     # WorkerStates are serialized s dicts under workers and as
     # strings under tasks.*.who_has
     assert d["tasks"][futs[0].key]["who_has"] == [
-        f"<WorkerState '{a.address}', "
-        "name: 0, status: running, memory: 2, processing: 0>"
+        f"<WorkerState '{a.address}', name: 0, status: running, memory: 2, processing: 0>"
     ]
     assert sorted(d["workers"][a.address]["has_what"]) == sorted(
         [
@@ -4359,9 +4281,7 @@ async def test_Scheduler__to_dict(c, s, a):
     assert isinstance(d["workers"][a.address]["memory"]["process"], int)
 
 
-@gen_cluster(
-    client=True, nthreads=[], config={"distributed.scheduler.worker-saturation": 1.0}
-)
+@gen_cluster(client=True, nthreads=[], config={"distributed.scheduler.worker-saturation": 1.0})
 async def test_TaskState__to_dict(c, s):
     """tasks that are listed as dependencies of other tasks are dumped as a short repr
     and always appear in full under Scheduler.tasks
@@ -4451,9 +4371,7 @@ def _verify_cluster_dump(url: str, format: str, workers: Collection[Worker]) -> 
 async def test_dump_cluster_state(s, *workers, format):
     fsspec = pytest.importorskip("fsspec")
     try:
-        await s.dump_cluster_state_to_url(
-            "memory://state-dumps/two-workers", [], format
-        )
+        await s.dump_cluster_state_to_url("memory://state-dumps/two-workers", [], format)
         _verify_cluster_dump("memory://state-dumps/two-workers", format, workers)
 
         await asyncio.gather(*(w.close() for w in workers))
@@ -4489,8 +4407,7 @@ async def test_repr(s, a):
             == f"<WorkerState {a.address!r}, name: 0, status: running, memory: 0, processing: 0>"
         )
         assert (
-            repr(ws_b)
-            == f"<WorkerState {b.address!r}, status: running, memory: 0, processing: 0>"
+            repr(ws_b) == f"<WorkerState {b.address!r}, status: running, memory: 0, processing: 0>"
         )
 
 
@@ -4648,9 +4565,7 @@ async def test_deadlock_resubmit_queued_tasks_fast(c, s, a, rootish):
         # df.head()
         # df.size.compute()
         # We're emulating this by submitting the sames *keys*
-        return c.map(
-            block_on_event, range(len(keys)), block=block, executing=executing, key=keys
-        )
+        return c.map(block_on_event, range(len(keys)), block=block, executing=executing, key=keys)
 
     def assert_rootish():
         # Just to verify our assumptions in case the definition changes. This is
@@ -4667,9 +4582,7 @@ async def test_deadlock_resubmit_queued_tasks_fast(c, s, a, rootish):
     # This set of tasks is there to guarantee that the worker is saturated after
     # releasing the first set of tasks s.t. a subsequent submission would run
     # into queuing
-    fut2 = c.map(
-        block_on_event, range(nblocking_tasks), block=block2, executing=executing2
-    )
+    fut2 = c.map(block_on_event, range(nblocking_tasks), block=block2, executing=executing2)
 
     # Once the task is on the threadpool, the client/scheduler may start its
     # release chain
@@ -4746,9 +4659,7 @@ async def test_transition_failure_triggers_log_event():
 )
 @pytest.mark.parametrize("validate", [True, False])
 @gen_cluster(client=True, nthreads=[("", 1)])
-async def test_deadlock_dependency_of_queued_released_when_worker_replaced(
-    c, s, a, validate
-):
+async def test_deadlock_dependency_of_queued_released_when_worker_replaced(c, s, a, validate):
     @delayed
     def inc(input):
         return input + 1
@@ -4793,9 +4704,7 @@ async def test_deadlock_dependency_of_queued_released_when_worker_replaced(
 )
 @pytest.mark.parametrize("validate", [True, False])
 @gen_cluster(client=True)
-async def test_deadlock_dependency_of_queued_released_when_worker_removed(
-    c, s, a, b, validate
-):
+async def test_deadlock_dependency_of_queued_released_when_worker_removed(c, s, a, b, validate):
     @delayed
     def inc(input):
         return input + 1
@@ -5184,7 +5093,4 @@ async def test_data_producers(c, s, a):
     arr = MyArray()
     x = c.compute(arr)
     await async_poll_for(lambda: s.tasks)
-    assert (
-        sum([s.is_rootish(v) and v.run_spec.data_producer for v in s.tasks.values()])
-        == 2
-    )
+    assert sum([s.is_rootish(v) and v.run_spec.data_producer for v in s.tasks.values()]) == 2

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from distributed import Scheduler, SchedulerPlugin, Worker
 from distributed.protocol.pickle import dumps
 from distributed.utils_test import captured_logger, gen_cluster, gen_test, inc
@@ -499,9 +498,7 @@ async def test_register_idempotent_plugin(c, s):
 
         def start(self, scheduler):
             if self.instance != "first":
-                raise RuntimeError(
-                    "Only the first plugin should be started when idempotent is set"
-                )
+                raise RuntimeError("Only the first plugin should be started when idempotent is set")
 
     first = IdempotentPlugin(instance="first")
     await c.register_plugin(first)
@@ -539,9 +536,7 @@ async def test_register_idempotent_plugins_directly(s):
 
         def start(self, scheduler):
             if self.instance != "first":
-                raise RuntimeError(
-                    "Only the first plugin should be started when idempotent is set"
-                )
+                raise RuntimeError("Only the first plugin should be started when idempotent is set")
 
     first = IdempotentPlugin(instance="first")
     await s.register_scheduler_plugin(plugin=dumps(first), idempotent=True)

@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Callable
 
 from ..backends import Message, Subscription
-from ..events import Event, Normalizer, transition_record
+from ..events import Event
 from ..messages import build_messages
+from ..normalize import Normalizer
+from ..records import TransitionRecord
 
 
 def unique_name(prefix: str = "dask-eventbus-test") -> str:
@@ -22,8 +24,13 @@ def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> l
     normalizer = Normalizer(f"/tests/{run_id}", run_id)
     states = ["released", "waiting", "processing", "memory"]
     records = [
-        transition_record(
-            seq, f"task-{seq % subjects}", states[seq % 3], states[seq % 3 + 1], f"stimulus-{seq}"
+        TransitionRecord(
+            seq,
+            time.time(),
+            f"task-{seq % subjects}",
+            states[seq % 3],
+            states[seq % 3 + 1],
+            f"stimulus-{seq}",
         )
         for seq in range(1, count + 1)
     ]

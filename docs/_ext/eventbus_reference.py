@@ -17,7 +17,9 @@ from typing import Any
 
 from dask_eventbus import config as eventbus_config
 from dask_eventbus import events as ev
+from dask_eventbus import records as rec
 from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
 
 _YAML_KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[\w-]+):\s*(?P<rest>.*)$")
 
@@ -142,15 +144,22 @@ def example(type_: str, sequence: int = 42) -> dict[str, Any]:
     fields = EXAMPLES[type_]
     if type_ == ev.TASK_TRANSITION:
         key, start, finish, stimulus, worker, extra, group = fields
-        record = ev.transition_record(
-            sequence, key, start, finish, stimulus, worker=worker, extra=extra,
-            group=group, timestamp=EXAMPLE_TIME,
+        record = rec.TransitionRecord(
+            sequence,
+            EXAMPLE_TIME,
+            key,
+            start,
+            finish,
+            stimulus,
+            worker=worker,
+            extra=extra,
+            group=group,
         )  # fmt: skip
     elif type_ == ev.OVERSIZED:
-        record = (sequence, ev.LOG, EXAMPLE_TIME, *fields)
+        record = rec.LogRecord(sequence, EXAMPLE_TIME, *fields)
     else:
-        record = (sequence, type_, EXAMPLE_TIME, *fields)
-    normalizer = ev.Normalizer(f"dask://scheduler-host/{_SCHEDULER[0]}", "5f71c8d7175a")
+        record = rec.RECORD_TYPES[type_](sequence, EXAMPLE_TIME, *fields)
+    normalizer = Normalizer(f"dask://scheduler-host/{_SCHEDULER[0]}", "5f71c8d7175a")
     (message,) = build_messages(normalizer, [record])
     result: dict[str, Any] = json.loads(message.body)
     return result
