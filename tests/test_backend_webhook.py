@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
@@ -414,7 +418,6 @@ async def test_a_real_cluster_arrives_complete_in_order_valid_and_signed(mode: s
 
 
 def test_http2_option_still_speaks_to_an_http1_receiver() -> None:
-    pytest.importorskip("h2")
     with WebhookReceiver() as receiver:
         backend = create_backend("webhook", {"url": receiver.url, "http2": True})
         backend.open()
@@ -423,6 +426,54 @@ def test_http2_option_still_speaks_to_an_http1_receiver() -> None:
         finally:
             backend.close()
         assert len(receiver.events()) == 2
+
+
+def serve_http2(listener: socket.socket, context: ssl.SSLContext, bodies: list[bytes]) -> None:
+    """A minimal HTTP/2 server (with the h2 library): one TLS connection,
+    every request answered 204, bodies kept."""
+    raw, _ = listener.accept()
+    with context.wrap_socket(raw, server_side=True) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        connection.initiate_connection()
+        tls.sendall(connection.data_to_send())
+        streams: dict[int, bytes] = {}
+        while data := tls.recv(65536):
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    streams[event.stream_id] = streams.get(event.stream_id, b"") + event.data
+                    connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamEnded):
+                    bodies.append(streams.pop(event.stream_id, b""))
+                    connection.send_headers(event.stream_id, [(":status", "204")], end_stream=True)
+            tls.sendall(connection.data_to_send())
+
+
+def test_http2_is_spoken_when_the_receiver_offers_it(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    context = tls_server_context(certificates)
+    context.set_alpn_protocols(["h2"])
+    bodies: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=serve_http2, args=(listener, context, bodies))
+        server.start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/events"
+        options = {"url": url, "http2": True, "tls": {"ca-file": certificates["ca"]}}
+        backend = create_backend("webhook", {**options, "content-mode": "batched"})
+        messages = synthetic_messages(30)
+        backend.open()
+        try:
+            backend.send(messages[:10])
+            backend.send(messages[10:])
+        finally:
+            backend.close()
+        server.join(10)
+    assert [[e["id"] for e in json.loads(body)] for body in bodies] == [
+        [m.id for m in messages[:10]],
+        [m.id for m in messages[10:]],
+    ]
 
 
 RECEIVER_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "webhook-receiver"
