@@ -13,6 +13,8 @@ threads then. Configurations run alternately; medians are reported.
 
     python benchmarks/event_cost.py                       # noop, deque, memory, jsonl
     python benchmarks/event_cost.py -c noop -c eventbus:redis --option redis.url=redis://127.0.0.1:6379
+    python benchmarks/event_cost.py -c noop -c eventbus:webhook --option webhook.url=http://127.0.0.1:8787/
+        # after: python benchmarks/http_receiver.py 8787 &
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ plugin's own delivery-latency histogram counts it (the figure exported as
 
     python benchmarks/latency.py                                  # jsonl, both modes
     python benchmarks/latency.py -c eventbus:redis --option redis.url=redis://127.0.0.1:6379
+    python benchmarks/latency.py -c eventbus:webhook --rate 1000 --option webhook.url=http://127.0.0.1:8787/
+        # after: python benchmarks/http_receiver.py 8787 &
 """
 
 from __future__ import annotations

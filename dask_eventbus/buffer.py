@@ -174,6 +174,7 @@ class Pipeline:
             "published": delivery.published,
             "dropped": self.dropped_so_far(),
             "oversized": delivery.oversized,
+            "refused": delivery.refused,
             "retries": delivery.retries,
             "publish_errors": delivery.publish_errors,
             "last_error": delivery.last_error,

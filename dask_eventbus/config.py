@@ -261,6 +261,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 
 _SECRET_KEY = re.compile(
     r"password|passphrase|passwd|secret|token|credential|private|key\.pem|oauthbearer"
+    # Every extra HTTP header's value (Authorization, API keys) is a secret.
+    r"|authorization|(?:^|\.)headers\."
 )
 # Greedy up to the authority's last "@": a password may contain "@" itself.
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@")

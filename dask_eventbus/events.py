@@ -211,8 +211,9 @@ class Dropped(_Data):
     policy: Annotated[
         str,
         _doc(
-            "Why: the overflow policy that dropped them (drop-oldest, drop-newest), or "
-            "error: a batch that could not be published at all (a bug; see the log)."
+            "Why: the overflow policy that dropped them (drop-oldest, drop-newest), "
+            "error: a batch that could not be published at all (a bug; see the log), or "
+            "refused: the broker refused them for good (an HTTP 4xx answer, say)."
         ),
     ]
 

@@ -84,6 +84,10 @@ class EventBusCollector:
             lambda p: p.sink.stats.oversized,
         )  # fmt: skip
         yield summed(
+            counter, "events_refused", "Events the broker refused for good (not retried).",
+            lambda p: p.sink.stats.refused,
+        )  # fmt: skip
+        yield summed(
             counter, "publish_retries", "Publishes retried after a failure.",
             lambda p: p.sink.stats.retries,
         )  # fmt: skip

@@ -151,6 +151,7 @@ def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
         "retries": stats.retries,
         "publish_errors": stats.publish_errors,
         "oversized": stats.oversized,
+        "refused": stats.refused,
         "last_error": stats.last_error,
         "last_publish_time": stats.last_publish_time,
         "connected": stats.connected,
@@ -169,7 +170,7 @@ _Launched = tuple["subprocess.Popen[bytes]", threading.Thread, "queue.Queue[list
 def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
     """``base`` (children that exited) plus the running child's latest report."""
     merged = DeliveryStats()
-    for name in ("published", "retries", "publish_errors", "oversized"):
+    for name in ("published", "retries", "publish_errors", "oversized", "refused"):
         setattr(merged, name, getattr(base, name) + state[name])
     merged.last_error = state["last_error"] or base.last_error
     merged.last_publish_time = state["last_publish_time"] or base.last_publish_time

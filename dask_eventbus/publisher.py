@@ -15,16 +15,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .backends.contract import Backend, Message
+from .backends.contract import Backend, Message, Refused
 from .config import Settings, redact_url
-from .events import safe_text
+from .events import DROPPED, safe_text
 from .messages import build_messages
 from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
-from .records import Record
+from .records import DroppedRecord, Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
+
+# The longest wait a backend's ``retry_after`` (an HTTP Retry-After) imposes.
+MAX_RETRY_AFTER = 300.0
 
 
 class Sink(Protocol):
@@ -63,6 +66,7 @@ class Publisher:
         self._deadline = float("inf")
         self._opened = False
         self._failing = RateLimitedLog()
+        self._refusals = RateLimitedLog()
         self.on_failure: Callable[[], None] | None = None
         """Called after each failed attempt (the publisher process reports it)."""
 
@@ -102,12 +106,16 @@ class Publisher:
         """Publish until the broker accepts; False if closing ran out of time."""
         stats = self._stats
         while True:
+            refusal = None
             try:
                 if not self._opened:
                     self.backend.open()
                     self._opened = True
                 started = time.perf_counter()
-                self.backend.send(messages)
+                try:
+                    self.backend.send(messages)
+                except Refused as refused:
+                    refusal = refused
                 stats.publish_seconds.observe(time.perf_counter() - started)
             except Exception as exc:
                 stats.connected = False
@@ -116,6 +124,9 @@ class Publisher:
                 if self.on_failure is not None:
                     self.on_failure()
                 delay = self._backoff.next_delay()
+                wanted = getattr(exc, "retry_after", None)
+                if isinstance(wanted, (int, float)):
+                    delay = max(delay, min(float(wanted), MAX_RETRY_AFTER))
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -126,9 +137,13 @@ class Publisher:
                     self._closing.wait(delay)
                 continue
             stats.connected = True
-            stats.published += len(messages)
+            delivered = messages
+            if refusal is not None:
+                refused_ids = {m.id for m in refusal.messages}
+                delivered = [m for m in messages if m.id not in refused_ids]
+            stats.published += len(delivered)
             stats.last_publish_time = now = time.time()
-            stats.delivery_seconds.observe_many([now - m.time for m in messages])
+            stats.delivery_seconds.observe_many([now - m.time for m in delivered])
             attempts, lasted = self._backoff.failures, self._failing.ended()
             self._backoff.reset()
             if lasted is not None:
@@ -139,7 +154,46 @@ class Publisher:
                     lasted,
                     attempts,
                 )
+            if refusal is not None:
+                return self._refused(refusal)
             return True
+
+    def _refused(self, refusal: Refused) -> bool:
+        """Count, log and announce events the broker refused for good; False
+        if closing ran out of time for the announcement."""
+        refused = sorted(refusal.messages, key=lambda m: m.sequence)
+        self._stats.refused += len(refused)
+        reason = redact_url(self.backend.mask(refusal.reason))[:2000]
+        if self._refusals.occurred():
+            unlogged = self._refusals.logged()
+            logger.error(
+                "dask-eventbus: %s refused %d events for good (%s); they are not retried "
+                "but announced with %s events (policy refused)%s",
+                redact_url(self.backend.describe()),
+                len(refused),
+                reason,
+                DROPPED,
+                f"; {unlogged} more refusals since the last report" if unlogged else "",
+            )
+        # One announcement per run of consecutive sequence numbers, each
+        # taking the run's last number as gap announcements do. Refused
+        # announcements are counted and logged only.
+        runs: list[list[int]] = []
+        for message in refused:
+            if message.type == DROPPED:
+                continue
+            if runs and message.sequence == runs[-1][1] + 1:
+                runs[-1][1] = message.sequence
+            else:
+                runs.append([message.sequence, message.sequence])
+        if not runs:
+            return True
+        now = time.time()
+        records: list[Record] = [
+            DroppedRecord(last, now, last - first + 1, first, last, "refused")
+            for first, last in runs
+        ]
+        return self.deliver(build_messages(self.normalizer, records, self._stats))
 
     def _record_failure(self, exc: BaseException) -> None:
         self._stats.publish_errors += 1

@@ -125,7 +125,8 @@ class DroppedRecord(Record, tag=DROPPED):
     first: int
     last: int
     policy: str
-    """The overflow policy that dropped them, or ``error`` for a batch that failed."""
+    """The overflow policy that dropped them, ``error`` for a batch that failed,
+    or ``refused`` for events the broker refused for good."""
 
 
 class ProbeRecord(Record, tag=PROBE):

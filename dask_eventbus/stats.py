@@ -46,6 +46,8 @@ class DeliveryStats:
         self.last_publish_time: float | None = None
         self.connected = False
         """Whether the last attempt to publish succeeded."""
+        self.refused = 0
+        """Events the broker refused for good (see :class:`~dask_eventbus.backends.Refused`)."""
         self.oversized = 0
         """Events published as dask.eventbus.oversized in place of larger ones."""
         self.publish_seconds = Histogram(PUBLISH_SECONDS)

@@ -22,6 +22,7 @@ from typing import Any
 import dask
 import pytest
 from distributed import Client, Scheduler, Worker
+from webhook_receiver import WebhookReceiver
 
 from dask_eventbus import Event, EventBusPlugin, subscribe
 from dask_eventbus.testing import FaultProxy, Target
@@ -30,6 +31,8 @@ from dask_eventbus.testing.workload import inc
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.networked]
 
 FAULTS = ["unreachable-at-start", "cut-mid-run", "stall-until-full", "gone-at-close"]
+# What only an HTTP receiver answers (tests/harness_webhook.py's receiver).
+WEBHOOK_FAULTS = ["429-retry-after", "503-bursts", "413-smaller-batches"]
 MODES = ["thread", "process"]
 WAVES, TASKS_PER_WAVE = 6, 40
 CLOSE_TIMEOUT = 2.0
@@ -60,7 +63,9 @@ def report_fault_matrix(request: pytest.FixtureRequest) -> Iterator[None]:
     header = ["backend", "mode", "fault", "emitted", "delivered", "duplicated", "dropped", "lost"]
     rows = [
         [r.backend, r.mode, r.fault, r.emitted, r.delivered, r.duplicated, r.dropped, r.lost]
-        for r in sorted(RESULTS, key=lambda r: (r.backend, r.mode, FAULTS.index(r.fault)))
+        for r in sorted(
+            RESULTS, key=lambda r: (r.backend, r.mode, [*FAULTS, *WEBHOOK_FAULTS].index(r.fault))
+        )
     ]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -130,7 +135,11 @@ def read_everything(harness: Target, options: dict[str, Any], emitted: int) -> l
     """Every event the broker holds for this test, until all are seen or none come."""
     events: list[Event] = []
     seen: set[int] = set()
-    with subscribe(harness.backend, from_beginning=True, **options) as subscription:
+    if harness.read_back is not None:  # a publish-only backend: where its events arrive
+        reading = harness.read_back(from_beginning=True)
+    else:
+        reading = subscribe(harness.backend, from_beginning=True, **options)
+    with reading as subscription:
         while len(seen) < emitted:
             event = subscription.poll(timeout=5.0)
             if event is None:
@@ -236,3 +245,61 @@ def test_a_broker_answering_garbage_is_retried_with_backoff(harness: Target) -> 
     assert stats["published"] == 0 and stats["last_error"]
     # From 100 ms doubling to 1 s over 8 s, with timeouts in between: a handful.
     assert 1 <= stats["publish_errors"] <= 20, stats
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", WEBHOOK_FAULTS)
+def test_webhook_answers(webhook_receiver: WebhookReceiver, fault: str, mode: str) -> None:
+    """A receiver that asks to slow down, fails in bursts or takes only small
+    requests, early in the run: nothing is lost, refused or dropped."""
+    receiver, requests = webhook_receiver, [0]
+    size = 5_000
+
+    def answer(body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        requests[0] += 1
+        if requests[0] > 60:  # then calm, for a clean close
+            return None
+        if fault == "429-retry-after" and requests[0] % 10 == 0:
+            return 429, {"Retry-After": "1"}, b"slow down"
+        if fault == "503-bursts" and requests[0] % 20 < 5:
+            return 503, {}, b"busy"
+        if fault == "413-smaller-batches" and len(body) > size:
+            return 413, {}, b"too large"
+        return None
+
+    receiver.answer = answer
+    config: dict[str, Any] = {
+        "eventbus.pipeline.mode": mode,
+        "eventbus.retry.initial-backoff": "50ms",
+        "eventbus.retry.max-backoff": "500ms",
+        "eventbus.close-timeout": f"{CLOSE_TIMEOUT}s",
+        "distributed.admin.tick.limit": "1s",
+    }
+    options = {"url": receiver.url, "timeout": "2s"}
+    if fault == "413-smaller-batches":
+        options["content-mode"] = "batched"
+    watcher = UnresponsiveLoop()
+    logging.getLogger("distributed").addHandler(watcher)
+    try:
+        with FaultProxy(("127.0.0.1", receiver.port)) as proxy, dask.config.set(config):
+            plugin = EventBusPlugin("webhook", **options)
+            closing_took = asyncio.run(run_through(fault, plugin, proxy))
+            stats = plugin.stats()
+            emitted = plugin._pipeline._final_sequence  # type: ignore[union-attr]
+    finally:
+        logging.getLogger("distributed").removeHandler(watcher)
+    with receiver.subscribe(from_beginning=True) as subscription:
+        events = []
+        while (event := subscription.poll(timeout=2.0)) is not None:
+            events.append(event)
+    delivered, duplicated, dropped, lost = account(events, emitted)
+    RESULTS.append(Outcome("webhook", mode, fault, emitted, delivered, duplicated, dropped, lost))
+
+    statuses = [r.status for r in receiver.requests]
+    assert int(fault[:3]) in statuses, statuses  # the fault did happen
+    assert not watcher.messages, watcher.messages
+    assert closing_took < CLOSE_TIMEOUT + 3.0
+    assert lost == 0 and dropped == 0 and delivered == emitted, stats
+    assert stats["refused"] == 0 and stats["undelivered"] == 0, stats
+    if fault == "413-smaller-batches":
+        assert all(len(r.body) <= size for r in receiver.requests if r.status == 200)

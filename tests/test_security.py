@@ -60,6 +60,11 @@ def with_secret(harness: Target) -> dict[str, Any]:
         # (tests/test_backend_redis.py and test_backend_nats.py refuse
         # passwords on a server of their own.)
         host = "127.0.0.1:1"
+    if parsed.scheme.startswith("http"):
+        # A 401 is a refusal for good, not retried (tests/test_backend_webhook.py
+        # checks that it leaks nothing); here the token goes in a header too.
+        host = "127.0.0.1:1"
+        options["headers"] = {"Authorization": f"Bearer {SECRET}"}
     user = "guest" if parsed.scheme.startswith("amqp") else ""
     options["url"] = urlunsplit(parsed._replace(netloc=f"{user}:{SECRET}@{host}"))
     return options

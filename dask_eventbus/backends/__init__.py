@@ -13,6 +13,7 @@ from .contract import (
     BackendOptions,
     ContentMode,
     Message,
+    Refused,
     batch_body,
     in_content_mode,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ContentMode",
     "Delivery",
     "Message",
+    "Refused",
     "Subscription",
     "available_backends",
     "batch_body",

@@ -43,6 +43,27 @@ class Message(NamedTuple):
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 BATCH_ROUTING_KEY = "dask.eventbus.batch"
 
+
+class Refused(Exception):
+    """The broker refused some events for good: sending them again cannot help.
+
+    Raised by :meth:`Backend.publish` once every other message of the batch
+    was accepted. The publisher does not retry the batch: it counts the
+    refused events in ``stats()["refused"]``, logs ``reason`` (rate limited)
+    and announces them with a ``dask.eventbus.dropped`` event whose
+    ``policy`` is ``refused``. Any other exception is a failure the batch is
+    retried after; one with a ``retry_after`` attribute (seconds) makes the
+    publisher wait at least that long before it tries again.
+    """
+
+    def __init__(self, messages: Sequence[Message], reason: str) -> None:
+        super().__init__(reason)
+        self.messages = list(messages)
+        """The refused messages, as :meth:`Backend.publish` received them."""
+        self.reason = reason
+        """Why, for people: the broker's answer, without secrets."""
+
+
 ContentMode = Literal["structured", "batched"]
 """``structured``: one message per event (CloudEvents structured mode);
 ``batched``: one message per published batch, a JSON array of events

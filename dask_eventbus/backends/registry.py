@@ -22,6 +22,7 @@ BUILTIN_EXTRAS = {
     "kombu": "kombu",
     "redis": "redis",
     "nats": "nats",
+    "webhook": "webhook",
 }
 
 _registered: dict[str, type[Backend]] = {}

@@ -3,7 +3,8 @@
 Subclass :class:`BackendConformance` and name the backend under test; pytest
 collects the subclass's tests (name it ``Test...``). Tests that read events
 back skip, saying why, for a publish-only backend (one without
-``subscribe``). A backend that loses, duplicates, reorders within a subject
+``subscribe``), unless its Target says where its events can be read
+(:attr:`Target.read_back`). A backend that loses, duplicates, reorders within a subject
 or corrupts events fails.
 """
 
@@ -76,6 +77,10 @@ class Target:
     same broker objects through it, with short timeouts (outage tests)."""
     replays: bool = True
     """Whether ``subscribe(from_beginning=True)`` returns events published earlier."""
+    read_back: Callable[..., Subscription] | None = None
+    """For a publish-only backend: a subscription to where its events arrive
+    (say, the test's own HTTP receiver storing them in a memory store), taking
+    ``from_beginning`` and ``types``; the read-back tests then run through it."""
 
     def create(self, **overrides: Any) -> Backend:
         """A new backend instance, with ``overrides`` on top of its options."""
@@ -90,10 +95,12 @@ class Target:
 
     @property
     def readable(self) -> bool:
-        return type(self.create()).readable
+        return self.read_back is not None or type(self.create()).readable
 
     def subscribe(self, **params: Any) -> Subscription:
         """A subscription to the target's events (``from_beginning``, ``types``)."""
+        if self.read_back is not None:
+            return self.read_back(**params)
         return subscribe(self.create(), **params)
 
 
@@ -281,7 +288,7 @@ class BackendConformance:
             synthetic_messages(40, run_id="after-cut"),
         )
         with target.proxied() as (proxy, options):
-            through_proxy = Target(target.backend, options)
+            through_proxy = Target(target.backend, options, read_back=target.read_back)
             backend = through_proxy.create()
             backend.open()
             try:

@@ -1,0 +1,276 @@
+"""``webhook``: CloudEvents over HTTP ``POST`` to any receiver, with httpx.
+
+Structured content mode posts one event per request; batched content mode
+posts a JSON array of events per request, at most ``max-batch-bytes`` each.
+Requests are signed as Standard Webhooks defines when a ``secret`` is set
+(see :mod:`dask_eventbus.bindings.http`). One keep-alive connection carries
+them all, over HTTP/2 if asked.
+
+A 2xx answer acknowledges a request. 408, 429, 5xx and connection errors
+fail the publish so that the pipeline retries it, no sooner than the
+answer's ``Retry-After``; a retried batch resumes after the requests already
+answered. A 413 answer halves the request (and the size of later ones) until
+a single event is still too large. Any other 4xx answer refuses its events
+for good: they are reported with :class:`~dask_eventbus.backends.Refused`
+once the rest of the batch went through.
+
+Publish-only: what the receiver does with the events is its own business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from ..bindings.http import request, request_end, retry_after, retryable, signing_key
+from ..config import ConfigError, PositiveDuration, redact_url
+from . import Backend, BackendOptions, Message, Refused
+from .tls import TLSOptions
+
+logger = logging.getLogger("distributed.eventbus")
+
+# Headers the backend sets itself on every request.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+# How much of a receiver's answer goes into logs and errors.
+ANSWER_CHARS = 200
+
+
+class WebhookOptions(BackendOptions):
+    """Options of the ``webhook`` backend (``eventbus.backends.webhook``)."""
+
+    url: str = "http://localhost:8080/"
+    headers: dict[str, str] = {}
+    secret: str | None = None
+    timeout: PositiveDuration = PositiveDuration(10.0)
+    max_batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    http2: bool = False
+    tls: TLSOptions | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"url must be an http:// or https:// URL with a host, got {redact_url(self.url)!r}"
+            )
+        if self.tls is not None:
+            if parts.scheme.lower() != "https":
+                raise ValueError("tls needs an https:// url")
+            self.tls.refuse("httpx", "server-hostname")
+        reserved = sorted(name for name in self.headers if name.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise ValueError(
+                f"headers may not set {', '.join(reserved)}: the backend sets "
+                f"{', '.join(sorted(RESERVED_HEADERS))} itself"
+            )
+        if self.secret is not None:
+            signing_key(self.secret)
+
+    def __repr__(self) -> str:
+        # The default repr would show the secret and the headers' values.
+        return (
+            f"WebhookOptions(url={redact_url(self.url)!r}, content_mode={self.content_mode!r}, "
+            f"headers={dict.fromkeys(self.headers, '***')}, "
+            f"secret={'***' if self.secret else None})"
+        )
+
+
+class WebhookError(Exception):
+    """A receiver's answer that asks to try again later (408, 429, 5xx, or
+    an unexpected 1xx/3xx)."""
+
+    def __init__(self, status: int, text: str, retry_after: float | None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.retry_after = retry_after
+        """Seconds the receiver asked to wait (``Retry-After``); the publisher honours it."""
+
+
+class WebhookBackend(Backend):
+    """Posts events to an HTTP endpoint as CloudEvents."""
+
+    name = "webhook"
+    Options = WebhookOptions
+    options: WebhookOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        secret = self.options.secret
+        self._key = signing_key(secret) if secret is not None else None
+        self._client: httpx.Client | None = None
+        self._max_bytes = self.options.max_batch_bytes
+        # A retried batch resumes where the last attempt stopped: (first id,
+        # last id, length) of the batch, events settled, events refused.
+        self._progress: tuple[tuple[str, str, int], int, list[Message], str] | None = None
+        parts = urlsplit(self.options.url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        self._where = f"{parts.hostname}:{port}"
+
+    def check(self) -> None:
+        if self.options.http2:
+            try:
+                import h2  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "eventbus.backends.webhook.http2 needs the h2 package: "
+                    "pip install 'httpx[http2]'"
+                ) from None
+
+    # ------------------------------------------------------------ producer
+
+    def open(self) -> None:
+        self.close()
+        options = self.options
+        verify: Any = options.tls.context() if options.tls is not None else True
+        self._client = httpx.Client(
+            headers=options.headers,
+            timeout=options.timeout,
+            verify=verify,
+            http2=options.http2,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages``: this backend applies the content mode itself,
+        to keep batches within ``max-batch-bytes`` and split them on a 413."""
+        if messages:
+            self.publish(messages)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Post ``messages`` (one event each) in the configured content mode."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("webhook backend is not open")
+        if not messages:
+            return
+        batch = (messages[0].id, messages[-1].id, len(messages))
+        settled, reason = 0, ""
+        refused: list[Message] = []
+        if self._progress is not None and self._progress[0] == batch:
+            _, settled, refused, reason = self._progress
+        self._progress = None
+        batched = self.options.content_mode == "batched"
+        while settled < len(messages):
+            end = request_end(messages, settled, batched=batched, max_bytes=self._max_bytes)
+            chunk = messages[settled:end]
+            made = request(chunk, batched=batched, key=self._key)
+            try:
+                response = client.post(self.options.url, content=made.body, headers=made.headers)
+            except BaseException:
+                self._progress = (batch, settled, refused, reason)
+                raise
+            status = response.status_code
+            if 200 <= status < 300:
+                settled = end
+                continue
+            answer = f"HTTP {status} {response.reason_phrase} from {self.describe()}"
+            text = _answer_text(response)
+            if text:
+                answer += f": {text}"
+            answer = self.mask(answer)
+            if status == 413 and len(chunk) > 1:
+                self._max_bytes = max(1, len(made.body) // 2)
+                logger.warning(
+                    "dask-eventbus: %s; sending requests of at most %d bytes from now on "
+                    "(eventbus.backends.webhook.max-batch-bytes is %d)",
+                    answer,
+                    self._max_bytes,
+                    self.options.max_batch_bytes,
+                )
+                continue
+            if status >= 400 and not retryable(status):
+                refused.extend(chunk)
+                reason = answer
+                settled = end
+                continue
+            self._progress = (batch, settled, refused, reason)
+            raise WebhookError(status, answer, retry_after(response.headers.get("retry-after")))
+        if refused:
+            raise Refused(refused, reason)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                logger.debug("dask-eventbus: closing the HTTP client failed", exc_info=True)
+
+    def abort(self) -> None:
+        client = self._client
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                logger.debug("dask-eventbus: aborting the HTTP client failed", exc_info=True)
+
+    # ------------------------------------------------------------ for people
+
+    def describe(self) -> str:
+        return f"webhook {redact_url(self.options.url)}"
+
+    def explain(self, exc: BaseException) -> str:
+        where = self._where
+        detail = self.mask(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Refused):
+            return (
+                f"the webhook receiver refused {len(exc.messages)} events for good "
+                f"(not retried): {self.mask(exc.reason)}"
+            )
+        if isinstance(exc, WebhookError):
+            wait = f" (Retry-After {exc.retry_after:g}s)" if exc.retry_after is not None else ""
+            if exc.status == 429:
+                return f"the webhook receiver asks to slow down{wait}: {exc}"
+            if exc.status >= 500:
+                return f"the webhook receiver failed or is unavailable{wait}: {exc}"
+            if exc.status == 408:
+                return f"the webhook receiver timed out reading the request{wait}: {exc}"
+            return (
+                f"the webhook receiver answered with neither success nor an error: {exc}. "
+                f"Point eventbus.backends.webhook.url at the final address (redirects are "
+                f"not followed)"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return (
+                f"the webhook receiver at {where} did not answer within "
+                f"{self.options.timeout:g}s (eventbus.backends.webhook.timeout): is it "
+                f"overloaded or stalled? ({detail})"
+            )
+        if isinstance(exc, httpx.ConnectError):
+            lowered = detail.lower()
+            if "ssl" in lowered or "certificate" in lowered:
+                return (
+                    f"TLS with the webhook receiver at {where} failed: check the https:// "
+                    f"url and the tls block ({detail})"
+                )
+            return (
+                f"cannot connect to the webhook receiver at {where}: is it running and "
+                f"the url right? ({detail})"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return f"the connection to the webhook receiver at {where} broke ({detail})"
+        return super().explain(exc)
+
+
+def _answer_text(response: httpx.Response) -> str:
+    """The first part of a receiver's answer, on one line."""
+    try:
+        text = response.text
+    except Exception:
+        return ""
+    text = " ".join(text.split())
+    return text[:ANSWER_CHARS] + ("..." if len(text) > ANSWER_CHARS else "")

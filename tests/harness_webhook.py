@@ -1,0 +1,44 @@
+"""The ``webhook`` backend in the conformance suite, against a real HTTP
+receiver on loopback (``webhook_receiver.py``).
+
+Every test gets a receiver of its own; what it accepted is read back from
+its memory store (the backend is publish-only), so the read-back tests and
+the fault matrix check webhook deliveries too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from webhook_receiver import WebhookReceiver
+
+from dask_eventbus.testing import Target, proxied_url
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A started receiver, stopped afterwards."""
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+def webhook_harness(request: pytest.FixtureRequest) -> Target:
+    receiver: WebhookReceiver = request.getfixturevalue("webhook_receiver")
+    return Target(
+        "webhook",
+        {"url": receiver.url},
+        bad_options=[
+            ({"url": "ftp://127.0.0.1/x"}, "url must be an http:// or https:// URL"),
+            ({"timeout": 0}, "timeout"),
+            ({"max-batch-bytes": 0}, "max-batch-bytes"),
+            ({"secret": "whsec_not base64!"}, "secret must be a Standard Webhooks secret"),
+            ({"headers": {"Content-Type": "text/plain"}}, "headers may not set Content-Type"),
+            ({"tls": {"ca-file": "/tmp/ca.pem"}}, "tls needs an https:// url"),
+        ],
+        proxied=proxied_url(receiver.url, 80, {"timeout": "2s"}),
+        read_back=receiver.subscribe,
+    )
+
+
+HARNESSES = {"webhook": webhook_harness}
