@@ -33,7 +33,7 @@ from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
 from .normalize import Normalizer
 from .process import ProcessSink
-from .publisher import Publisher, Sink
+from .publisher import Sink
 from .records import (
     ClientAddedRecord,
     ClientRemovedRecord,
@@ -48,6 +48,7 @@ from .records import (
     WorkerRemovedRecord,
     _SchedulerRecord,
 )
+from .spooling import make_publisher
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -139,7 +140,7 @@ class EventBusPlugin(SchedulerPlugin):
             sink.launch()
         else:
             normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
-            sink = Publisher(self.backend, normalizer, self.settings)
+            sink = make_publisher(self.backend, normalizer, self.settings)
         # Task groups name a task without parsing its key; in process mode the
         # publisher process parses the key instead of receiving the names.
         self._group_names = self.mode == "thread"
