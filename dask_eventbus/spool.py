@@ -93,7 +93,7 @@ class Head(NamedTuple):
 
     offset: int
     end: int
-    count: int
+    events: int
     first: int
     last: int
     first_time: float
@@ -142,7 +142,7 @@ def read_payload(fd: int, head: Head) -> list[Message] | None:
         messages = _decoder.decode(payload)
     except (msgspec.DecodeError, ValueError, TypeError):
         return None
-    return messages if len(messages) == head.count else None
+    return messages if len(messages) == head.events else None
 
 
 def next_good(fd: int, offset: int, limit: int) -> Head | None:
@@ -392,12 +392,11 @@ class Spool:
             size = self._sizes[number]
             at = self._roff_for(number)
             while at < size:
-                head = read_head(fd, at, size)
-                if not isinstance(head, Head):
-                    head = next_good(fd, at, size)
-                    if head is None:
-                        break
-                events += head.count
+                found = read_head(fd, at, size)
+                head = found if isinstance(found, Head) else next_good(fd, at, size)
+                if head is None:
+                    break
+                events += head.events
                 at = head.end
         return events
 
@@ -526,7 +525,7 @@ class Spool:
             if isinstance(head, Head):
                 messages = read_payload(fd, head)
                 if messages is None:
-                    self._quarantine_part(fd, head.offset, head.end, head.count)
+                    self._quarantine_part(fd, head.offset, head.end, head.events)
                     damage.append(
                         Damage(1, head.end - head.offset, head.source, _run_of(head),
                                head.first, head.last)
@@ -538,10 +537,10 @@ class Spool:
                 self._prev = head
                 self._head_time = head.first_time
                 self._roff = head.end  # the drain delivers it before it reads again
-                return Batch(messages, head.count, (self._rseg, head.end), damage)
-            following = next_good(fd, self._roff, limit)
-            end = following.offset if following is not None else limit
-            if following is None and writing:
+                return Batch(messages, head.events, (self._rseg, head.end), damage)
+            good = next_good(fd, self._roff, limit)
+            end = good.offset if good is not None else limit
+            if good is None and writing:
                 return self._pending_damage(damage)  # the rest is not written yet
             self._quarantine_part(fd, self._roff, end, 0)
             damage.append(Damage(1, end - self._roff))
@@ -665,3 +664,137 @@ class Spool:
             self._close_reader()
             self._cond.notify_all()
         os.close(self._lock_fd)
+
+
+# ---------------------------------------------------------------- inspect and verify
+
+
+def inspect_spool(path: str, verify: bool = False) -> dict[str, Any]:
+    """What a spool directory holds, read without taking it over.
+
+    Per source: its undelivered events' sequence ranges, count, bytes, oldest
+    and newest event time. ``damaged`` lists records whose checksums fail
+    (every payload is read and checked when ``verify``, else only the heads);
+    damage at the very end of the last segment is a ``torn`` write, which the
+    next start truncates. ``quarantined`` lists the parts moved aside.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no spool directory at {path}")
+    segments = list_segments(path)
+    checkpoint = read_checkpoint(path)
+    sources: dict[str, dict[str, Any]] = {}
+    damaged: list[dict[str, Any]] = []
+    torn: dict[str, Any] | None = None
+    total_bytes = 0
+    for index, number in enumerate(segments):
+        name = os.path.join(path, segment_name(number))
+        size = os.path.getsize(name)
+        total_bytes += size
+        if checkpoint is not None and number < checkpoint[0]:
+            continue
+        start = checkpoint[1] if checkpoint is not None and number == checkpoint[0] else 0
+        last_segment = index == len(segments) - 1
+        with open(name, "rb") as f:
+            fd = f.fileno()
+            if size >= len(SEGMENT_MAGIC) and os.pread(fd, len(SEGMENT_MAGIC), 0) != SEGMENT_MAGIC:
+                damaged.append(_damaged(number, 0, size, "bad segment header", None))
+                continue
+            at = max(start, len(SEGMENT_MAGIC))
+            while at < size:
+                found = read_head(fd, at, size)
+                if isinstance(found, Head):
+                    if verify and read_payload(fd, found) is None:
+                        bad = _damaged(number, at, found.end, "payload checksum", found)
+                        damaged.append(bad)
+                    else:
+                        _add(sources, found)
+                    at = found.end
+                    continue
+                good = next_good(fd, at, size)
+                if good is None and last_segment:
+                    torn = {"segment": number, "offset": at, "bytes": size - at}
+                    break
+                end = good.offset if good is not None else size
+                damaged.append(_damaged(number, at, end, "record header", None))
+                at = end
+    if segments and checkpoint is not None:
+        expected = set(range(max(checkpoint[0], segments[0]), segments[-1] + 1))
+        for number in sorted(expected - set(segments)):
+            missing = {"segment": number, "offset": 0, "bytes": None, "reason": "missing segment"}
+            damaged.append(missing)
+    quarantine = os.path.join(path, QUARANTINE)
+    quarantined = (
+        [
+            {"file": name, "bytes": os.path.getsize(os.path.join(quarantine, name))}
+            for name in sorted(os.listdir(quarantine))
+        ]
+        if os.path.isdir(quarantine)
+        else []
+    )
+    for source in sources.values():
+        source["ranges"] = _ranges(source.pop("sequences"))
+    return {
+        "path": path,
+        "segments": len(segments),
+        "bytes": total_bytes,
+        "delivered_up_to": list(checkpoint) if checkpoint else None,
+        "owner": lock_owner(path) if _locked(path) else None,
+        "events": sum(s["events"] for s in sources.values()),
+        "sources": sources,
+        "damaged": damaged,
+        "torn": torn,
+        "quarantined": quarantined,
+        "verified": verify,
+    }
+
+
+def _damaged(number: int, start: int, end: int, reason: str, head: Head | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"segment": number, "offset": start, "bytes": end - start}
+    entry["reason"] = reason
+    if head is not None:
+        entry.update(source=head.source, first_sequence=head.first, last_sequence=head.last)
+    return entry
+
+
+def _add(sources: dict[str, dict[str, Any]], head: Head) -> None:
+    source = sources.setdefault(
+        head.source,
+        {
+            "events": 0,
+            "bytes": 0,
+            "oldest": head.first_time,
+            "newest": head.last_time,
+            "sequences": [],
+        },
+    )
+    source["events"] += head.events
+    source["bytes"] += head.end - head.offset
+    source["oldest"] = min(source["oldest"], head.first_time)
+    source["newest"] = max(source["newest"], head.last_time)
+    source["sequences"].append((head.first, head.last))
+
+
+def _ranges(pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Contiguous runs of sequence numbers, ``[[first, last], ...]``."""
+    runs: list[list[int]] = []
+    for first, last in sorted(pairs):
+        if runs and first <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], last)
+        else:
+            runs.append([first, last])
+    return runs
+
+
+def _locked(path: str) -> bool:
+    try:
+        fd = os.open(os.path.join(path, LOCK), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
