@@ -718,8 +718,9 @@ def inspect_spool(path: str, verify: bool = False) -> dict[str, Any]:
                 end = good.offset if good is not None else size
                 damaged.append(_damaged(number, at, end, "record header", None))
                 at = end
-    if segments and checkpoint is not None:
-        expected = set(range(max(checkpoint[0], segments[0]), segments[-1] + 1))
+    if segments:
+        first = max(checkpoint[0], segments[0]) if checkpoint else segments[0]
+        expected = set(range(first, segments[-1] + 1))
         for number in sorted(expected - set(segments)):
             missing = {"segment": number, "offset": 0, "bytes": None, "reason": "missing segment"}
             damaged.append(missing)
