@@ -519,7 +519,8 @@ class Spool:
                 self._move_to(following)
                 continue
             fd = self._reader_fd()
-            if self._roff == 0 and not self._check_segment_magic(fd, damage):
+            if self._roff == 0:  # a segment's start: check its magic, go on past it
+                self._check_segment_magic(fd, damage)
                 continue
             head = read_head(fd, self._roff, limit)
             if isinstance(head, Head):
@@ -560,10 +561,10 @@ class Spool:
             damage.source, damage.run = prev.source, _run_of(prev)
             damage.first, damage.last = prev.last + 1, following.first - 1
 
-    def _check_segment_magic(self, fd: int, damage: list[Damage]) -> bool:
+    def _check_segment_magic(self, fd: int, damage: list[Damage]) -> None:
         if os.pread(fd, len(SEGMENT_MAGIC), 0) == SEGMENT_MAGIC:
             self._roff = len(SEGMENT_MAGIC)
-            return True
+            return
         number = self._rseg
         name = segment_name(number)
         with self._cond:
@@ -573,7 +574,6 @@ class Spool:
         self._count_quarantined(size, 0)
         damage.append(Damage(1, size))
         self._move_to(number + 1)
-        return False
 
     def _reader_fd(self) -> int:
         if self._rfd_seg != self._rseg:
