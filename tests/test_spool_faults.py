@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import dask.config
 import psutil
 import pytest
@@ -36,6 +37,8 @@ from dask_eventbus.spool import Spool
 from dask_eventbus.testing import free_port
 
 pytestmark = [pytest.mark.slow]
+# The load functions run on schedulers that cannot import this module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 LOAD_RATE = 5000  # events per second
 OUTAGE = 60.0  # seconds, with the spool
@@ -160,20 +163,21 @@ async def test_an_outage_far_longer_than_memory_holds(
 # ---------------------------------------------------------------- crashes
 
 
-def start_scheduler(config: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    for key, value in config.items():
+def start_scheduler(config: dict[str, Any], port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    for key, value in {**config, "eventbus.backend": "redis"}.items():
         name = "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
         env[name] = str(value)
-    return subprocess.Popen(
-        [
-            *(require_program("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)),
-            *("--dashboard-address", ":0", "--preload", "dask_eventbus"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("ab") as stderr:  # the scheduler's log, for when the test fails
+        return subprocess.Popen(
+            [
+                *(require_program("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)),
+                *("--dashboard-address", ":0", "--preload", "dask_eventbus"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 def start_load_on_scheduler(dask_scheduler: Any) -> None:
@@ -204,7 +208,7 @@ async def test_a_scheduler_killed_during_an_outage_leaves_its_events_to_the_next
     server = redis_server()
     config = spool_config(tmp_path / "spool", server.url, "crash", mode)
     port = free_port()
-    first = start_scheduler(config, port)
+    first = start_scheduler(config, port, tmp_path / "first.log")
     try:
         address = f"tcp://127.0.0.1:{port}"
         async with Client(address, asynchronous=True, timeout=60) as client:
@@ -221,7 +225,7 @@ async def test_a_scheduler_killed_during_an_outage_leaves_its_events_to_the_next
         first.kill()
         first.wait()
     server.start()
-    second = start_scheduler(config, port)
+    second = start_scheduler(config, port, tmp_path / "second.log")
     try:
         await asyncio.sleep(3.0)
 
@@ -266,7 +270,7 @@ async def test_a_publisher_process_killed_during_an_outage_loses_nothing(
     server = redis_server()
     config = spool_config(tmp_path / "spool", server.url, "child", "process")
     port = free_port()
-    scheduler = start_scheduler(config, port)
+    scheduler = start_scheduler(config, port, tmp_path / "scheduler.log")
     address = f"tcp://127.0.0.1:{port}"
     try:
         async with Client(address, asynchronous=True, timeout=60) as client:
