@@ -6,16 +6,19 @@ publisher integration runs real schedulers with the jsonl backend.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from distributed import Scheduler
 from distributed.utils_test import gen_test
 
 from dask_eventbus import EventBusPlugin
@@ -322,3 +325,48 @@ def test_sync_reports_what_is_on_disk(tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     spool.close()
+
+
+@gen_test(timeout=60)
+async def test_spool_metrics_and_stats_count_damage_found_on_start(tmp_path: Path) -> None:
+    import dask.config
+    from prometheus_client.parser import text_string_to_metric_families
+
+    spool = open_spool(tmp_path / "spool")
+    fill(spool, 3)
+    number = spool._wseg
+    spool.close()
+    flip(tmp_path / "spool" / segment_name(number), records(tmp_path / "spool", number)[1][1] - 5)
+    target = tmp_path / "events.jsonl"
+    with dask.config.set(
+        {"eventbus.spool.path": str(tmp_path / "spool"), "eventbus.pipeline.mode": "thread"}
+    ):
+        plugin = EventBusPlugin("jsonl", path=str(target))
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
+        while plugin.stats()["spool"]["events"] or not plugin.stats()["published"]:
+            await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{s.http_server.port}/metrics"
+        text = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: urllib.request.urlopen(url, timeout=10).read().decode()
+        )
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("backend") == "jsonl"
+    }
+    assert samples["dask_eventbus_spool_quarantined_records_total"] == 1
+    assert samples["dask_eventbus_spool_events"] == 0
+    assert samples["dask_eventbus_spool_bytes"] > 0
+    assert "dask_eventbus_spool_oldest_event_age_seconds" in samples
+    assert plugin.stats()["spool"]["quarantined_events"] == 100
+    # The leftover first (the test's own bodies), the damaged record announced in its place.
+    lines = [json.loads(line) for line in target.read_bytes().splitlines()]
+    leftover = [line for line in lines if line.get("source", SOURCE) == SOURCE]
+    assert [line.get("n") or int(line["sequence"]) for line in leftover] == [
+        *range(1, 101),
+        200,
+        *range(201, 301),
+    ]
+    assert leftover[100]["type"] == DROPPED and leftover[100]["data"]["policy"] == "spool-corrupt"
+    assert lines.index(leftover[-1]) == len(leftover) - 1
