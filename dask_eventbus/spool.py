@@ -60,6 +60,9 @@ QUARANTINE = "quarantine"
 _HEAD = struct.Struct(">4sIIIqqddHH")
 _CRC = struct.Struct(">I")
 _CHECKPOINT = struct.Struct(">QQ")
+# The delivered position is written at most this often (seconds) while a
+# segment is being delivered: once per batch would cost more than reading it.
+CHECKPOINT_INTERVAL = 0.1
 # The largest payload a head may claim: a bound for a damaged length field.
 MAX_PAYLOAD = 1 << 31
 
@@ -314,6 +317,8 @@ class Spool:
         self._dirty = False
         self._closed = False
         self._prev: Head | None = None  # the last good record the reader returned
+        self._delivered: tuple[int, int] | None = None  # not yet in the checkpoint file
+        self._checkpointed = 0.0
         self._recover()
         self._wfd = self._create_segment(self._wseg)
         self._rfd: int | None = None
@@ -511,6 +516,7 @@ class Spool:
                 limit, writing = self._sizes[self._rseg], self._rseg == self._wseg
                 if writing and self._roff >= limit:
                     self.events = 0  # everything appended was delivered
+                    self._write_checkpoint()
                     return self._pending_damage(damage)
             if self._roff >= limit:
                 following = segments[1]  # the writer's segment at least
@@ -615,17 +621,32 @@ class Spool:
         self._commit_position(*batch.position)
 
     def _commit_position(self, number: int, offset: int) -> None:
+        """Everything before ``offset`` of segment ``number`` was delivered.
+
+        The checkpoint is written at once when segments can be deleted (it
+        must be on record first), else at most every CHECKPOINT_INTERVAL: a
+        crash before it costs duplicates, not events.
+        """
         with self._cond:
             if self._closed:
                 return
-            _write_checkpoint(self.path, number, max(offset, len(SEGMENT_MAGIC)))
-            for old in [n for n in self._sizes if n < number]:
+            self._delivered = (number, max(offset, len(SEGMENT_MAGIC)))
+            passed = [n for n in self._sizes if n < number]
+            if passed or time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
+                self._write_checkpoint()
+            for old in passed:
                 if self._rfd_seg == old:
                     self._close_reader()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.path, segment_name(old)))
                 del self._sizes[old]
             self._cond.notify_all()
+
+    def _write_checkpoint(self) -> None:
+        if self._delivered is not None:
+            _write_checkpoint(self.path, *self._delivered)
+            self._delivered = None
+        self._checkpointed = time.monotonic()
 
     # ------------------------------------------------------------ state
 
@@ -660,6 +681,7 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
+            self._write_checkpoint()
             os.close(self._wfd)
             self._close_reader()
             self._cond.notify_all()
