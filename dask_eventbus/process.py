@@ -21,7 +21,7 @@ Frames are a 4-byte big-endian length and a msgpack array: parent to child
 ``["deadline", seconds]`` (closing has begun: stop backing off),
 ``["close", seconds]``;
 child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
-``["stats", stats]`` (after a failed attempt, and each second while a spool
+``["stats", stats]`` (after a failed attempt, and every 0.25 s while a spool
 drains), ``["log", level, text]`` and
 ``["closed", stats]``.
 """
@@ -61,8 +61,9 @@ PUBLISHER_COMMAND = [sys.executable, "-c", "from dask_eventbus.process import ma
 # A child that dies sooner than this after starting counts as a failed start.
 CRASH_WINDOW = 10.0
 _LENGTH = struct.Struct(">I")
-# The publisher process reports its statistics at least this often.
-STATS_INTERVAL = 1.0
+# The publisher process reports its statistics at least this often (seconds)
+# while a spool drains.
+STATS_INTERVAL = 0.25
 
 
 def publisher_environment() -> dict[str, str]:
