@@ -50,8 +50,9 @@ CORRUPT_POLICY = "spool-corrupt"
 # crashed scheduler may still be closing.
 LOCK_WAIT = 15.0
 # How long closing waits for the drain thread past the deadline, before and
-# after aborting the backend call it is in.
-DRAIN_GRACE = 1.0
+# after aborting the backend call it is in: within the pipeline's margin of a
+# second for a last backend call.
+DRAIN_GRACE = 0.4
 
 
 def open_spool(settings: SpoolSettings, lock_wait: float = LOCK_WAIT) -> Spool:

@@ -28,7 +28,7 @@ from dask_eventbus.config import ConfigError, load_settings
 from dask_eventbus.events import DROPPED, Event
 from dask_eventbus.spool import SEGMENT_MAGIC, Spool, list_segments, segment_name
 from dask_eventbus.spooling import announcement
-from dask_eventbus.testing import run_workload
+from dask_eventbus.testing import free_port, run_workload
 
 SOURCE = "dask://test/spool"
 MiB = 1 << 20
@@ -370,3 +370,31 @@ async def test_spool_metrics_and_stats_count_damage_found_on_start(tmp_path: Pat
     ]
     assert leftover[100]["type"] == DROPPED and leftover[100]["data"]["policy"] == "spool-corrupt"
     assert lines.index(leftover[-1]) == len(leftover) - 1
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+@gen_test(timeout=60)
+async def test_closing_with_the_broker_down_keeps_the_events_on_disk(
+    tmp_path: Path, mode: str
+) -> None:
+    import dask.config
+
+    config = {
+        "eventbus.spool.path": str(tmp_path / "spool"),
+        "eventbus.pipeline.mode": mode,
+        "eventbus.close-timeout": "1s",
+    }
+    with dask.config.set(config):  # nothing listens there: refused at once
+        plugin = EventBusPlugin("redis", url=f"redis://127.0.0.1:{free_port()}/0")
+    s = await Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin])
+    for i in range(500):
+        s.log_event("kept", {"i": i})
+    started = time.monotonic()
+    await s.close()
+    assert time.monotonic() - started < 1 + 1.5
+    stats = plugin.stats()
+    assert stats["undelivered"] == 0 and stats["dropped"] == 0
+    code, found = spool_cli(tmp_path / "spool", "--verify")
+    assert code == 0 and found["owner"] is None
+    (source,) = found["sources"].values()
+    assert source["events"] == 502 and source["ranges"] == [[1, 502]]  # started ... closing

@@ -34,7 +34,7 @@ from test_backend_redis import RedisServer
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.events import DROPPED, Event
 from dask_eventbus.spool import Spool
-from dask_eventbus.testing import free_port
+from dask_eventbus.testing import free_port, unique_name
 
 pytestmark = [pytest.mark.slow]
 # The load functions run on schedulers that cannot import this module.
@@ -104,8 +104,11 @@ def spool_config(path: Path | None, url: str, stream: str, mode: str) -> dict[st
         "eventbus.pipeline.mode": mode,
         "eventbus.spool.path": str(path) if path is not None else None,
         "eventbus.close-timeout": "30s",
-        "eventbus.backends.redis.url": url,
-        "eventbus.backends.redis.stream": stream,
+        **(
+            {"eventbus.backends.redis.url": url, "eventbus.backends.redis.stream": stream}
+            if url
+            else {}
+        ),
     }
 
 
@@ -371,3 +374,73 @@ def test_a_writer_killed_at_random_points_never_loses_what_was_synced(tmp_path: 
         if delivered[source]:
             assert delivered[source] == set(range(1, max(delivered[source]) + 1))
     assert sum(1 for through in synced.values() if through) > KILLS / 2
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+def kafka_events(bootstrap: str, topic: str, timeout: float = 120.0) -> list[Event]:
+    """Every event of ``topic`` (one partition) up to the scheduler's closing event."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique_name("reader"), "log_level": 0}
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        events: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in consumer.consume(5000, timeout=0.5):
+                if message.error() is None:
+                    events.append(Event.from_json(message.value()))
+                    if events[-1].type == "dask.scheduler.closing":
+                        return events
+        raise AssertionError(f"no closing event within {timeout}s ({len(events)} events)")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("spooled", [True, False], ids=["spool", "no-spool"])
+@gen_test(timeout=280)
+async def test_a_kafka_outage_far_longer_than_memory_holds(tmp_path: Path, spooled: bool) -> None:
+    """Kafka unreachable (a fault proxy in front of Tansu refusing connections
+    and cutting open ones): a Tansu restart would lose what it had stored."""
+    from harness_kafka import tansu_behind_a_proxy
+
+    topic = unique_name("spool-kafka")
+    with tansu_behind_a_proxy(topic) as (proxy, options):
+        bootstrap = options["config"]["bootstrap.servers"]
+        config = spool_config(tmp_path / "spool" if spooled else None, "", "", "thread")
+        with dask.config.set(config):
+            plugin = EventBusPlugin("kafka", **options)
+        async with Scheduler(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+        ) as s:
+            await load(s, 2.0)
+            proxy.set_mode("refuse")
+            proxy.cut()
+            outage = OUTAGE if spooled else OUTAGE_WITHOUT_SPOOL
+            await load(s, outage)
+            during = plugin.stats()
+            proxy.set_mode("pass")
+            await load(s, 3.0)
+            await wait_for(lambda: plugin.stats()["queued"] == 0, 120, "the backlog to drain")
+        stats = plugin.stats()
+        events = await asyncio.to_thread(kafka_events, bootstrap, topic)
+    sequences = {e.sequence_number for e in events}
+    last = max(sequences)
+    missing = set(range(1, last + 1)) - sequences
+    if spooled:
+        assert last > LOAD_RATE * OUTAGE
+        assert not missing, f"{len(missing)} events lost"
+        assert stats["dropped"] == 0
+        assert during["spool"]["events"] > LOAD_RATE * (OUTAGE - 10)
+    else:
+        dropped = [e for e in events if e.type == DROPPED]
+        assert dropped and stats["dropped"] > LOAD_RATE * (OUTAGE_WITHOUT_SPOOL - 5)
+        announced = {
+            n for e in dropped for n in range(e.data["first_sequence"], e.data["last_sequence"] + 1)
+        }
+        assert missing and missing <= announced
