@@ -26,7 +26,7 @@ from throughput import messages, through_backend
 from dask_eventbus import create_backend
 from dask_eventbus.backends import Message
 from dask_eventbus.config import load_settings
-from dask_eventbus.events import Normalizer
+from dask_eventbus.normalize import Normalizer
 from dask_eventbus.spool import Spool
 from dask_eventbus.spooling import SpoolingPublisher
 
