@@ -16,10 +16,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import pytest
 from click.testing import CliRunner
 from distributed import Scheduler
 from distributed.utils_test import gen_test
+from helpers import FAST_RETRY
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends import Message
@@ -298,8 +300,6 @@ def test_a_segment_with_a_bad_header_is_moved_aside_whole(tmp_path: Path) -> Non
 @pytest.mark.parametrize("mode", ["thread", "process"])
 @gen_test(timeout=90)
 async def test_a_workload_through_the_spool_is_delivered_in_full(tmp_path: Path, mode: str) -> None:
-    import dask.config
-
     target = tmp_path / "events.jsonl"
     with dask.config.set(
         {"eventbus.spool.path": str(tmp_path / "spool"), "eventbus.pipeline.mode": mode}
@@ -329,7 +329,6 @@ def test_sync_reports_what_is_on_disk(tmp_path: Path) -> None:
 
 @gen_test(timeout=60)
 async def test_spool_metrics_and_stats_count_damage_found_on_start(tmp_path: Path) -> None:
-    import dask.config
     from prometheus_client.parser import text_string_to_metric_families
 
     spool = open_spool(tmp_path / "spool")
@@ -377,8 +376,6 @@ async def test_spool_metrics_and_stats_count_damage_found_on_start(tmp_path: Pat
 async def test_closing_with_the_broker_down_keeps_the_events_on_disk(
     tmp_path: Path, mode: str
 ) -> None:
-    import dask.config
-
     config = {
         "eventbus.spool.path": str(tmp_path / "spool"),
         "eventbus.pipeline.mode": mode,
@@ -398,3 +395,50 @@ async def test_closing_with_the_broker_down_keeps_the_events_on_disk(
     assert code == 0 and found["owner"] is None
     (source,) = found["sources"].values()
     assert source["events"] == 502 and source["ranges"] == [[1, 502]]  # started ... closing
+
+
+@gen_test(timeout=60)
+async def test_a_full_spool_leaves_memory_to_the_overflow_policy(tmp_path: Path) -> None:
+    blocker = tmp_path / "down"
+    blocker.write_text("a file where the backend needs a directory: the broker is down")
+    target = blocker / "events.jsonl"
+    config = {
+        **FAST_RETRY,
+        "eventbus.pipeline.mode": "thread",
+        "eventbus.queue.max-events": 1000,
+        "eventbus.queue.batch-size": 100,
+        "eventbus.spool.path": str(tmp_path / "spool"),
+        "eventbus.spool.max-bytes": "2MiB",
+        "eventbus.spool.segment-bytes": "1MiB",
+    }
+    with dask.config.set(config):
+        plugin = EventBusPlugin("jsonl", path=str(target))
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s:
+        for i in range(10_000):
+            s.log_event("load", {"i": i, "pad": "x" * 400})
+            if i % 100 == 0:
+                await asyncio.sleep(0.002)
+        deadline = time.monotonic() + 10
+        while not plugin.stats()["dropped"]:
+            assert time.monotonic() < deadline, plugin.stats()
+            await asyncio.sleep(0.05)
+        during = plugin.stats()
+        assert during["spool"]["bytes"] <= 2 * MiB
+        assert during["spool"]["events"] > 2000  # the spool was used up first
+        blocker.unlink()  # the broker is back
+        deadline = time.monotonic() + 30
+        while plugin.stats()["queued"]:
+            assert time.monotonic() < deadline, plugin.stats()
+            await asyncio.sleep(0.05)
+    stats = plugin.stats()
+    events = [Event.from_json(line) for line in target.read_bytes().splitlines()]
+    delivered = {e.sequence_number for e in events}
+    announced = {
+        n
+        for e in events
+        if e.type == DROPPED
+        for n in range(e.data["first_sequence"], e.data["last_sequence"] + 1)
+    }
+    assert len(announced) == stats["dropped"] > 0
+    assert delivered | announced == set(range(1, max(delivered) + 1))
+    assert not (delivered - {e.sequence_number for e in events if e.type == DROPPED}) & announced
