@@ -48,7 +48,7 @@ from .records import (
     WorkerRemovedRecord,
     _SchedulerRecord,
 )
-from .spooling import make_publisher
+from .spooling import check_spool, make_publisher
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -132,6 +132,9 @@ class EventBusPlugin(SchedulerPlugin):
         self._tasks = scheduler.tasks
         source = self.settings.source or f"dask://{socket.gethostname()}/{scheduler.id}"
         run_id = uuid.uuid4().hex[:12]
+        # A spool another scheduler holds fails the start, after waiting (off
+        # the event loop) for a publisher process that may still be closing.
+        await asyncio.get_running_loop().run_in_executor(None, check_spool, self.settings)
         sink: Sink
         if self.mode == "process":
             sink = ProcessSink(self.backend, self.settings, source, run_id)

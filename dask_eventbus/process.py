@@ -51,7 +51,7 @@ from .events import safe_text
 from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
 from .records import AnyRecord, LogRecord, Record
-from .spooling import check_spool, make_publisher
+from .spooling import make_publisher
 from .stats import DeliveryStats, Histogram
 
 logger = logging.getLogger("distributed.eventbus")
@@ -191,7 +191,6 @@ class ProcessSink:
     """The parent's side: ships batches to the child and supervises it."""
 
     def __init__(self, backend: Backend, settings: Settings, source: str, run_id: str) -> None:
-        check_spool(settings)  # the child locks it; a conflict is reported here, at start
         self.backend = backend
         self.retry = settings.retry
         self._window = settings.queue.max_events

@@ -23,7 +23,7 @@ from distributed import Scheduler
 from distributed.utils_test import gen_test
 from helpers import FAST_RETRY
 
-from dask_eventbus import EventBusPlugin
+from dask_eventbus import EventBusPlugin, spooling
 from dask_eventbus.backends import Message
 from dask_eventbus.cli import main as cli
 from dask_eventbus.config import ConfigError, load_settings
@@ -442,3 +442,25 @@ async def test_a_full_spool_leaves_memory_to_the_overflow_policy(tmp_path: Path)
     assert len(announced) == stats["dropped"] > 0
     assert delivered | announced == set(range(1, max(delivered) + 1))
     assert not (delivered - {e.sequence_number for e in events if e.type == DROPPED}) & announced
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+@gen_test(timeout=60)
+async def test_a_second_scheduler_on_the_same_spool_fails_to_start_clearly(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spooling, "LOCK_WAIT", 0.5)
+    config = {"eventbus.spool.path": str(tmp_path / "spool"), "eventbus.pipeline.mode": mode}
+    with dask.config.set(config):
+        first = EventBusPlugin("jsonl", path=str(tmp_path / "first.jsonl"))
+        second = EventBusPlugin("jsonl", path=str(tmp_path / "second.jsonl"))
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[first]):
+        while "spool" not in first.stats():  # the publisher process holds it once it reports
+            await asyncio.sleep(0.05)
+        with pytest.raises(ConfigError) as info:
+            await second.start(Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0"))
+    message = str(info.value)
+    assert "eventbus.spool.path" in message and str(tmp_path / "spool") in message
+    # The scheduler's own pid in thread mode, its publisher process's in process mode.
+    owner = f"pid {os.getpid()} " if mode == "thread" else "pid "
+    assert owner in message and f"on host {os.uname().nodename}" in message
