@@ -38,6 +38,7 @@ from .events import (
 )
 from .messages import build_messages
 from .normalize import Normalizer
+from .pacing import RateLimitedLog
 from .publisher import Publisher
 from .records import Record
 from .spool import Damage, Spool, check_free
@@ -115,6 +116,7 @@ class SpoolingPublisher(Publisher):
         self.spool = open_spool(settings.spool)
         self._drain: threading.Thread | None = None
         self._drained = threading.Event()
+        self._full_log = RateLimitedLog()
         self._refresh_stats()
 
     def _refresh_stats(self) -> None:
@@ -141,19 +143,19 @@ class SpoolingPublisher(Publisher):
     def store(self, messages: list[Message]) -> bool:
         """Append to the spool, waiting while it is full; False past the closing deadline."""
         self.start()
-        full_since = None
         while not self.spool.append(messages):
-            if full_since is None:
-                full_since = time.monotonic()
+            if self._full_log.occurred():
                 logger.error(
                     "dask-eventbus: the spool %s is full (eventbus.spool.max-bytes=%d); "
                     "events wait in memory (eventbus.queue.max-events) meanwhile",
                     self.spool.path,
                     self.spool.max_bytes,
                 )
+                self._full_log.logged()
             if time.monotonic() >= self._deadline:
                 return False
             self.spool.wait_for_room(0.1)
+        self._full_log.ended()
         return True
 
     def finish(self) -> int:
@@ -201,17 +203,17 @@ class SpoolingPublisher(Publisher):
                 continue
             announced = []
             for damage in batch.damage:
+                message = announcement(damage)
                 logger.error(
-                    "dask-eventbus: the spool %s had damaged data (%d parts, %d bytes%s); "
-                    "moved to its quarantine directory and announced",
+                    "dask-eventbus: the spool %s had damaged data (%d parts, %d bytes); "
+                    "moved to its quarantine directory, %s",
                     spool.path,
                     damage.parts,
                     damage.nbytes,
-                    f", sequence {damage.first}-{damage.last} of {damage.source}"
-                    if damage.first is not None
-                    else ", sequence range unknown",
+                    f"announced as sequence {damage.first}-{damage.last} of {damage.source} lost"
+                    if message is not None
+                    else "not announced: which events it held is unknown",
                 )
-                message = announcement(damage)
                 if message is not None:
                     announced.append(message)
             messages = announced + batch.messages
