@@ -10,6 +10,8 @@ Plugin configurations are named on the command line:
 * ``none``: no plugin; ``noop``: a plugin whose hooks do nothing;
 * ``eventbus:<backend>``: EventBusPlugin on that backend with its options
   from ``--option <backend>.<key>=<value>`` (or Dask config);
+  ``eventbus:<backend>+spool``: the same through a spool in a temporary
+  directory (removed at exit);
 * any baseline from a ``baseline_<name>.py`` module beside this file, whose
   ``BASELINES`` dict maps a configuration name to ``(backend, factory)``:
   the factory takes that backend's ``--option`` dict and returns a
@@ -18,11 +20,14 @@ Plugin configurations are named on the command line:
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import pathlib
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,12 +77,20 @@ def make_plugin(config: str, options: dict[str, dict[str, Any]]) -> SchedulerPlu
         from dask_eventbus import EventBusPlugin
 
         backend = config.split(":", 1)[1]
+        if backend.endswith("+spool"):
+            import dask.config
+
+            backend = backend.removesuffix("+spool")
+            spool = tempfile.mkdtemp(prefix="dask-eventbus-spool-")
+            atexit.register(shutil.rmtree, spool, True)
+            with dask.config.set({"eventbus.spool.path": spool}):
+                return EventBusPlugin(backend, **options.get(backend, {}))
         return EventBusPlugin(backend, **options.get(backend, {}))
     baselines = _baselines()
     if config in baselines:
         backend, factory = baselines[config]
         return factory(options.get(backend, {}))
-    known = ["none", "noop", "eventbus:<backend>", *baselines]
+    known = ["none", "noop", "eventbus:<backend>[+spool]", *baselines]
     raise SystemExit(f"unknown configuration {config!r}; known: {', '.join(known)}")
 
 

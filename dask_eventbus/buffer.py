@@ -180,6 +180,7 @@ class Pipeline:
             "last_error": delivery.last_error,
             "last_publish_time": delivery.last_publish_time,
             "undelivered": self.undelivered,
+            **({"spool": delivery.spool} if delivery.spool is not None else {}),
         }
 
     # ------------------------------------------------------------ pipeline thread

@@ -1,4 +1,5 @@
-"""The ``dask-eventbus`` command (also ``dask eventbus``): demo, tail, check, report, config."""
+"""The ``dask-eventbus`` command (also ``dask eventbus``): demo, tail, check, report,
+config, spool."""
 
 from __future__ import annotations
 
@@ -545,3 +546,70 @@ def show_config(as_json: bool) -> None:
     else:
         click.echo(yaml.safe_dump({"eventbus": effective}, sort_keys=False).rstrip())
     load_settings()
+
+
+# ------------------------------------------------------------------ spool
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
+
+
+@main.command("spool")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--verify", is_flag=True, help="Read every record and check its checksums.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_one_line_errors
+def spool(path: str, verify: bool, as_json: bool) -> None:
+    """Show what the spool directory PATH holds (eventbus.spool.path).
+
+    Per source: the undelivered events' sequence ranges, count, bytes, oldest
+    and newest event time; then damaged records, a torn write at the end (cut
+    on the next start) and the quarantined parts. Safe to run while a
+    scheduler uses the spool. Exits with status 1 when --verify finds a
+    corrupt record.
+
+    \b
+    Examples:
+      dask-eventbus spool /var/spool/dask-eventbus
+      dask-eventbus spool /var/spool/dask-eventbus --verify --json
+    """
+    from .spool import inspect_spool
+
+    found = inspect_spool(path, verify=verify)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        click.echo(
+            f"{found['path']}: {found['events']} undelivered events, {found['bytes']} bytes "
+            f"in {found['segments']} segments"
+            + (f", in use by {found['owner']}" if found["owner"] else "")
+        )
+        for source, info in found["sources"].items():
+            ranges = ", ".join(f"{a}-{b}" for a, b in info["ranges"])
+            click.echo(
+                f"  {source}: {info['events']} events, {info['bytes']} bytes, sequences "
+                f"{ranges}, {_when(info['oldest'])} to {_when(info['newest'])}"
+            )
+        for item in found["damaged"]:
+            known = (
+                f", sequences {item['first_sequence']}-{item['last_sequence']} of {item['source']}"
+                if "source" in item
+                else ""
+            )
+            click.echo(
+                f"  DAMAGED: segment {item['segment']} at {item['offset']}: "
+                f"{item['reason']} ({item['bytes']} bytes{known})"
+            )
+        if found["torn"]:
+            torn = found["torn"]
+            click.echo(
+                f"  torn write: {torn['bytes']} bytes at the end of segment {torn['segment']} "
+                "(cut on the next start)"
+            )
+        for part in found["quarantined"]:
+            click.echo(f"  quarantined: {part['file']} ({part['bytes']} bytes)")
+        if verify:
+            click.echo("verify: " + ("CORRUPT" if found["damaged"] else "every record checks out"))
+    if verify and found["damaged"]:
+        sys.exit(1)

@@ -70,6 +70,10 @@ class PositiveDuration(Duration):
     """A :class:`Duration` greater than 0: every timeout, interval and backoff."""
 
 
+class ByteSize(int):
+    """Bytes, given in config as a number or a Dask size string ("1GiB", "64MiB")."""
+
+
 _Struct = TypeVar("_Struct", bound=msgspec.Struct)
 
 _Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -126,6 +130,27 @@ class PipelineSettings(_Section):
     mode: Literal["auto", "thread", "process"] = "auto"
 
 
+MIN_SEGMENT_BYTES = 1 << 20
+
+
+class SpoolSettings(_Section):
+    path: str | None = None
+    max_bytes: ByteSize = ByteSize(1 << 30)
+    segment_bytes: ByteSize = ByteSize(64 << 20)
+    sync_interval: PositiveDuration = PositiveDuration(1.0)
+
+    def __post_init__(self) -> None:
+        if self.path == "":
+            raise ValueError("path must be a directory, or null for no spool")
+        if self.segment_bytes < MIN_SEGMENT_BYTES:
+            raise ValueError(f"segment-bytes ({self.segment_bytes}) must be at least 1MiB")
+        if self.max_bytes < 2 * self.segment_bytes:
+            raise ValueError(
+                f"max-bytes ({self.max_bytes}) must be at least twice "
+                f"segment-bytes ({self.segment_bytes})"
+            )
+
+
 class Settings(_Section):
     """Every ``eventbus.*`` setting except the backend options, typed."""
 
@@ -136,6 +161,7 @@ class Settings(_Section):
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
     close_timeout: Duration = Duration(10.0)
     backends: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
@@ -159,7 +185,30 @@ def _decode_custom(type_: type, value: Any) -> Any:
         if type_ is PositiveDuration and seconds <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
         return seconds
+    if type_ is ByteSize:
+        return ByteSize(_bytes(value))
     raise NotImplementedError(type_)
+
+
+def _bytes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(
+            f"expected a size like '1GiB', '64MiB' or a number of bytes, got {value!r}"
+        )
+    if isinstance(value, (int, float)):
+        size = int(value)
+    else:
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"expected a size like '1GiB', '64MiB' or a number of bytes, got {value!r}"
+            ) from None
+    if size <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return size
 
 
 def _seconds(value: Any) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -107,6 +108,7 @@ class EventBusCollector:
             gauge, "backend_connected", "Pipelines whose last publish succeeded.",
             lambda p: int(p.sink.stats.connected),
         )  # fmt: skip
+        yield from _spool_metrics(family, by_backend)
         yield histogram(
             "publish_duration_seconds", "Time to publish one batch.",
             PUBLISH_SECONDS, "publish_seconds",
@@ -116,6 +118,39 @@ class EventBusCollector:
             "Per event, from the scheduler seeing it to the broker acknowledging it.",
             DELIVERY_SECONDS, "delivery_seconds",
         )  # fmt: skip
+
+
+def _spool_metrics(family: Callable[..., Any], by_backend: dict[str, list[Pipeline]]) -> Any:
+    """The spool's figures, for pipelines that have one."""
+    spooled = {
+        backend: [s for s in (p.sink.stats.spool for p in pipelines) if s is not None]
+        for backend, pipelines in by_backend.items()
+    }
+    now = time.time()
+
+    def age(spool: dict[str, Any]) -> float:
+        oldest = spool["oldest_event_time"]
+        return max(0.0, now - oldest) if oldest is not None else 0.0
+
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    Figure = Callable[[dict[str, Any]], float]
+    figures: list[tuple[Any, str, str, Figure, Callable[[Iterator[float]], float]]] = [
+        (gauge, "spool_bytes", "Bytes of spool segments on disk.",
+         lambda s: s["bytes"], sum),
+        (gauge, "spool_events", "Undelivered events in the spool.",
+         lambda s: s["events"], sum),
+        (gauge, "spool_oldest_event_age_seconds",
+         "Age of the oldest undelivered event in the spool.", age, max),
+        (counter, "spool_quarantined_records",
+         "Damaged spool records moved to its quarantine directory.",
+         lambda s: s["quarantined_parts"], sum),
+    ]  # fmt: skip
+    for kind, name, doc, value, combine in figures:
+        metric = family(kind, name, doc)
+        for backend, spools in spooled.items():
+            if spools:
+                metric.add_metric([backend], combine(map(value, spools)))
+        yield metric
 
 
 def export(pipeline: Pipeline) -> None:

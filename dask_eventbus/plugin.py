@@ -33,7 +33,7 @@ from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
 from .normalize import Normalizer
 from .process import ProcessSink
-from .publisher import Publisher, Sink
+from .publisher import Sink
 from .records import (
     ClientAddedRecord,
     ClientRemovedRecord,
@@ -48,6 +48,7 @@ from .records import (
     WorkerRemovedRecord,
     _SchedulerRecord,
 )
+from .spooling import check_spool, make_publisher
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -131,6 +132,9 @@ class EventBusPlugin(SchedulerPlugin):
         self._tasks = scheduler.tasks
         source = self.settings.source or f"dask://{socket.gethostname()}/{scheduler.id}"
         run_id = uuid.uuid4().hex[:12]
+        # A spool another scheduler holds fails the start, after waiting (off
+        # the event loop) for a publisher process that may still be closing.
+        await asyncio.get_running_loop().run_in_executor(None, check_spool, self.settings)
         sink: Sink
         if self.mode == "process":
             sink = ProcessSink(self.backend, self.settings, source, run_id)
@@ -139,7 +143,7 @@ class EventBusPlugin(SchedulerPlugin):
             sink.launch()
         else:
             normalizer = Normalizer.from_settings(source, run_id, self.settings.events)
-            sink = Publisher(self.backend, normalizer, self.settings)
+            sink = make_publisher(self.backend, normalizer, self.settings)
         # Task groups name a task without parsing its key; in process mode the
         # publisher process parses the key instead of receiving the names.
         self._group_names = self.mode == "thread"

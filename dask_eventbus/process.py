@@ -21,7 +21,8 @@ Frames are a 4-byte big-endian length and a msgpack array: parent to child
 ``["deadline", seconds]`` (closing has begun: stop backing off),
 ``["close", seconds]``;
 child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
-``["stats", stats]`` (after a failed attempt), ``["log", level, text]`` and
+``["stats", stats]`` (after a failed attempt, and every 0.25 s while a spool
+drains), ``["log", level, text]`` and
 ``["closed", stats]``.
 """
 
@@ -49,8 +50,8 @@ from .config import PUBLISHER_PROCESS_ENV, Settings, redact_url
 from .events import safe_text
 from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
-from .publisher import Publisher
 from .records import AnyRecord, LogRecord, Record
+from .spooling import make_publisher
 from .stats import DeliveryStats, Histogram
 
 logger = logging.getLogger("distributed.eventbus")
@@ -60,6 +61,9 @@ PUBLISHER_COMMAND = [sys.executable, "-c", "from dask_eventbus.process import ma
 # A child that dies sooner than this after starting counts as a failed start.
 CRASH_WINDOW = 10.0
 _LENGTH = struct.Struct(">I")
+# The publisher process reports its statistics at least this often (seconds)
+# while a spool drains.
+STATS_INTERVAL = 0.25
 
 
 def publisher_environment() -> dict[str, str]:
@@ -157,6 +161,7 @@ def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
         "connected": stats.connected,
         "publish_seconds": stats.publish_seconds.state(),
         "delivery_seconds": stats.delivery_seconds.state(),
+        "spool": stats.spool,
     }
 
 
@@ -175,6 +180,7 @@ def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
     merged.last_error = state["last_error"] or base.last_error
     merged.last_publish_time = state["last_publish_time"] or base.last_publish_time
     merged.connected = state["connected"]
+    merged.spool = state["spool"]
     for name in ("publish_seconds", "delivery_seconds"):
         histogram: Histogram = getattr(merged, name)
         histogram.add(*getattr(base, name).state())
@@ -590,7 +596,7 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
         backend = pickle.loads(init["backend"])
         settings = pickle.loads(init["settings"])
         normalizer = Normalizer.from_settings(init["source"], init["run_id"], settings.events)
-        publisher = Publisher(backend, normalizer, settings)
+        publisher = make_publisher(backend, normalizer, settings)
         publisher.on_failure = lambda: write_frame(
             out, ["stats", _stats_state(publisher.stats)], lock
         )
@@ -619,7 +625,12 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
 
     threading.Thread(target=read_parent, daemon=True).start()
     while True:
-        message = inbox.get()
+        try:
+            message = inbox.get(timeout=STATS_INTERVAL)
+        except queue.Empty:
+            if publisher.stats.spool is not None:  # it drains meanwhile: its figures change
+                write_frame(out, ["stats", _stats_state(publisher.stats)], lock)
+            continue
         if message is None:
             break
         if not publisher.send(message.records):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 
 class Histogram:
@@ -54,3 +55,5 @@ class DeliveryStats:
         """Duration of each successful ``backend.publish`` call."""
         self.delivery_seconds = Histogram(DELIVERY_SECONDS)
         """Per event: from the scheduler seeing it to the broker acknowledging it."""
+        self.spool: dict[str, Any] | None = None
+        """The spool's statistics (``Spool.snapshot``) when one is configured."""

@@ -115,6 +115,7 @@ def test_the_defaults_file_is_valid_and_complete() -> None:
         "queue",
         "pipeline",
         "retry",
+        "spool",
         "close-timeout",
         "backends",
     }
