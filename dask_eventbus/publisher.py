@@ -175,25 +175,31 @@ class Publisher:
                 DROPPED,
                 f"; {unlogged} more refusals since the last report" if unlogged else "",
             )
-        # One announcement per run of consecutive sequence numbers, each
-        # taking the run's last number as gap announcements do. Refused
-        # announcements are counted and logged only.
-        runs: list[list[int]] = []
+        # One announcement per run of consecutive sequence numbers of one
+        # source, each taking the run's last number as gap announcements do.
+        # Refused announcements are counted and logged only.
+        runs: list[tuple[str, str, int, int]] = []
         for message in refused:
             if message.type == DROPPED:
                 continue
-            if runs and message.sequence == runs[-1][1] + 1:
-                runs[-1][1] = message.sequence
-            else:
-                runs.append([message.sequence, message.sequence])
-        if not runs:
-            return True
+            run_id = message.id.rsplit("-", 1)[0]
+            if runs and runs[-1][:2] == (message.source, run_id):
+                source, run, first, last = runs[-1]
+                if message.sequence == last + 1:
+                    runs[-1] = (source, run, first, message.sequence)
+                    continue
+            runs.append((message.source, run_id, message.sequence, message.sequence))
         now = time.time()
-        records: list[Record] = [
-            DroppedRecord(last, now, last - first + 1, first, last, "refused")
-            for first, last in runs
-        ]
-        return self.deliver(build_messages(self.normalizer, records, self._stats))
+        announcements: list[Message] = []
+        for source, run_id, first, last in runs:
+            # A spool left by an earlier scheduler holds its events: their
+            # announcement belongs to that scheduler's source and run.
+            normalizer = self.normalizer
+            if (source, run_id) != (normalizer.source, normalizer.run_id):
+                normalizer = Normalizer(source, run_id)
+            record = DroppedRecord(last, now, last - first + 1, first, last, "refused")
+            announcements += build_messages(normalizer, [record], self._stats)
+        return not announcements or self.deliver(announcements)
 
     def _record_failure(self, exc: BaseException) -> None:
         self._stats.publish_errors += 1
