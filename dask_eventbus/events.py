@@ -198,11 +198,12 @@ class LogMessage(_Data):
 
 
 class Dropped(_Data):
-    """Events the queue had no room for were dropped.
+    """Events were dropped: the queue had no room, the broker refused them, or
+    the spool they were kept in was damaged.
 
     The dropped events had sequence numbers first_sequence to last_sequence;
-    this event takes last_sequence itself, so the sequence stays strictly
-    increasing and the gap before it is explained by it.
+    this event takes last_sequence itself, so the gap before it is explained
+    by it.
     """
 
     count: Annotated[int, _doc("How many events were dropped.")]
@@ -213,7 +214,8 @@ class Dropped(_Data):
         _doc(
             "Why: the overflow policy that dropped them (drop-oldest, drop-newest), "
             "error: a batch that could not be published at all (a bug; see the log), or "
-            "refused: the broker refused them for good (an HTTP 4xx answer, say)."
+            "refused: the broker refused them for good (an HTTP 4xx answer, say), or "
+            "spool-corrupt: the spool on disk that held them was damaged."
         ),
     ]
 
