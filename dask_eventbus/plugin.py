@@ -89,8 +89,9 @@ class EventBusPlugin(SchedulerPlugin):
     ----------
     backend
         A backend name (``"jsonl"``, ``"memory"``, ``"redis"``, ``"rabbitmq"``,
-        ``"kombu"``, ``"kafka"`` or a third-party one), a :class:`Backend`
-        instance, or ``None`` for the configured ``eventbus.backend``.
+        ``"kombu"``, ``"kafka"``, ``"nats"``, ``"webhook"`` or a third-party
+        one), a :class:`Backend` instance, or ``None`` for the configured
+        ``eventbus.backend``.
     **options
         Backend options, overriding ``eventbus.backends.<name>.*``.
     """
