@@ -106,7 +106,7 @@ def test_the_example_backend_passes_the_conformance_suite(
     pytester.makepyfile(test_sqlite_backend=(EXAMPLE / "test_sqlite_backend.py").read_text())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
     # Found by its entry point: the test names the backend "sqlite" only.
-    result.assert_outcomes(passed=11, skipped=1)
+    result.assert_outcomes(passed=12, skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*no fault proxy given*"])
 
 

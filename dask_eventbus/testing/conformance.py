@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import pickle
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -272,6 +273,23 @@ class BackendConformance:
         assert sequences == list(range(1, len(received) + 1))
         assert stats["published"] == len(received)
         assert stats["undelivered"] == 0 and stats["dropped"] == 0
+
+    @gen_test(timeout=120)
+    async def test_a_workload_through_the_spool_arrives_complete_and_in_order(
+        self, target: Target
+    ) -> None:
+        _require_read_back(target)
+        with tempfile.TemporaryDirectory() as spool, target.subscribe() as events:
+            with dask.config.set({"eventbus.spool.path": spool}):
+                plugin = EventBusPlugin(target.create())
+            await run_workload(plugin)
+            stats = plugin.stats()
+            received = read_events(events, until=is_closing, timeout=self.read_timeout)
+        sequences = [e.sequence_number for e in received]
+        assert sequences == list(range(1, len(received) + 1))
+        assert stats["published"] == len(received)
+        assert stats["undelivered"] == 0 and stats["dropped"] == 0, stats
+        assert stats["spool"]["events"] == 0, stats
 
     # ------------------------------------------------------------ outages
 
