@@ -1,19 +1,22 @@
 """The ``redis`` backend in the conformance suite, against a real Redis.
 
 Redis is taken from ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
-Every test gets a stream of its own, deleted afterwards.
+Every test gets a stream of its own, deleted afterwards. Tests that stop or
+restart Redis start a ``redis-server`` of their own (``redis_server``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pathlib
+import socket
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from helpers import require_broker
+from helpers import require_broker, require_program
 
-from dask_eventbus.testing import Target, proxied_url, unique_name
+from dask_eventbus.testing import BrokerProcess, Target, free_port, proxied_url, unique_name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -68,6 +71,62 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
             url, 6379, {"stream": stream, "connect-timeout": "1s", "socket-timeout": "2s"}
         ),
     )
+
+
+class RedisServer(BrokerProcess):
+    """A ``redis-server`` of the test's own on a free loopback port."""
+
+    def __init__(self, directory: str, *args: str, tls: dict[str, str] | None = None) -> None:
+        port = free_port()
+        if tls is None:
+            self.url = f"redis://127.0.0.1:{port}/0"
+            listen = ["--port", str(port)]
+        else:
+            self.url = f"rediss://127.0.0.1:{port}/0"
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
+            listen += ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"]]
+            listen += ["--tls-ca-cert-file", tls["ca"]]
+        command = [
+            require_program("redis-server"), *listen,
+            "--bind", "127.0.0.1", "--dir", directory,
+            "--save", "", "--appendonly", "no", "--protected-mode", "no",
+            "--loglevel", "warning", *args,
+        ]  # fmt: skip
+        # Listening is enough with TLS: the TLS tests connect properly.
+        ready = self._listening if tls is not None else self._answers_ping
+        super().__init__("redis-server", command, port, ready)
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: pathlib.Path) -> Iterator[Callable[..., RedisServer]]:
+    servers: list[RedisServer] = []
+
+    def start(*args: str, tls: dict[str, str] | None = None) -> RedisServer:
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        server = RedisServer(str(directory), *args, tls=tls)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
 
 
 HARNESSES = {"redis": redis_harness}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,14 +20,13 @@ import pytest
 import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_redis import delete_streams
-from helpers import FAST_RETRY, assert_replayed, make_certificates, require_program
+from harness_redis import RedisServer, delete_streams
+from helpers import FAST_RETRY, assert_replayed, make_certificates
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
-    BrokerProcess,
     free_port,
     is_closing,
     read_events,
@@ -55,62 +53,6 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=10)
     yield client
     client.close()
-
-
-class RedisServer(BrokerProcess):
-    """A ``redis-server`` of the test's own on a free loopback port."""
-
-    def __init__(self, directory: str, *args: str, tls: dict[str, str] | None = None) -> None:
-        port = free_port()
-        if tls is None:
-            self.url = f"redis://127.0.0.1:{port}/0"
-            listen = ["--port", str(port)]
-        else:
-            self.url = f"rediss://127.0.0.1:{port}/0"
-            listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
-            listen += ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"]]
-            listen += ["--tls-ca-cert-file", tls["ca"]]
-        command = [
-            require_program("redis-server"), *listen,
-            "--bind", "127.0.0.1", "--dir", directory,
-            "--save", "", "--appendonly", "no", "--protected-mode", "no",
-            "--loglevel", "warning", *args,
-        ]  # fmt: skip
-        # Listening is enough with TLS: the TLS tests connect properly.
-        ready = self._listening if tls is not None else self._answers_ping
-        super().__init__("redis-server", command, port, ready)
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def _answers_ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
-            return False
-
-
-@pytest.fixture
-def redis_server(tmp_path: Any) -> Iterator[Callable[..., RedisServer]]:
-    servers: list[RedisServer] = []
-
-    def start(*args: str, tls: dict[str, str] | None = None) -> RedisServer:
-        directory = tmp_path / f"redis-{len(servers)}"
-        directory.mkdir()
-        server = RedisServer(str(directory), *args, tls=tls)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 def entries(client: redis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ import pytest
 import redis
 from distributed import Client, Scheduler
 from distributed.utils_test import gen_test
+from harness_redis import RedisServer
 from helpers import FAST_RETRY, require_program
-from test_backend_redis import RedisServer
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.events import DROPPED, Event
@@ -45,23 +45,6 @@ OUTAGE = 60.0  # seconds, with the spool
 OUTAGE_WITHOUT_SPOOL = 10.0  # five times what 10,000 events in memory hold at LOAD_RATE
 MAX_EVENTS = 10_000
 SYNC_WINDOW = 1.0  # eventbus.spool.sync-interval's default: the documented bound
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
-    servers: list[RedisServer] = []
-
-    def start() -> RedisServer:
-        directory = tmp_path / f"redis-{len(servers)}"
-        directory.mkdir()
-        server = RedisServer(str(directory), "--appendonly", "yes")
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 def stream_events(url: str, stream: str) -> list[Event]:
@@ -126,9 +109,9 @@ async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> 
 @pytest.mark.parametrize("spooled", [True, False], ids=["spool", "no-spool"])
 @gen_test(timeout=280)
 async def test_an_outage_far_longer_than_memory_holds(
-    tmp_path: Path, redis_server: Callable[[], RedisServer], spooled: bool
+    tmp_path: Path, redis_server: Callable[..., RedisServer], spooled: bool
 ) -> None:
-    server = redis_server()
+    server = redis_server("--appendonly", "yes")
     spool = tmp_path / "spool" if spooled else None
     with dask.config.set(spool_config(spool, server.url, "outage", "thread")):
         plugin = EventBusPlugin("redis")
@@ -206,9 +189,9 @@ async def spool_stats(address: str) -> dict[str, Any]:
 @pytest.mark.parametrize("mode", ["thread", "process"])
 @gen_test(timeout=280)
 async def test_a_scheduler_killed_during_an_outage_leaves_its_events_to_the_next(
-    tmp_path: Path, redis_server: Callable[[], RedisServer], mode: str
+    tmp_path: Path, redis_server: Callable[..., RedisServer], mode: str
 ) -> None:
-    server = redis_server()
+    server = redis_server("--appendonly", "yes")
     config = spool_config(tmp_path / "spool", server.url, "crash", mode)
     port = free_port()
     first = start_scheduler(config, port, tmp_path / "first.log")
@@ -268,9 +251,9 @@ def publisher_child(scheduler_pid: int) -> psutil.Process:
 @pytest.mark.timeout(200)
 @gen_test(timeout=180)
 async def test_a_publisher_process_killed_during_an_outage_loses_nothing(
-    tmp_path: Path, redis_server: Callable[[], RedisServer]
+    tmp_path: Path, redis_server: Callable[..., RedisServer]
 ) -> None:
-    server = redis_server()
+    server = redis_server("--appendonly", "yes")
     config = spool_config(tmp_path / "spool", server.url, "child", "process")
     port = free_port()
     scheduler = start_scheduler(config, port, tmp_path / "scheduler.log")
