@@ -6,7 +6,9 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,10 @@ from dask_eventbus.testing import read_events
 IN_CI = bool(os.environ.get("CI"))
 
 # Fast retries, so that an outage of a second or two is over quickly.
+# The dask command of the environment running the tests, not whichever comes
+# first on PATH (CI runs the suite again in an environment of the oldest
+# releases without activating it).
+DASK = str(Path(sys.executable).parent / "dask")
 FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
 
 

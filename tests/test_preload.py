@@ -7,26 +7,24 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
+from helpers import DASK
 
 from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(180)
-
-BIN = Path(sys.executable).parent
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     # The child writes to its own copy of the file descriptor; ours is closed.
     with log.open("w") as out:
         return subprocess.Popen(
-            [str(BIN / "dask"), *args],
+            [DASK, *args],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -29,7 +29,7 @@ import redis
 from distributed import Client, Scheduler
 from distributed.utils_test import gen_test
 from harness_redis import RedisServer
-from helpers import FAST_RETRY, require_program
+from helpers import DASK, FAST_RETRY
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.events import DROPPED, Event
@@ -157,7 +157,7 @@ def start_scheduler(config: dict[str, Any], port: int, log: Path) -> subprocess.
     with log.open("ab") as stderr:  # the scheduler's log, for when the test fails
         return subprocess.Popen(
             [
-                *(require_program("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)),
+                *(DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port)),
                 *("--dashboard-address", ":0", "--preload", "dask_eventbus"),
             ],
             env=env,
