@@ -94,6 +94,9 @@ class EventSettings(_Section):
     max_text_length: Annotated[int, msgspec.Meta(ge=16)] = 10000
     max_graph_keys: _NonNegative = 100
     max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 900_000
+    graph_structure: bool = True
+    max_graph_tasks: _NonNegative = 200_000
+    worker_metrics_interval: Duration = Duration(5.0)
 
 
 class TransitionSettings(_Section):

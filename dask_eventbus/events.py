@@ -39,6 +39,14 @@ LOG = "dask.log"
 DROPPED = "dask.eventbus.dropped"
 OVERSIZED = "dask.eventbus.oversized"
 PROBE = "dask.eventbus.probe"
+GRAPH_TASKS = "dask.graph.tasks"
+SPAN = "dask.span"
+WORKER_STATUS = "dask.worker.status"
+WORKER_METRICS = "dask.worker.metrics"
+
+SCHEMA_VERSION = "1.1"
+"""The version of the event format: the major version changes only with new
+type names (``.v2``); each minor version adds types or fields (see the changelog)."""
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -98,7 +106,9 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 _StimulusId = Annotated[str | None, _doc("The scheduler's id for the stimulus that caused this.")]
 
 
-class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+class _Data(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    # Unknown fields are allowed (and the schema says so), so that a reader of
+    # this version accepts the events of a newer 1.x producer.
     pass
 
 
@@ -165,6 +175,138 @@ class WorkerInfo(_Data):
         None
     )
     stimulus_id: Annotated[str | None, _doc("dask.worker.removed: why it was removed.")] = None
+    expected: Annotated[
+        bool | None,
+        _doc(
+            "dask.worker.removed: whether the scheduler expected the departure (a retirement "
+            "or a scale-down) rather than losing the worker."
+        ),
+    ] = None
+    processing: Annotated[
+        list[str] | None,
+        _doc("dask.worker.removed: keys of tasks it was running, at most events.max-graph-keys."),
+    ] = None
+    processing_total: Annotated[
+        int | None, _doc("dask.worker.removed: how many it was running.")
+    ] = None
+    lost: Annotated[
+        list[str] | None,
+        _doc(
+            "dask.worker.removed: keys of results held only there, to be recomputed, "
+            "at most events.max-graph-keys."
+        ),
+    ] = None
+    lost_total: Annotated[int | None, _doc("dask.worker.removed: how many results were lost.")] = (
+        None
+    )
+    lost_scattered: Annotated[
+        list[str] | None,
+        _doc(
+            "dask.worker.removed: keys of scattered data held only there, which cannot be "
+            "recomputed, at most events.max-graph-keys."
+        ),
+    ] = None
+    lost_scattered_total: Annotated[
+        int | None, _doc("dask.worker.removed: how many scattered keys were lost.")
+    ] = None
+
+
+class GraphTask(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """One task of a graph submission and the tasks it depends on."""
+
+    key: Annotated[str, _doc("The task key as a string, as in dask.task.transition.")]
+    prefix: Annotated[str, _doc("The task prefix name.")]
+    group: Annotated[str, _doc("The task group name.")]
+    dependencies: Annotated[list[str], _doc("Keys of the tasks whose results it takes.")]
+    span_id: Annotated[str | None, _doc("The Dask span it belongs to (see dask.span).")]
+    annotations: Annotated[
+        dict[str, Any] | None,
+        _doc(
+            "Its annotations (retries, priority, resources, workers, user keys), made "
+            "JSON-safe; a value over 200 characters of JSON is replaced by its text, cut."
+        ),
+    ]
+    dependencies_omitted: Annotated[
+        int, _doc("Dependencies left out of the list to keep the event within its size.")
+    ] = 0
+
+
+class GraphTasks(_Data):
+    """The structure of a graph submission, in chunks.
+
+    Follows the submission's ``dask.graph.updated``. Together the chunks list
+    every task the submission touched (up to events.max-graph-tasks) with its
+    dependencies, span and annotations; a consumer has the whole graph when it
+    has chunks 1 to ``chunks`` of one ``stimulus_id``. Turned off with
+    events.graph-structure.
+    """
+
+    client: Annotated[str, _doc("The client id, as on dask.graph.updated.")]
+    stimulus_id: Annotated[str | None, _doc("The submission's, as on its dask.graph.updated.")]
+    chunk: Annotated[int, _doc("Which chunk this is, from 1.")]
+    chunks: Annotated[int, _doc("How many chunks the submission's structure takes.")]
+    tasks: Annotated[list[GraphTask], _doc("The tasks of this chunk.")]
+    tasks_total: Annotated[int, _doc("Tasks the submission touched, as on dask.graph.updated.")]
+    tasks_omitted: Annotated[
+        int, _doc("Tasks past events.max-graph-tasks, listed in no chunk.")
+    ] = 0
+
+
+class SpanInfo(_Data):
+    """A Dask span (``with distributed.span(...)``) seen for the first time.
+
+    Parents are announced before their children, so consumers can build the
+    tree as events arrive. Tasks outside any ``span`` block belong to a
+    ``("default",)`` span.
+    """
+
+    span_id: Annotated[str, _doc("The span's id, as in a task's span_id.")]
+    name: Annotated[list[str], _doc("The span's name: the names of the nested blocks.")]
+    parent_id: Annotated[str | None, _doc("The enclosing span's id; null for a root span.")]
+
+
+class WorkerStatus(_Data):
+    """A worker's status changed: paused for memory, running again, closing gracefully."""
+
+    address: Annotated[str, _doc("The worker's address.")]
+    status: Annotated[str, _doc("Its status now: running, paused, closing_gracefully, ...")]
+    previous: Annotated[str | None, _doc("Its status before.")]
+    stimulus_id: _StimulusId = None
+
+
+class WorkerMetrics(_Data):
+    """What the scheduler knows of one worker, every events.worker-metrics-interval.
+
+    From the worker's last heartbeat and the scheduler's own state; memory as
+    the dashboard shows it (distributed's ``MemoryState``).
+    """
+
+    address: Annotated[str, _doc("The worker's address.")]
+    status: Annotated[str, _doc("Its status: running, paused, closing_gracefully, ...")]
+    processing: Annotated[int, _doc("Tasks the scheduler has assigned to it.")]
+    heartbeat: Annotated[
+        float | None, _doc("When the worker measured this (seconds since the epoch, its clock).")
+    ] = None
+    memory_process: Annotated[int | None, _doc("Process memory (RSS), bytes.")] = None
+    memory_managed: Annotated[
+        int | None, _doc("Bytes of task results held in memory (the scheduler's view).")
+    ] = None
+    memory_unmanaged: Annotated[int | None, _doc("Process memory not held by results.")] = None
+    memory_spilled: Annotated[int | None, _doc("Bytes of results spilled to disk.")] = None
+    memory_limit: Annotated[int | None, _doc("Memory limit in bytes (0: none).")] = None
+    cpu: Annotated[float | None, _doc("CPU use in percent of one core.")] = None
+    executing: Annotated[int | None, _doc("Tasks executing on the worker.")] = None
+    ready: Annotated[int | None, _doc("Tasks ready to run, waiting for a thread.")] = None
+    transfers_incoming: Annotated[int | None, _doc("Transfers from other workers in flight.")] = (
+        None
+    )
+    transfers_incoming_bytes: Annotated[int | None, _doc("Bytes of those transfers.")] = None
+    transfers_outgoing: Annotated[int | None, _doc("Transfers to other workers in flight.")] = None
+    transfers_outgoing_bytes: Annotated[int | None, _doc("Bytes of those transfers.")] = None
+    event_loop_interval: Annotated[
+        float | None,
+        _doc("Observed seconds between the worker's event-loop ticks: high means blocked."),
+    ] = None
 
 
 class ClientInfo(_Data):
@@ -179,6 +321,9 @@ class Versions(_Data):
     dask: str
     distributed: str
     dask_eventbus: str
+    event_schema: Annotated[
+        str | None, _doc("The version of the event format it emits (from 1.1 on).")
+    ] = None
 
 
 class SchedulerInfo(_Data):
@@ -257,6 +402,10 @@ DATA_TYPES: dict[str, type[_Data]] = {
     DROPPED: Dropped,
     OVERSIZED: Oversized,
     PROBE: Probe,
+    GRAPH_TASKS: GraphTasks,
+    SPAN: SpanInfo,
+    WORKER_STATUS: WorkerStatus,
+    WORKER_METRICS: WorkerMetrics,
 }
 EVENT_TYPES: tuple[str, ...] = tuple(DATA_TYPES)
 

@@ -28,16 +28,22 @@ from .events import (
     ClientInfo,
     Dropped,
     Event,
+    GraphTask,
+    GraphTasks,
     GraphUpdated,
     LogMessage,
     Oversized,
     Probe,
     SchedulerInfo,
+    SpanInfo,
     TaskTransition,
     Versions,
     WorkerInfo,
+    WorkerMetrics,
+    WorkerStatus,
     _as_tuple,
     _Data,
+    _json_encoder,
     key_to_str,
     safe_text,
 )
@@ -46,15 +52,19 @@ from .records import (
     ClientRemovedRecord,
     DroppedRecord,
     GraphRecord,
+    GraphTasksRecord,
     LogRecord,
     ProbeRecord,
     Record,
     SchedulerClosingRecord,
     SchedulerRestartedRecord,
     SchedulerStartedRecord,
+    SpanRecord,
     TransitionRecord,
     WorkerAddedRecord,
+    WorkerMetricsRecord,
     WorkerRemovedRecord,
+    WorkerStatusRecord,
     _ClientRecord,
     _SchedulerRecord,
     _WorkerRecord,
@@ -71,6 +81,22 @@ def _truncate(text: object, limit: int) -> str | None:
 
 
 _NO_EXTRA: dict[str, Any] = {}
+# Longest JSON an annotation value keeps in dask.graph.tasks; a longer one is
+# replaced by its text, cut to this length.
+MAX_ANNOTATION_CHARS = 200
+# Bytes of JSON allowed per unit (a task, a dependency or an annotation) when
+# a submission's structure is cut into chunks: a key of some 400 characters,
+# far more than Dask's own keys take.
+_BYTES_PER_UNIT = 512
+
+
+def structure_units(max_event_bytes: int) -> int:
+    """How many units one ``dask.graph.tasks`` chunk holds at most.
+
+    Also the most dependencies one task lists, so that a task fits in a chunk
+    of its own.
+    """
+    return max(16, max_event_bytes // _BYTES_PER_UNIT)
 
 
 def _group_name(key: object) -> str:
@@ -164,7 +190,12 @@ class Normalizer:
             LogRecord: self._log,
             DroppedRecord: self._dropped,
             ProbeRecord: self._probe,
+            GraphTasksRecord: self._graph_tasks,
+            SpanRecord: self._span,
+            WorkerStatusRecord: self._worker_status,
+            WorkerMetricsRecord: self._worker_metrics,
         }
+        self._structure_units = structure_units(max_event_bytes)
 
     @classmethod
     def from_settings(cls, source: str, run_id: str, settings: EventSettings) -> Normalizer:
@@ -254,9 +285,84 @@ class Normalizer:
         )
         return data.client, data
 
+    def _graph_tasks(self, record: GraphTasksRecord) -> tuple[str, GraphTasks]:
+        most = self._structure_units
+        tasks = []
+        for key, dependencies, span_id, annotated in record.tasks:
+            omitted = max(0, len(dependencies) - most)
+            tasks.append(
+                GraphTask(
+                    key=key_to_str(key),
+                    prefix=_prefix_name(key),
+                    group=_group_name(key),
+                    dependencies=[key_to_str(k) for k in dependencies[:most]],
+                    dependencies_omitted=omitted,
+                    span_id=span_id,
+                    annotations=_annotations(annotated) if annotated else None,
+                )
+            )
+        client = safe_text(record.client)
+        data = GraphTasks(
+            client=client,
+            stimulus_id=record.stimulus_id,
+            chunk=record.chunk,
+            chunks=record.chunks,
+            tasks=tasks,
+            tasks_total=record.tasks_total,
+            tasks_omitted=record.tasks_omitted,
+        )
+        return client, data
+
+    def _span(self, record: SpanRecord) -> tuple[str, SpanInfo]:
+        data = SpanInfo(span_id=record.span_id, name=record.name, parent_id=record.parent_id)
+        return record.span_id, data
+
     def _worker(self, record: _WorkerRecord) -> tuple[str, WorkerInfo]:
         data = WorkerInfo(stimulus_id=record.stimulus_id, **record.info)
+        departure = getattr(record, "departure", None)
+        if departure:
+            for field, value in departure.items():
+                if isinstance(value, list):
+                    value = [key_to_str(key) for key in value]
+                setattr(data, field, value)
         return data.address, data
+
+    def _worker_status(self, record: WorkerStatusRecord) -> tuple[str, WorkerStatus]:
+        data = WorkerStatus(
+            address=record.address,
+            status=record.status,
+            previous=record.previous,
+            stimulus_id=record.stimulus_id,
+        )
+        return record.address, data
+
+    def _worker_metrics(self, record: WorkerMetricsRecord) -> tuple[str, WorkerMetrics]:
+        heartbeat = record.metrics
+        counts = heartbeat.get("task_counts")
+        transfer = heartbeat.get("transfer") or _NO_EXTRA
+        process = managed = unmanaged = spilled = None
+        if record.memory is not None:
+            process, managed, unmanaged, spilled = record.memory
+        data = WorkerMetrics(
+            address=record.address,
+            status=record.status,
+            heartbeat=heartbeat.get("time"),
+            memory_process=process,
+            memory_managed=managed,
+            memory_unmanaged=unmanaged,
+            memory_spilled=spilled,
+            memory_limit=record.memory_limit,
+            cpu=heartbeat.get("cpu"),
+            executing=None if counts is None else counts.get("executing", 0),
+            ready=None if counts is None else counts.get("ready", 0),
+            processing=record.processing,
+            transfers_incoming=transfer.get("incoming_count"),
+            transfers_incoming_bytes=transfer.get("incoming_bytes"),
+            transfers_outgoing=transfer.get("outgoing_count"),
+            transfers_outgoing_bytes=transfer.get("outgoing_bytes"),
+            event_loop_interval=heartbeat.get("event_loop_interval"),
+        )
+        return record.address, data
 
     def _client(self, record: _ClientRecord) -> tuple[str, ClientInfo]:
         client = safe_text(record.client)
@@ -288,3 +394,26 @@ class Normalizer:
             policy=record.policy,
         )
         return None, data
+
+
+def _annotations(annotations: dict[str, Any]) -> dict[str, Any] | None:
+    """A task's annotations for ``dask.graph.tasks``: JSON-safe, each value capped.
+
+    The ``span`` annotation is left out: the task's ``span_id`` says the same.
+    """
+    result: dict[str, Any] = {}
+    for name, value in annotations.items():
+        name = key_to_str(name)
+        if name == "span":
+            continue
+        if value is None or isinstance(value, (bool, int, float)):
+            result[name] = value
+            continue
+        try:
+            size = len(_json_encoder.encode(value))
+        except Exception:
+            size = MAX_ANNOTATION_CHARS + 1
+        if size > MAX_ANNOTATION_CHARS:
+            value = _truncate(value, MAX_ANNOTATION_CHARS)
+        result[name] = value
+    return result or None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 import distributed
 from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado.ioloop import PeriodicCallback
 
 from . import events as ev
 from . import metrics
@@ -31,21 +32,25 @@ from ._version import __version__
 from .backends import Backend, create_backend
 from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
-from .normalize import Normalizer
+from .normalize import Normalizer, structure_units
 from .process import ProcessSink
 from .publisher import Sink
 from .records import (
     ClientAddedRecord,
     ClientRemovedRecord,
     GraphRecord,
+    GraphTasksRecord,
     LogRecord,
     Record,
     SchedulerClosingRecord,
     SchedulerRestartedRecord,
     SchedulerStartedRecord,
+    SpanRecord,
     TransitionRecord,
     WorkerAddedRecord,
+    WorkerMetricsRecord,
     WorkerRemovedRecord,
+    WorkerStatusRecord,
     _SchedulerRecord,
 )
 from .spooling import check_spool, make_publisher
@@ -59,6 +64,16 @@ VERSIONS = {
     "dask": dask.__version__,
     "distributed": distributed.__version__,
     "dask_eventbus": __version__,
+    "event_schema": ev.SCHEMA_VERSION,
+}
+# What dask.worker.metrics takes of a worker's heartbeat metrics.
+_HEARTBEAT_METRICS = ("time", "cpu", "task_counts", "transfer", "event_loop_interval")
+# The key sets of the scheduler's remove-worker log message, and the field
+# names they get in dask.worker.removed.
+_DEPARTURE_KEYS = {
+    "processing-tasks": "processing",
+    "lost-computed-tasks": "lost",
+    "lost-scattered-tasks": "lost_scattered",
 }
 
 
@@ -118,8 +133,13 @@ class EventBusPlugin(SchedulerPlugin):
         self._capture: Callable[[Record], None] = _discard
         self._next_sequence: Callable[[], int] = _no_sequence
         self._workers: dict[str, dict[str, Any]] = {}
+        self._departures: dict[str, dict[str, Any]] = {}
         self._tasks: dict[Any, Any] = {}
         self._group_names = False
+        self._structure_on = events.graph_structure and self._enabled[ev.GRAPH_TASKS]
+        self._structure_units = structure_units(events.max_event_bytes)
+        self._spans_announced: set[str] = set()
+        self._metrics_callback: PeriodicCallback | None = None
 
     def __repr__(self) -> str:
         return f"<EventBusPlugin backend={self.backend!r}>"
@@ -156,12 +176,18 @@ class EventBusPlugin(SchedulerPlugin):
         self._capture = pipeline.capture
         pipeline.start()
         metrics.export(pipeline)
+        interval = self.settings.events.worker_metrics_interval
+        if interval > 0 and self._enabled[ev.WORKER_METRICS]:
+            self._metrics_callback = PeriodicCallback(self._capture_worker_metrics, interval * 1000)
+            self._metrics_callback.start()
         logger.info(
             "dask-eventbus: publishing scheduler events to %r (%s mode)", self.backend, self.mode
         )
         self._capture_scheduler(SchedulerStartedRecord)
 
     async def before_close(self) -> None:
+        # No metrics after the closing event: it is the last the scheduler sends.
+        self._stop_worker_metrics()
         self._capture_scheduler(SchedulerClosingRecord)
 
     async def close(self) -> None:
@@ -170,6 +196,7 @@ class EventBusPlugin(SchedulerPlugin):
             return
         # On the event loop, so that no hook runs between the last sequence
         # number and the end of capture.
+        self._stop_worker_metrics()
         self._capture = _discard
         self._next_sequence = _no_sequence
         pipeline.stop_capture()
@@ -177,6 +204,11 @@ class EventBusPlugin(SchedulerPlugin):
             self.scheduler.handlers.pop("eventbus_stats", None)
         await asyncio.get_running_loop().run_in_executor(None, pipeline.close)
         metrics.unexport(pipeline)
+
+    def _stop_worker_metrics(self) -> None:
+        if self._metrics_callback is not None:
+            self._metrics_callback.stop()
+            self._metrics_callback = None
 
     def stats(self) -> dict[str, Any]:
         """Delivery statistics; also the scheduler handler ``eventbus_stats``."""
@@ -268,23 +300,101 @@ class EventBusPlugin(SchedulerPlugin):
         **kwargs: Any,
     ) -> None:
         try:
-            if not self._enabled[ev.GRAPH_UPDATED]:
-                return
-            limit = self.settings.events.max_graph_keys
-            shown = list(itertools.islice(keys, limit))
-            self._capture(
-                GraphRecord(
-                    self._next_sequence(),
-                    time(),
-                    client,
-                    tasks,
-                    shown,
-                    len(keys),
-                    stimulus_id,
+            if self._enabled[ev.GRAPH_UPDATED]:
+                limit = self.settings.events.max_graph_keys
+                shown = list(itertools.islice(keys, limit))
+                self._capture(
+                    GraphRecord(
+                        self._next_sequence(),
+                        time(),
+                        client,
+                        tasks,
+                        shown,
+                        len(keys),
+                        stimulus_id,
+                    )
                 )
-            )
+            if self._structure_on:
+                self._capture_structure(scheduler, client, tasks, stimulus_id)
         except Exception:
             logger.debug("dask-eventbus: update_graph capture failed", exc_info=True)
+
+    def _capture_structure(
+        self, scheduler: Scheduler, client: str, keys: list[Any], stimulus_id: str | None
+    ) -> None:
+        # Dependencies are read now: a finished task is forgotten, and its
+        # dependencies cleared, long before the publisher would look. Chunks
+        # are cut by a count of keys (each task, dependency and annotation is
+        # one unit), which keeps each event under max-event-bytes without
+        # encoding anything here.
+        budget = self._structure_units
+        all_tasks = self._tasks
+        chunks: list[list[tuple[Any, list[Any], str | None, dict[str, Any] | None]]] = []
+        chunk: list[tuple[Any, list[Any], str | None, dict[str, Any] | None]] = []
+        units = 0
+        span_ids: set[str | None] = set()
+        limit = self.settings.events.max_graph_tasks
+        for key in itertools.islice(keys, limit):
+            ts = all_tasks.get(key)
+            if ts is None:
+                continue
+            dependencies = [dts.key for dts in ts.dependencies]
+            span_id = ts.group.span_id
+            span_ids.add(span_id)
+            annotations = ts.annotations
+            # A copy: a later submission of the same key changes them in place.
+            annotations = annotations.copy() if annotations else None
+            size = 1 + min(len(dependencies), budget) + (len(annotations) if annotations else 0)
+            if units + size > budget and chunk:
+                chunks.append(chunk)
+                chunk, units = [], 0
+            chunk.append((key, dependencies, span_id, annotations))
+            units += size
+        chunks.append(chunk)
+        if self._enabled[ev.SPAN]:
+            self._capture_spans(scheduler, span_ids)
+        total = len(keys)
+        omitted = max(0, total - limit)
+        now = time()
+        for number, tasks in enumerate(chunks, 1):
+            self._capture(
+                GraphTasksRecord(
+                    self._next_sequence(),
+                    now,
+                    client,
+                    stimulus_id,
+                    number,
+                    len(chunks),
+                    tasks,
+                    total,
+                    omitted,
+                )
+            )
+
+    def _capture_spans(self, scheduler: Scheduler, span_ids: set[str | None]) -> None:
+        extension = scheduler.extensions.get("spans")
+        if extension is None:
+            return
+        announced = self._spans_announced
+        for span_id in span_ids - announced:
+            span = extension.spans.get(span_id)
+            # Ancestors first, so that consumers can build the tree as events come.
+            lineage = []
+            while span is not None and span.id not in announced:
+                lineage.append(span)
+                span = span.parent
+            for span in reversed(lineage):
+                announced.add(span.id)
+                parent = span.parent
+                self._capture(
+                    SpanRecord(
+                        self._next_sequence(),
+                        time(),
+                        span.id,
+                        [str(part) for part in span.name],
+                        parent.id if parent is not None else None,
+                    )
+                )
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         try:
@@ -305,10 +415,54 @@ class EventBusPlugin(SchedulerPlugin):
     ) -> None:
         try:
             info = self._workers.pop(worker, None) or {"address": worker}
+            # The scheduler logs what the worker took with it just before
+            # calling this hook (log_event below keeps it).
+            departure = self._departures.pop(worker, None)
             if self._enabled[ev.WORKER_REMOVED]:
-                self._capture(WorkerRemovedRecord(self._next_sequence(), time(), info, stimulus_id))
+                if departure is not None:
+                    departure = self._departure_fields(departure)
+                self._capture(
+                    WorkerRemovedRecord(self._next_sequence(), time(), info, stimulus_id, departure)
+                )
         except Exception:
             logger.debug("dask-eventbus: remove_worker capture failed", exc_info=True)
+
+    def _departure_fields(self, message: dict[str, Any]) -> dict[str, Any]:
+        limit = self.settings.events.max_graph_keys
+        fields: dict[str, Any] = {"expected": message.get("expected")}
+        for name, field in _DEPARTURE_KEYS.items():
+            keys = message.get(name)
+            if keys is not None:
+                fields[field] = list(itertools.islice(keys, limit))
+                fields[f"{field}_total"] = len(keys)
+        return fields
+
+    def _capture_worker_metrics(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        now = time()
+        for ws in list(scheduler.workers.values()):
+            try:
+                heartbeat = ws.metrics
+                memory = None
+                if "memory" in heartbeat:
+                    state = ws.memory
+                    memory = (state.process, state.managed, state.unmanaged, state.spilled)
+                self._capture(
+                    WorkerMetricsRecord(
+                        self._next_sequence(),
+                        now,
+                        ws.address,
+                        ws.status.name,
+                        ws.memory_limit,
+                        len(ws.processing),
+                        memory,
+                        {name: heartbeat[name] for name in _HEARTBEAT_METRICS if name in heartbeat},
+                    )
+                )
+            except Exception:
+                logger.debug("dask-eventbus: worker metrics capture failed", exc_info=True)
 
     def add_client(self, scheduler: Scheduler, client: str) -> None:
         self._capture_simple(ClientAddedRecord, client)
@@ -321,6 +475,21 @@ class EventBusPlugin(SchedulerPlugin):
 
     def log_event(self, topic: str, msg: Any) -> None:
         self._capture_simple(LogRecord, topic, msg)
+        if type(msg) is not dict:
+            return
+        action = msg.get("action")
+        if action == "worker-status-change":
+            self._capture_simple(
+                WorkerStatusRecord,
+                topic,
+                msg.get("status"),
+                msg.get("prev-status"),
+                msg.get("stimulus_id"),
+            )
+        elif action == "remove-worker" and "worker" not in msg:
+            # Logged under the worker's address (and again under "all", with
+            # a "worker" field) right before the remove_worker hook runs.
+            self._departures[topic] = msg
 
     def _capture_simple(self, record_type: type[Record], *fields: Any) -> None:
         try:

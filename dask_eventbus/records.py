@@ -22,15 +22,19 @@ from .events import (
     CLIENT_ADDED,
     CLIENT_REMOVED,
     DROPPED,
+    GRAPH_TASKS,
     GRAPH_UPDATED,
     LOG,
     PROBE,
     SCHEDULER_CLOSING,
     SCHEDULER_RESTARTED,
     SCHEDULER_STARTED,
+    SPAN,
     TASK_TRANSITION,
     WORKER_ADDED,
+    WORKER_METRICS,
     WORKER_REMOVED,
+    WORKER_STATUS,
 )
 
 
@@ -69,6 +73,25 @@ class GraphRecord(Record, tag=GRAPH_UPDATED):
     stimulus_id: str | None
 
 
+class GraphTasksRecord(Record, tag=GRAPH_TASKS):
+    """One chunk of a submission's structure."""
+
+    client: Any
+    stimulus_id: str | None
+    chunk: int
+    chunks: int
+    tasks: list[tuple[Any, list[Any], str | None, dict[str, Any] | None]]
+    """``(key, dependency keys, span id, annotations)`` per task."""
+    tasks_total: int
+    tasks_omitted: int
+
+
+class SpanRecord(Record, tag=SPAN):
+    span_id: str
+    name: list[str]
+    parent_id: str | None
+
+
 class _WorkerRecord(Record):
     info: dict[str, Any]
     stimulus_id: str | None
@@ -79,7 +102,27 @@ class WorkerAddedRecord(_WorkerRecord, tag=WORKER_ADDED):
 
 
 class WorkerRemovedRecord(_WorkerRecord, tag=WORKER_REMOVED):
-    pass
+    departure: dict[str, Any] | None = None
+    """The scheduler's ``remove-worker`` log message, its key sets cut to
+    ``events.max-graph-keys`` as lists beside their totals."""
+
+
+class WorkerStatusRecord(Record, tag=WORKER_STATUS):
+    address: str
+    status: str
+    previous: str | None
+    stimulus_id: str | None
+
+
+class WorkerMetricsRecord(Record, tag=WORKER_METRICS):
+    address: str
+    status: str
+    memory_limit: int | None
+    processing: int
+    memory: tuple[int, int, int, int] | None
+    """``(process, managed, unmanaged, spilled)``: distributed's MemoryState."""
+    metrics: dict[str, Any]
+    """The worker's last heartbeat metrics, the few entries the event uses."""
 
 
 class _ClientRecord(Record):
@@ -138,8 +181,12 @@ class ProbeRecord(Record, tag=PROBE):
 AnyRecord = Union[  # noqa: UP007 - msgspec needs a runtime Union on Python 3.10
     TransitionRecord,
     GraphRecord,
+    GraphTasksRecord,
+    SpanRecord,
     WorkerAddedRecord,
     WorkerRemovedRecord,
+    WorkerStatusRecord,
+    WorkerMetricsRecord,
     ClientAddedRecord,
     ClientRemovedRecord,
     SchedulerStartedRecord,
