@@ -18,12 +18,16 @@ from dask_eventbus.records import (
     AnyRecord,
     DroppedRecord,
     GraphRecord,
+    GraphTasksRecord,
     LogRecord,
     ProbeRecord,
     Record,
     SchedulerStartedRecord,
+    SpanRecord,
     TransitionRecord,
+    WorkerMetricsRecord,
     WorkerRemovedRecord,
+    WorkerStatusRecord,
 )
 
 NOW = 1_796_000_000.25
@@ -48,6 +52,36 @@ ONE_OF_EACH: list[Record] = [
     LogRecord(5, NOW, "all", {"action": "add-worker", "big": 2**70}),
     DroppedRecord(9, NOW, 3, 6, 8, "drop-oldest"),
     ProbeRecord(10, NOW, "probe-1", "host", "0.2.0"),
+    GraphTasksRecord(
+        11,
+        NOW,
+        "Client-1",
+        "update-graph-1",
+        1,
+        2,
+        [("a", [], "span-1", {"retries": 2}), (("b", 1), ["a", ("c", 0)], "span-1", None)],
+        3,
+        0,
+    ),
+    SpanRecord(12, NOW, "span-2", ["load", "clean"], "span-1"),
+    WorkerStatusRecord(13, NOW, "tcp://10.0.0.1:4000", "paused", "running", "worker-status-1"),
+    WorkerMetricsRecord(
+        14,
+        NOW,
+        "tcp://10.0.0.1:4000",
+        "running",
+        1 << 30,
+        3,
+        (900, 500, 400, 0),
+        {"time": NOW, "cpu": 12.5, "task_counts": {"executing": 2}, "transfer": {}},
+    ),
+    WorkerRemovedRecord(
+        15,
+        NOW,
+        WORKER,
+        "handle-worker-cleanup-1",
+        {"expected": False, "processing": [("x", 1)], "processing_total": 1},
+    ),
 ]
 
 
