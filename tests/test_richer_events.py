@@ -27,6 +27,7 @@ from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import get_store
 from dask_eventbus.events import Event, key_to_str, load_shipped_schema
 from dask_eventbus.normalize import structure_units
+from dask_eventbus.report import build_report
 from dask_eventbus.testing.workload import add, inc
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,6 +231,10 @@ async def test_nested_spans_arrive_as_their_tree_and_annotations_on_their_tasks(
     # Each span once, though several submissions used it.
     assert len(order) == len(spans) == 3
     assert_valid(events)
+    in_report = {tuple(s["name"]): s for s in build_report(events).summary()["spans"]}
+    assert in_report["load", "clean"]["parent_id"] == by_name["load",]["span_id"]
+    # Tasks listed per span, over the submissions that listed them.
+    assert in_report["load", "clean"]["tasks"] >= 2 and in_report["default",]["tasks"] == 1
 
 
 @gen_test(timeout=60)
@@ -338,6 +343,16 @@ async def test_a_killed_worker_names_what_it_was_running_and_a_retired_one_is_ex
     closing = [d for d in of_type(events, "dask.worker.status") if d["address"] == kept.address]
     assert ("running", "closing_gracefully") in [(d["previous"], d["status"]) for d in closing]
     assert_valid(events)
+
+    report = build_report(events)
+    workers = {w["address"]: w for w in report.summary()["workers"]}
+    assert workers[victim]["expected"] is False
+    assert workers[victim]["processing_at_departure"] == ["running"]
+    assert workers[kept.address]["expected"] is True
+    statuses = [s["status"] for s in workers[kept.address]["statuses"]]
+    assert statuses[:2] == ["running", "closing_gracefully"]
+    page = report.to_html()
+    assert "Workers that left while running tasks" in page and victim in page
 
 
 def test_readers_accept_events_of_a_newer_minor_version(tmp_path: Any) -> None:

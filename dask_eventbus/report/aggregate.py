@@ -20,14 +20,18 @@ from ..events import (
     CLIENT_ADDED,
     CLIENT_REMOVED,
     DROPPED,
+    GRAPH_TASKS,
     GRAPH_UPDATED,
     OVERSIZED,
     SCHEDULER_CLOSING,
     SCHEDULER_RESTARTED,
     SCHEDULER_STARTED,
+    SPAN,
     TASK_TRANSITION,
     WORKER_ADDED,
+    WORKER_METRICS,
     WORKER_REMOVED,
+    WORKER_STATUS,
 )
 from .sequence import SequenceTracker
 from .timeline import Timeline
@@ -38,6 +42,9 @@ NO_OUTCOME, MEMORY, ERRED = 0, 1, 2
 PROCESSING = "processing"
 # Series of the progress timeline besides the per-prefix ones.
 PROCESSING_SERIES = ("processing",)
+
+# Memory samples kept per worker spell for the Workers tab.
+MAX_MEMORY_SAMPLES = 2000
 
 _TIMESTAMP_SUFFIX = re.compile(r"-\d+(\.\d+)?$")
 
@@ -60,6 +67,31 @@ class WorkerSpell:
     reason: str | None = None
     tasks: int = 0
     compute_seconds: float = 0.0
+    expected: bool | None = None
+    processing: list[str] = field(default_factory=list)
+    """Keys of the tasks it was running when it left (as many as the event lists)."""
+    processing_total: int = 0
+    lost_total: int = 0
+    statuses: list[tuple[float, str | None, str]] = field(default_factory=list)
+    """``(time, previous, status)`` per status change."""
+    memory: list[tuple[float, int, int, int]] = field(default_factory=list)
+    """``(time, process, managed, spilled)`` samples, thinned to MAX_MEMORY_SAMPLES."""
+    memory_stride: int = 1
+    memory_seen: int = 0
+    peak_memory: int | None = None
+
+    def add_memory(self, when: float, process: int, managed: int, spilled: int) -> None:
+        if self.peak_memory is None or process > self.peak_memory:
+            self.peak_memory = process
+        self.memory_seen += 1
+        if self.memory_seen % self.memory_stride:
+            return
+        self.memory.append((when, process, managed, spilled))
+        if len(self.memory) >= MAX_MEMORY_SAMPLES:
+            # Keep every other sample and take half as many from now on: the
+            # series stays bounded however long the run.
+            del self.memory[1::2]
+            self.memory_stride *= 2
 
 
 @dataclass(slots=True)
@@ -84,6 +116,16 @@ class Graph:
     tasks: int
     keys: int
     prefixes: dict[str, int]
+
+
+@dataclass(slots=True)
+class SpanNode:
+    """One Dask span, and how many tasks the graphs listed in it."""
+
+    span_id: str
+    name: list[str]
+    parent_id: str | None
+    tasks: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +155,7 @@ class SourceAggregate:
     workers: list[WorkerSpell] = field(default_factory=list)
     clients: set[str] = field(default_factory=set)
     graphs: list[Graph] = field(default_factory=list)
+    spans: dict[str, SpanNode] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     action_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     dropped: int = 0
@@ -142,6 +185,10 @@ class SourceAggregate:
             SCHEDULER_RESTARTED: self._restarted,
             DROPPED: self._dropped,
             OVERSIZED: self._oversized,
+            SPAN: self._span,
+            GRAPH_TASKS: self._graph_tasks,
+            WORKER_STATUS: self._worker_status,
+            WORKER_METRICS: self._worker_metrics,
         }
 
     def is_new(self, run: str, sequence: int) -> bool:
@@ -297,6 +344,43 @@ class SourceAggregate:
         if spell.name is None:
             spell.name = data.get("name")
             spell.nthreads = data.get("nthreads")
+        spell.expected = data.get("expected")
+        processing = data.get("processing")
+        if isinstance(processing, list):
+            spell.processing = [str(key) for key in processing]
+        spell.processing_total = data.get("processing_total") or len(spell.processing)
+        spell.lost_total = data.get("lost_total") or 0
+
+    def _worker_status(self, data: dict[str, Any], when: float) -> None:
+        status = data["status"]
+        if not isinstance(status, str):
+            raise TypeError("a status name")
+        self._worker(data["address"]).statuses.append((when, data.get("previous"), status))
+
+    def _worker_metrics(self, data: dict[str, Any], when: float) -> None:
+        process = data.get("memory_process")
+        if not isinstance(process, int):
+            return
+        self._worker(data["address"]).add_memory(
+            when, process, data.get("memory_managed") or 0, data.get("memory_spilled") or 0
+        )
+
+    def _span(self, data: dict[str, Any], when: float) -> None:
+        span_id, name = data["span_id"], data["name"]
+        if not isinstance(span_id, str) or not isinstance(name, list):
+            raise TypeError("a span id and a name")
+        if span_id not in self.spans:
+            self.spans[span_id] = SpanNode(span_id, [str(n) for n in name], data.get("parent_id"))
+
+    def _graph_tasks(self, data: dict[str, Any], when: float) -> None:
+        tasks = data["tasks"]
+        if not isinstance(tasks, list):
+            raise TypeError("a list of tasks")
+        for task in tasks:
+            span_id = task.get("span_id") if isinstance(task, dict) else None
+            node = self.spans.get(span_id) if isinstance(span_id, str) else None
+            if node is not None:
+                node.tasks += 1
 
     def _client(self, data: dict[str, Any], when: float) -> None:
         client = data["client"]

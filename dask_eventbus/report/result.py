@@ -101,10 +101,30 @@ def summarize(aggregates: list[SourceAggregate], input_counts: dict[str, Any]) -
                 "reason": w.reason,
                 "tasks": w.tasks,
                 "compute_seconds": w.compute_seconds,
+                "expected": w.expected,
+                "processing_at_departure": w.processing,
+                "processing_at_departure_total": w.processing_total,
+                "lost_results": w.lost_total,
+                "statuses": [
+                    {"time": iso(t), "previous": previous, "status": status}
+                    for t, previous, status in w.statuses
+                ],
+                "peak_memory": w.peak_memory,
                 "source": a.source,
             }
             for a in aggregates
             for w in a.workers
+        ],
+        "spans": [
+            {
+                "span_id": n.span_id,
+                "name": n.name,
+                "parent_id": n.parent_id,
+                "tasks": n.tasks,
+                "source": a.source,
+            }
+            for a in aggregates
+            for n in a.spans.values()
         ],
         "clients": sum(len(a.clients) for a in aggregates),
         "failures": [

@@ -22,8 +22,9 @@ _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*(?=[(:]|$)")
 def failures_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElement:
     """The Failures tab: tasks that failed themselves, by exception type, with their dependents."""
     failures = summary["failures"]
+    departures = _departures_html(summary["workers"])
     if not failures:
-        return div("<h2>No task failed.</h2>")
+        return div("<h2>No task failed.</h2>" + departures)
     details = aggregate.failures
     dependents: dict[str, list[str]] = defaultdict(list)
     roots: list[dict[str, Any]] = []
@@ -58,7 +59,34 @@ def failures_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIEleme
             f"<p class='note'>… and {len(ordered) - MAX_FAILURE_GROUPS:,} more kinds of "
             "exception; the JSON summary lists every failure.</p>"
         )
+    parts.append(departures)
     return div("".join(parts))
+
+
+def _departures_html(workers: list[dict[str, Any]]) -> str:
+    """Workers that left while running tasks: what they were running and whether expected."""
+    left = [w for w in workers if w["processing_at_departure_total"]]
+    if not left:
+        return ""
+    rows = []
+    for w in left:
+        shown = w["processing_at_departure"]
+        keys = ", ".join(f"<code>{escape(k)}</code>" for k in shown)
+        more = w["processing_at_departure_total"] - len(shown)
+        if more > 0:
+            keys += f" … and {more:,} more"
+        expected = {True: "yes", False: "no"}.get(w["expected"], "unknown")
+        rows.append(
+            f"<tr><td><code>{escape(w['address'])}</code></td><td>{escape(w['removed'] or '')}"
+            f"</td><td>{expected}</td><td>{w['lost_results']:,}</td><td>{keys}</td></tr>"
+        )
+    return (
+        "<h2>Workers that left while running tasks</h2>"
+        "<p>The scheduler gives their tasks to other workers; a task whose workers keep "
+        "dying fails with KilledWorker.</p>"
+        "<table><tr><th>Worker</th><th>Left</th><th>Expected</th><th>Results lost</th>"
+        f"<th>Running when it left</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def exception_kind(text: str | None) -> str:

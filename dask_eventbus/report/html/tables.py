@@ -135,6 +135,13 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
         )
     )
     plot.ygrid.visible = False
+    source.data["expected"] = [
+        "" if w.removed is None or w.expected is None else "yes" if w.expected else "no"
+        for w in spells
+    ]
+    source.data["statuses"] = [
+        ", ".join(f"{status} at {when(t)[11:23]}" for t, _, status in w.statuses[-6:]) for w in spells
+    ]
     table = DataTable(
         source=source,
         columns=[
@@ -143,6 +150,8 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
             TableColumn(field="added", title="Joined"),
             TableColumn(field="removed", title="Left"),
             TableColumn(field="reason", title="Why it left"),
+            TableColumn(field="expected", title="Expected"),
+            TableColumn(field="statuses", title="Status changes (last six)", width=320),
             TableColumn(field="tasks", title="Tasks", formatter=NumberFormatter(format="0,0")),
             TableColumn(
                 field="compute_seconds",
@@ -154,7 +163,44 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
         sizing_mode="stretch_width",
         index_position=None,
     )
-    return Column(children=[plot, table], sizing_mode="stretch_width")
+    children = [plot, table]
+    memory = _memory_plot(spells, labels)
+    if memory is not None:
+        children.insert(1, memory)
+    return Column(children=children, sizing_mode="stretch_width")
+
+
+def _memory_plot(spells: list[Any], labels: list[str]) -> UIElement | None:
+    """Each worker's process memory over time (from dask.worker.metrics), pauses marked."""
+    from bokeh.models import HoverTool
+    from bokeh.palettes import Category10_10
+    from bokeh.plotting import figure
+
+    sampled = [(spell, label) for spell, label in zip(spells, labels, strict=True) if spell.memory]
+    if not sampled:
+        return None
+    plot = figure(
+        title="Worker memory (process) over time; pauses marked",
+        x_axis_type="datetime",
+        height=260,
+        sizing_mode="stretch_width",
+        tools="xpan,xwheel_zoom,box_zoom,reset,save",
+        toolbar_location="above",
+    )
+    for i, (spell, label) in enumerate(sampled):
+        color = Category10_10[i % 10]
+        times = [t * 1000.0 for t, *_ in spell.memory]
+        plot.line(times, [m[1] for m in spell.memory], color=color, legend_label=label[:60])
+        paused = [t * 1000.0 for t, _, status in spell.statuses if status == "paused"]
+        if paused:
+            peak = max(m[1] for m in spell.memory)
+            plot.scatter(paused, [peak] * len(paused), marker="inverted_triangle", size=10,
+                         color=color)  # fmt: skip
+    plot.yaxis.axis_label = "bytes"
+    plot.legend.location = "top_left"
+    plot.legend.label_text_font_size = "10px"
+    plot.add_tools(HoverTool(tooltips=[("bytes", "$y{0,0}")]))
+    return plot
 
 
 def graphs_tab(summary: dict[str, Any]) -> UIElement:
@@ -198,4 +244,44 @@ def graphs_tab(summary: dict[str, Any]) -> UIElement:
         children.append(
             note(f"The first {len(shown):,} of {len(graphs):,} graphs; the JSON summary has all.")
         )
-    return Column(children=[*children, table], sizing_mode="stretch_width")
+    children.append(table)
+    if summary["spans"]:
+        children.append(_spans_table(summary["spans"]))
+    return Column(children=children, sizing_mode="stretch_width")
+
+
+def _spans_table(spans: list[dict[str, Any]]) -> UIElement:
+    """The Dask spans as a tree: each under its parent, indented by depth."""
+    from bokeh.models import Column, ColumnDataSource, DataTable, NumberFormatter, TableColumn
+
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in spans:
+        children.setdefault(span["parent_id"], []).append(span)
+    ordered: list[tuple[int, dict[str, Any]]] = []
+    pending = [(0, span) for span in reversed(children.get(None, []))]
+    while pending and len(ordered) < MAX_TABLE_ROWS:
+        depth, span = pending.pop()
+        ordered.append((depth, span))
+        pending.extend((depth + 1, child) for child in reversed(children.get(span["span_id"], [])))
+    source = ColumnDataSource(
+        {
+            "name": ["\u2003" * depth + span["name"][-1] for depth, span in ordered],
+            "path": [" / ".join(span["name"]) for _, span in ordered],
+            "tasks": [span["tasks"] for _, span in ordered],
+            "span_id": [span["span_id"] for _, span in ordered],
+        }
+    )
+    table = DataTable(
+        source=source,
+        columns=[
+            TableColumn(field="name", title="Span", width=300),
+            TableColumn(field="tasks", title="Tasks", formatter=NumberFormatter(format="0,0")),
+            TableColumn(field="path", title="Full name", width=400),
+            TableColumn(field="span_id", title="Span id", width=300),
+        ],
+        height=min(600, 40 + 26 * len(ordered)),
+        sizing_mode="stretch_width",
+        index_position=None,
+        sortable=False,
+    )
+    return Column(children=[div("<h2>Dask spans</h2>"), table], sizing_mode="stretch_width")
