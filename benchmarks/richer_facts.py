@@ -65,9 +65,10 @@ async def one_submission(graph: dict[str, Any], structure: bool, path: str) -> t
         spent[0] += time.perf_counter() - start
 
     plugin.update_graph = timed  # type: ignore[method-assign]
-    async with Scheduler(
-        host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
-    ) as s, Client(s.address, asynchronous=True) as c:
+    async with (
+        Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s,
+        Client(s.address, asynchronous=True) as c,
+    ):
         start = time.perf_counter()
         future = c.compute(Delayed("total", graph))
         while len(s.tasks) < len(graph):
@@ -82,9 +83,10 @@ async def metrics_capture(workers: int, repeat: int) -> float:
     """Median seconds of one metrics capture over ``workers`` workers."""
     with dask.config.set({"eventbus.events.worker-metrics-interval": "1h"}):
         plugin = EventBusPlugin("memory", name="richer-facts-bench", **{"max-events": 10**6})
-    async with Scheduler(
-        host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
-    ) as s, Worker(s.address, nthreads=1):
+    async with (
+        Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]) as s,
+        Worker(s.address, nthreads=1),
+    ):
         while not s.workers or "memory" not in next(iter(s.workers.values())).metrics:
             await asyncio.sleep(0.05)
         (real,) = s.workers.values()

@@ -110,8 +110,11 @@ EXAMPLE_TIME = 1795881814.9434078
 _WORKER = "tcp://10.0.0.7:40331"
 _CLIENT = "Client-43de44fa-eb45-11f1-9a73-02fc00000001"
 _SCHEDULER = ("Scheduler-44a28577-5c09-4d00-b24a-08f9857895ec", "tcp://10.0.0.5:8786")
-_VERSIONS = {"dask": "2026.8.0", "distributed": "2026.8.0", "dask_eventbus": "0.1.0"}
+_VERSIONS = {
+    "dask": "2026.8.0", "distributed": "2026.8.0", "dask_eventbus": "0.2.0", "event_schema": "1.1"
+}  # fmt: skip
 _KEY = "inc-8d48339083dd3174d12d8a943eb0532e"
+_SPAN = "5e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 EXAMPLES: dict[str, tuple[Any, ...]] = {
     ev.TASK_TRANSITION: (
         _KEY, "processing", "memory", "task-finished-1795881814.9434078", None,
@@ -125,7 +128,11 @@ EXAMPLES: dict[str, tuple[Any, ...]] = {
          "memory_limit": 8589934592, "resources": {"GPU": 1.0}},
         None,
     ),
-    ev.WORKER_REMOVED: ({"address": _WORKER, "name": "worker-0"}, "handle-worker-cleanup-17958"),
+    ev.WORKER_REMOVED: (
+        {"address": _WORKER, "name": "worker-0"}, "handle-worker-cleanup-17958",
+        {"expected": False, "processing": [_KEY], "processing_total": 1,
+         "lost": ["sum-1f0b"], "lost_total": 1, "lost_scattered": [], "lost_scattered_total": 0},
+    ),
     ev.CLIENT_ADDED: (_CLIENT,),
     ev.CLIENT_REMOVED: (_CLIENT,),
     ev.SCHEDULER_STARTED: (*_SCHEDULER, _VERSIONS, 0),
@@ -135,7 +142,22 @@ EXAMPLES: dict[str, tuple[Any, ...]] = {
     ev.DROPPED: (5000, 1201, 6200, "drop-oldest"),
     # A dask.log event whose payload is over max-event-bytes.
     ev.OVERSIZED: ("debug-dump", {"table": "x" * 1_200_000}),
-    ev.PROBE: ("probe-5f71c8d7175a", "ops-laptop", "0.1.0"),
+    ev.PROBE: ("probe-5f71c8d7175a", "ops-laptop", "0.2.0"),
+    ev.GRAPH_TASKS: (
+        _CLIENT, "update-graph-1795881814.40", 1, 1,
+        [(_KEY, [], _SPAN, {"retries": 2, "priority": 5}),
+         ("sum-1f0b", [_KEY], _SPAN, None)],
+        2, 0,
+    ),
+    ev.SPAN: (_SPAN, ["etl", "clean"], "9b0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"),
+    ev.WORKER_STATUS: (_WORKER, "paused", "running", "worker-status-change-1795881815.1"),
+    ev.WORKER_METRICS: (
+        _WORKER, "running", 8589934592, 4, (2147483648, 1610612736, 536870912, 0),
+        {"time": 1795881814.5, "cpu": 312.5, "task_counts": {"executing": 4, "ready": 12},
+         "transfer": {"incoming_count": 1, "incoming_bytes": 8388608,
+                      "outgoing_count": 0, "outgoing_bytes": 0},
+         "event_loop_interval": 0.021},
+    ),
 }  # fmt: skip
 
 
@@ -189,6 +211,10 @@ def events_reference() -> str:
         "``Versions`` (in ``versions``)",
         "",
         _fields_table("Versions", components),
+        "",
+        "``GraphTask`` (in ``dask.graph.tasks``'s ``tasks``)",
+        "",
+        _fields_table("GraphTask", components),
     ]
     return "\n".join(parts) + "\n"
 

@@ -140,7 +140,8 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
         for w in spells
     ]
     source.data["statuses"] = [
-        ", ".join(f"{status} at {when(t)[11:23]}" for t, _, status in w.statuses[-6:]) for w in spells
+        ", ".join(f"{status} at {when(t)[11:23]}" for t, _, status in w.statuses[-6:])
+        for w in spells
     ]
     table = DataTable(
         source=source,
