@@ -287,20 +287,27 @@ class Normalizer:
 
     def _graph_tasks(self, record: GraphTasksRecord) -> tuple[str, GraphTasks]:
         most = self._structure_units
+        dependencies, annotations = record.dependencies, record.annotations
         tasks = []
-        for key, dependencies, span_id, annotated in record.tasks:
-            omitted = max(0, len(dependencies) - most)
+        offset = 0
+        for index, (key, count, span_id) in enumerate(
+            zip(record.keys, record.dependency_counts, record.span_ids, strict=True)
+        ):
+            annotated = annotations.get(index)
             tasks.append(
                 GraphTask(
                     key=key_to_str(key),
                     prefix=_prefix_name(key),
                     group=_group_name(key),
-                    dependencies=[key_to_str(k) for k in dependencies[:most]],
-                    dependencies_omitted=omitted,
+                    dependencies=[
+                        key_to_str(k) for k in dependencies[offset : offset + min(count, most)]
+                    ],
+                    dependencies_omitted=max(0, count - most),
                     span_id=span_id,
                     annotations=_annotations(annotated) if annotated else None,
                 )
             )
+            offset += count
         client = safe_text(record.client)
         data = GraphTasks(
             client=client,

@@ -323,14 +323,16 @@ class EventBusPlugin(SchedulerPlugin):
         self, scheduler: Scheduler, client: str, keys: list[Any], stimulus_id: str | None
     ) -> None:
         # Dependencies are read now: a finished task is forgotten, and its
-        # dependencies cleared, long before the publisher would look. Chunks
-        # are cut by a count of keys (each task, dependency and annotation is
-        # one unit), which keeps each event under max-event-bytes without
-        # encoding anything here.
+        # dependencies cleared, long before the publisher would look. Each
+        # chunk is a few flat lists rather than a container per task, because
+        # a hundred thousand new containers that survive set off full garbage
+        # collections of the scheduler's heap. Chunks are cut by a count of
+        # keys (a task, a dependency, an annotation: one unit each), which
+        # keeps each event under max-event-bytes without encoding anything.
         budget = self._structure_units
         all_tasks = self._tasks
-        chunks: list[list[tuple[Any, list[Any], str | None, dict[str, Any] | None]]] = []
-        chunk: list[tuple[Any, list[Any], str | None, dict[str, Any] | None]] = []
+        chunks: list[GraphTasksRecord] = []
+        chunk = _structure_chunk(client, stimulus_id)
         units = 0
         span_ids: set[str | None] = set()
         limit = self.settings.events.max_graph_tasks
@@ -338,38 +340,35 @@ class EventBusPlugin(SchedulerPlugin):
             ts = all_tasks.get(key)
             if ts is None:
                 continue
-            dependencies = [dts.key for dts in ts.dependencies]
-            span_id = ts.group.span_id
-            span_ids.add(span_id)
+            dependencies = ts.dependencies
             annotations = ts.annotations
-            # A copy: a later submission of the same key changes them in place.
-            annotations = annotations.copy() if annotations else None
             size = 1 + min(len(dependencies), budget) + (len(annotations) if annotations else 0)
-            if units + size > budget and chunk:
+            if units + size > budget and chunk.keys:
                 chunks.append(chunk)
-                chunk, units = [], 0
-            chunk.append((key, dependencies, span_id, annotations))
+                chunk, units = _structure_chunk(client, stimulus_id), 0
             units += size
+            if annotations:
+                # A copy: a later submission of the same key changes them in place.
+                chunk.annotations[len(chunk.keys)] = annotations.copy()
+            chunk.keys.append(key)
+            chunk.dependency_counts.append(len(dependencies))
+            append = chunk.dependencies.append
+            for dts in dependencies:
+                append(dts.key)
+            span_id = ts.group.span_id
+            chunk.span_ids.append(span_id)
+            span_ids.add(span_id)
         chunks.append(chunk)
         if self._enabled[ev.SPAN]:
             self._capture_spans(scheduler, span_ids)
-        total = len(keys)
-        omitted = max(0, total - limit)
+        omitted = max(0, len(keys) - limit)
         now = time()
-        for number, tasks in enumerate(chunks, 1):
-            self._capture(
-                GraphTasksRecord(
-                    self._next_sequence(),
-                    now,
-                    client,
-                    stimulus_id,
-                    number,
-                    len(chunks),
-                    tasks,
-                    total,
-                    omitted,
-                )
-            )
+        for number, record in enumerate(chunks, 1):
+            record.sequence = self._next_sequence()
+            record.time = now
+            record.chunk, record.chunks = number, len(chunks)
+            record.tasks_total, record.tasks_omitted = len(keys), omitted
+            self._capture(record)
 
     def _capture_spans(self, scheduler: Scheduler, span_ids: set[str | None]) -> None:
         extension = scheduler.extensions.get("spans")
@@ -509,6 +508,10 @@ class EventBusPlugin(SchedulerPlugin):
             VERSIONS,
             len(scheduler.workers),
         )
+
+
+def _structure_chunk(client: str, stimulus_id: str | None) -> GraphTasksRecord:
+    return GraphTasksRecord(0, 0.0, client, stimulus_id, 0, 0, [], [], [], [], {}, 0, 0)
 
 
 def _pipeline_mode(configured: str, backend: Backend) -> str:

@@ -74,14 +74,19 @@ class GraphRecord(Record, tag=GRAPH_UPDATED):
 
 
 class GraphTasksRecord(Record, tag=GRAPH_TASKS):
-    """One chunk of a submission's structure."""
+    """One chunk of a submission's structure, as flat lists (see the plugin)."""
 
     client: Any
     stimulus_id: str | None
     chunk: int
     chunks: int
-    tasks: list[tuple[Any, list[Any], str | None, dict[str, Any] | None]]
-    """``(key, dependency keys, span id, annotations)`` per task."""
+    keys: list[Any]
+    dependency_counts: list[int]
+    """How many of ``dependencies`` belong to each key, in order."""
+    dependencies: list[Any]
+    span_ids: list[str | None]
+    annotations: dict[int, dict[str, Any]]
+    """Annotations by position in ``keys``, for the tasks that have any."""
     tasks_total: int
     tasks_omitted: int
 

@@ -145,8 +145,7 @@ EXAMPLES: dict[str, tuple[Any, ...]] = {
     ev.PROBE: ("probe-5f71c8d7175a", "ops-laptop", "0.2.0"),
     ev.GRAPH_TASKS: (
         _CLIENT, "update-graph-1795881814.40", 1, 1,
-        [(_KEY, [], _SPAN, {"retries": 2, "priority": 5}),
-         ("sum-1f0b", [_KEY], _SPAN, None)],
+        [_KEY, "sum-1f0b"], [0, 1], [_KEY], [_SPAN, _SPAN], {0: {"retries": 2, "priority": 5}},
         2, 0,
     ),
     ev.SPAN: (_SPAN, ["etl", "clean"], "9b0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"),
