@@ -120,7 +120,7 @@ class Graph:
 
 @dataclass(slots=True)
 class SpanNode:
-    """One Dask span, and how many tasks the graphs listed in it."""
+    """One Dask span, and how many distinct tasks the graphs listed in it."""
 
     span_id: str
     name: list[str]
@@ -169,6 +169,7 @@ class SourceAggregate:
 
     def __post_init__(self) -> None:
         self._current_worker: dict[str, WorkerSpell] = {}
+        self._task_spans: dict[str, str] = {}
         self._texts: dict[str, str] = {}
         self._names: dict[str, str] = {}
         self._series: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -377,9 +378,13 @@ class SourceAggregate:
         if not isinstance(tasks, list):
             raise TypeError("a list of tasks")
         for task in tasks:
-            span_id = task.get("span_id") if isinstance(task, dict) else None
+            if not isinstance(task, dict):
+                continue
+            key, span_id = task.get("key"), task.get("span_id")
             node = self.spans.get(span_id) if isinstance(span_id, str) else None
-            if node is not None:
+            # A task each submission lists again counts once.
+            if node is not None and isinstance(key, str) and key not in self._task_spans:
+                self._task_spans[key] = node.span_id
                 node.tasks += 1
 
     def _client(self, data: dict[str, Any], when: float) -> None:

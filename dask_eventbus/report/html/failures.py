@@ -77,7 +77,7 @@ def _departures_html(workers: list[dict[str, Any]]) -> str:
             keys += f" … and {more:,} more"
         expected = {True: "yes", False: "no"}.get(w["expected"], "unknown")
         rows.append(
-            f"<tr><td><code>{escape(w['address'])}</code></td><td>{escape(w['removed'] or '')}"
+            f"<tr><td><code>{escape(w['address'])}</code></td><td>{escape(iso_text(w['removed']))}"
             f"</td><td>{expected}</td><td>{w['lost_results']:,}</td><td>{keys}</td></tr>"
         )
     return (

@@ -139,8 +139,13 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
         "" if w.removed is None or w.expected is None else "yes" if w.expected else "no"
         for w in spells
     ]
+    # Joining (init -> running) is in the Joined column; the rest is news.
     source.data["statuses"] = [
-        ", ".join(f"{status} at {when(t)[11:23]}" for t, _, status in w.statuses[-6:])
+        ", ".join(
+            f"{status} at {when(t)[11:23]}"
+            for t, previous, status in w.statuses
+            if previous != "init"
+        )
         for w in spells
     ]
     table = DataTable(
@@ -152,7 +157,7 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
             TableColumn(field="removed", title="Left"),
             TableColumn(field="reason", title="Why it left"),
             TableColumn(field="expected", title="Expected"),
-            TableColumn(field="statuses", title="Status changes (last six)", width=320),
+            TableColumn(field="statuses", title="Status changes", width=420),
             TableColumn(field="tasks", title="Tasks", formatter=NumberFormatter(format="0,0")),
             TableColumn(
                 field="compute_seconds",
@@ -173,7 +178,7 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
 
 def _memory_plot(spells: list[Any], labels: list[str]) -> UIElement | None:
     """Each worker's process memory over time (from dask.worker.metrics), pauses marked."""
-    from bokeh.models import HoverTool
+    from bokeh.models import HoverTool, NumeralTickFormatter
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
 
@@ -197,7 +202,7 @@ def _memory_plot(spells: list[Any], labels: list[str]) -> UIElement | None:
             peak = max(m[1] for m in spell.memory)
             plot.scatter(paused, [peak] * len(paused), marker="inverted_triangle", size=10,
                          color=color)  # fmt: skip
-    plot.yaxis.axis_label = "bytes"
+    plot.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
     plot.legend.location = "top_left"
     plot.legend.label_text_font_size = "10px"
     plot.add_tools(HoverTool(tooltips=[("bytes", "$y{0,0}")]))
