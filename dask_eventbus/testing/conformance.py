@@ -89,8 +89,9 @@ class Target:
             return create_backend(self.backend, {**self.options, **overrides})
         made = self.backend()
         if overrides:
-            options = msgspec.structs.asdict(made.options)
-            options.update({key.replace("-", "_"): value for key, value in overrides.items()})
+            # Options as users write them (kebab-case), so that errors name them so.
+            options = msgspec.to_builtins(made.options)
+            options.update(overrides)
             made = type(made)(**options)
         return create_backend(made)
 
