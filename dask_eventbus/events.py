@@ -242,7 +242,13 @@ class GraphTasks(_Data):
     """
 
     client: Annotated[str, _doc("The client id, as on dask.graph.updated.")]
-    stimulus_id: Annotated[str | None, _doc("The submission's, as on its dask.graph.updated.")]
+    stimulus_id: Annotated[
+        str | None,
+        _doc(
+            "The submission's, as on its dask.graph.updated (made up in distributed's form, "
+            "update-graph-<time>, where distributed gives plugins none)."
+        ),
+    ]
     chunk: Annotated[int, _doc("Which chunk this is, from 1.")]
     chunks: Annotated[int, _doc("How many chunks the submission's structure takes.")]
     tasks: Annotated[list[GraphTask], _doc("The tasks of this chunk.")]

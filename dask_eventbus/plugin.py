@@ -300,6 +300,11 @@ class EventBusPlugin(SchedulerPlugin):
         **kwargs: Any,
     ) -> None:
         try:
+            if stimulus_id is None:
+                # Older distributed releases pass plugins none; one in
+                # distributed's own form lets consumers join a submission's
+                # dask.graph.updated and dask.graph.tasks events.
+                stimulus_id = f"update-graph-{time()}"
             if self._enabled[ev.GRAPH_UPDATED]:
                 limit = self.settings.events.max_graph_keys
                 shown = list(itertools.islice(keys, limit))
