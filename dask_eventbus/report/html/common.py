@@ -38,6 +38,21 @@ details summary { cursor: pointer; color: #1565c0; }
 """
 
 
+def time_figure(title: str, height: int, **kwargs: Any) -> Any:
+    """A Bokeh figure over time, with the tools and layout every tab's plots share."""
+    from bokeh.plotting import figure
+
+    return figure(
+        title=title,
+        x_axis_type="datetime",
+        height=height,
+        sizing_mode="stretch_width",
+        tools="xpan,xwheel_zoom,box_zoom,reset,save",
+        toolbar_location="above",
+        **kwargs,
+    )
+
+
 def div(text: str, **kwargs: Any) -> UIElement:
     """A panel of HTML, framed as the performance report frames its summary."""
     from bokeh.models import Div

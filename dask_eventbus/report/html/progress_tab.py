@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_time
 
 from ..aggregate import SourceAggregate
-from .common import ERRED_COLOR, note
+from .common import ERRED_COLOR, note, time_figure
 
 if TYPE_CHECKING:
     from bokeh.models import UIElement
@@ -77,13 +77,8 @@ def progress_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIEleme
     series = [("added", p) for p in top] + [("done", p) for p in top]
     times, values = aggregate.timeline.cumulative([*series, ("processing",)])
     stamps = np.array(times) * 1000.0
-    done_plot = figure(
-        title="Tasks done (memory or erred) as a share of the tasks known, per prefix",
-        x_axis_type="datetime",
-        height=320,
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,box_zoom,reset,save",
-        toolbar_location="above",
+    done_plot = time_figure(
+        "Tasks done (memory or erred) as a share of the tasks known, per prefix", 320
     )
     items = []
     for prefix in top:
@@ -97,15 +92,7 @@ def progress_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIEleme
     done_plot.y_range.end = 102
     done_plot.yaxis.axis_label = "% done"
 
-    processing_plot = figure(
-        title="Tasks processing",
-        x_axis_type="datetime",
-        x_range=done_plot.x_range,
-        height=220,
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,box_zoom,reset,save",
-        toolbar_location="above",
-    )
+    processing_plot = time_figure("Tasks processing", 220, x_range=done_plot.x_range)
     processing = np.array(values[("processing",)], dtype=float)
     # Steps drawn as an area, by hand: varea_step is newer than Bokeh 3.1.
     step_x, step_y = np.repeat(stamps, 2)[1:], np.repeat(processing, 2)[:-1]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_bytes, format_time
 
 from ..aggregate import SourceAggregate
-from .common import div, iso_text, note, when
+from .common import div, iso_text, note, time_figure, when
 
 if TYPE_CHECKING:
     from bokeh.models import UIElement
@@ -72,7 +72,6 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
         NumberFormatter,
         TableColumn,
     )
-    from bokeh.plotting import figure
 
     workers = summary["workers"]
     if not workers:
@@ -100,14 +99,10 @@ def workers_tab(aggregate: SourceAggregate, summary: dict[str, Any]) -> UIElemen
             "color": ["#1f77b4" if w.removed is None else "#9e9e9e" for w in spells],
         }
     )
-    plot = figure(
-        title="Workers joining and leaving",
+    plot = time_figure(
+        "Workers joining and leaving",
+        max(160, 60 + 26 * len(labels)),
         y_range=list(reversed(labels)),
-        x_axis_type="datetime",
-        height=max(160, 60 + 26 * len(labels)),
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,box_zoom,reset,save",
-        toolbar_location="above",
     )
     plot.hbar(
         y="worker", left="left", right="right", height=0.6, color="color", alpha=0.7, source=source
@@ -180,19 +175,11 @@ def _memory_plot(spells: list[Any], labels: list[str]) -> UIElement | None:
     """Each worker's process memory over time (from dask.worker.metrics), pauses marked."""
     from bokeh.models import HoverTool, NumeralTickFormatter
     from bokeh.palettes import Category10_10
-    from bokeh.plotting import figure
 
     sampled = [(spell, label) for spell, label in zip(spells, labels, strict=True) if spell.memory]
     if not sampled:
         return None
-    plot = figure(
-        title="Worker memory (process) over time; pauses marked",
-        x_axis_type="datetime",
-        height=260,
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,box_zoom,reset,save",
-        toolbar_location="above",
-    )
+    plot = time_figure("Worker memory (process) over time; pauses marked", 260)
     for i, (spell, label) in enumerate(sampled):
         color = Category10_10[i % 10]
         times = [t * 1000.0 for t, *_ in spell.memory]

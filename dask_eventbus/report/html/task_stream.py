@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_time
 
 from ..aggregate import SourceAggregate, StreamTask
-from .common import ERRED_COLOR, note
+from .common import ERRED_COLOR, note, time_figure
 
 if TYPE_CHECKING:
     from bokeh.models import UIElement
@@ -36,7 +36,6 @@ def task_stream_tab(aggregate: SourceAggregate) -> UIElement:
         FixedTicker,
         HoverTool,
     )
-    from bokeh.plotting import figure
     from distributed.utils import color_of
 
     tasks = aggregate.stream + aggregate.stream_erred
@@ -74,14 +73,10 @@ def task_stream_tab(aggregate: SourceAggregate) -> UIElement:
         }
     )
     height = int(min(900, max(300, 40 + 14 * (max(rows, default=0) + 1))))
-    plot = figure(
-        title="Task Stream",
-        x_axis_type="datetime",
-        height=height,
-        sizing_mode="stretch_width",
-        tools="xpan,xwheel_zoom,box_zoom,reset,save",
+    plot = time_figure(
+        "Task Stream",
+        height,
         active_scroll="xwheel_zoom",
-        toolbar_location="above",
         min_border_bottom=50,
         output_backend="webgl",
     )
