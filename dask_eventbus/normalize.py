@@ -84,19 +84,22 @@ _NO_EXTRA: dict[str, Any] = {}
 # Longest JSON an annotation value keeps in dask.graph.tasks; a longer one is
 # replaced by its text, cut to this length.
 MAX_ANNOTATION_CHARS = 200
-# Bytes of JSON allowed per unit (a task, a dependency or an annotation) when
-# a submission's structure is cut into chunks: a key of some 400 characters,
-# far more than Dask's own keys take.
+# Bytes of JSON allowed per unit when a submission's structure is cut into
+# chunks. A dependency or an annotation is one unit; a task is TASK_UNITS, for
+# its key appears with its prefix, group, span id and field names: room for
+# keys of some 300 characters, far more than Dask's own keys take.
 _BYTES_PER_UNIT = 512
+TASK_UNITS = 2
 
 
 def structure_units(max_event_bytes: int) -> int:
-    """How many units one ``dask.graph.tasks`` chunk holds at most.
-
-    Also the most dependencies one task lists, so that a task fits in a chunk
-    of its own.
-    """
+    """How many units one ``dask.graph.tasks`` chunk holds at most."""
     return max(16, max_event_bytes // _BYTES_PER_UNIT)
+
+
+def listed_dependencies(max_event_bytes: int) -> int:
+    """The most dependencies one task lists, so that it fits in a chunk of its own."""
+    return structure_units(max_event_bytes) // 2
 
 
 def _group_name(key: object) -> str:
@@ -195,7 +198,7 @@ class Normalizer:
             WorkerStatusRecord: self._worker_status,
             WorkerMetricsRecord: self._worker_metrics,
         }
-        self._structure_units = structure_units(max_event_bytes)
+        self._listed_dependencies = listed_dependencies(max_event_bytes)
 
     @classmethod
     def from_settings(cls, source: str, run_id: str, settings: EventSettings) -> Normalizer:
@@ -286,7 +289,7 @@ class Normalizer:
         return data.client, data
 
     def _graph_tasks(self, record: GraphTasksRecord) -> tuple[str, GraphTasks]:
-        most = self._structure_units
+        most = self._listed_dependencies
         dependencies, annotations = record.dependencies, record.annotations
         tasks = []
         offset = 0

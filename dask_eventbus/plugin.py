@@ -32,7 +32,7 @@ from ._version import __version__
 from .backends import Backend, create_backend
 from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
-from .normalize import Normalizer, structure_units
+from .normalize import TASK_UNITS, Normalizer, listed_dependencies, structure_units
 from .process import ProcessSink
 from .publisher import Sink
 from .records import (
@@ -138,6 +138,7 @@ class EventBusPlugin(SchedulerPlugin):
         self._group_names = False
         self._structure_on = events.graph_structure and self._enabled[ev.GRAPH_TASKS]
         self._structure_units = structure_units(events.max_event_bytes)
+        self._listed_dependencies = listed_dependencies(events.max_event_bytes)
         self._spans_announced: set[str] = set()
         self._metrics_callback: PeriodicCallback | None = None
 
@@ -332,9 +333,9 @@ class EventBusPlugin(SchedulerPlugin):
         # chunk is a few flat lists rather than a container per task, because
         # a hundred thousand new containers that survive set off full garbage
         # collections of the scheduler's heap. Chunks are cut by a count of
-        # keys (a task, a dependency, an annotation: one unit each), which
-        # keeps each event under max-event-bytes without encoding anything.
-        budget = self._structure_units
+        # keys (normalize.TASK_UNITS), which keeps each event under
+        # max-event-bytes without encoding anything.
+        budget, most = self._structure_units, self._listed_dependencies
         all_tasks = self._tasks
         chunks: list[GraphTasksRecord] = []
         chunk = _structure_chunk(client, stimulus_id)
@@ -347,7 +348,9 @@ class EventBusPlugin(SchedulerPlugin):
                 continue
             dependencies = ts.dependencies
             annotations = ts.annotations
-            size = 1 + min(len(dependencies), budget) + (len(annotations) if annotations else 0)
+            size = TASK_UNITS + min(len(dependencies), most)
+            if annotations:
+                size += len(annotations)
             if units + size > budget and chunk.keys:
                 chunks.append(chunk)
                 chunk, units = _structure_chunk(client, stimulus_id), 0

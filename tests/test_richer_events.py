@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import get_store
 from dask_eventbus.events import Event, key_to_str, load_shipped_schema
-from dask_eventbus.normalize import structure_units
+from dask_eventbus.normalize import listed_dependencies
 from dask_eventbus.report import build_report
 from dask_eventbus.testing.workload import add, inc
 
@@ -159,6 +159,30 @@ async def test_a_ten_thousand_task_graph_arrives_complete_in_chunks(
 
 
 @gen_test(timeout=60)
+async def test_keys_of_hundreds_of_characters_still_fit_the_event_size(
+    memory_store_name: str,
+) -> None:
+    limit = 20_000
+    plugin = plugin_for(memory_store_name, **{"events.max-event-bytes": limit})
+    store = get_store(memory_store_name)
+    keys = [f"{'long-function-name-' * 14}-{i:04d}" for i in range(300)]
+    async with scheduler(plugin), Client(plugin.scheduler.address, asynchronous=True) as c:
+        futures = c.map(inc, range(300), key=keys)
+        while (
+            sum(len(e.data["tasks"]) for e in store.events() if e.type == "dask.graph.tasks") < 300
+        ):
+            await asyncio.sleep(0.05)
+        await c.cancel(futures)
+    events = store.events()
+    chunks = [e for e in events if e.type == "dask.graph.tasks"]
+    assert len(keys[0]) > 250 and len(chunks) > 10
+    assert all(len(e.to_json()) <= limit for e in chunks)
+    # (The dask.graph.updated event's 100 requested keys are what is too large here.)
+    assert not [e for e in events if e.type == "dask.eventbus.oversized" and
+                e.data["type"] == "dask.graph.tasks"]  # fmt: skip
+
+
+@gen_test(timeout=60)
 async def test_past_the_cap_the_events_say_how_many_tasks_were_left_out(
     memory_store_name: str,
 ) -> None:
@@ -178,10 +202,10 @@ async def test_past_the_cap_the_events_say_how_many_tasks_were_left_out(
 async def test_one_task_with_more_dependencies_than_a_chunk_holds_lists_what_fits(
     memory_store_name: str,
 ) -> None:
-    most = structure_units(1024)
+    most = listed_dependencies(20_000)
     graph: dict[str, Any] = {f"part-{i}": (inc, i) for i in range(most + 5)}
     graph["combine"] = (sum, list(graph))
-    plugin = plugin_for(memory_store_name, **{"events.max-event-bytes": 1024})
+    plugin = plugin_for(memory_store_name, **{"events.max-event-bytes": 20_000})
     async with scheduler(plugin) as s, Worker(s.address, nthreads=1):
         async with Client(s.address, asynchronous=True) as c:
             assert await c.get(graph, "combine", sync=False) == sum(range(1, most + 6))
