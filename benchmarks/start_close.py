@@ -3,11 +3,12 @@
 Starts and closes a scheduler (no workers, no tasks) again and again in this
 process, alternating the plugin configurations, and prints per start+close
 the median wall time, its difference to the first configuration (by default
-a no-op plugin), the CPU of this process, and the CPU of the processes it
-started and reaped meanwhile: in process mode, the publisher process, from
-interpreter start to exit (it starts, publishes the scheduler's started and
-closing events, flushes and exits). Every scheduler in a notebook's
-``LocalCluster``, an adaptive deployment or a test suite pays this.
+a no-op plugin), how much of it the start took (making the plugin included),
+the CPU of this process, and the CPU of the processes it started and reaped
+meanwhile: in process mode, the publisher process, from interpreter start to
+exit (it starts, publishes the scheduler's started and closing events,
+flushes and exits). Every scheduler in a notebook's ``LocalCluster``, an
+adaptive deployment or a test suite pays this.
 
     python benchmarks/start_close.py         # noop, jsonl, redis (their default modes)
     python benchmarks/start_close.py -c noop -c eventbus:kafka \\
@@ -35,8 +36,9 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def start_and_close(config: str, options: dict) -> tuple[float, float, float]:
-    """Wall, this process's CPU and reaped children's CPU of one start+close."""
+async def start_and_close(config: str, options: dict) -> tuple[float, float, float, float]:
+    """Wall, this process's CPU, reaped children's CPU and the start's wall
+    of one start+close (the plugin is made in the start)."""
     wall, cpu, child = time.perf_counter(), time.process_time(), children_cpu()
     plugin = make_plugin(config, options)
     async with Scheduler(
@@ -45,8 +47,8 @@ async def start_and_close(config: str, options: dict) -> tuple[float, float, flo
         dashboard=False,
         plugins=[plugin] if plugin is not None else [],
     ):
-        pass
-    return time.perf_counter() - wall, time.process_time() - cpu, children_cpu() - child
+        started = time.perf_counter() - wall
+    return time.perf_counter() - wall, time.process_time() - cpu, children_cpu() - child, started
 
 
 async def run(configs: list[str], options: dict, repeat: int) -> dict[str, list[tuple]]:
@@ -72,18 +74,19 @@ def main() -> None:
     options.setdefault("redis", {}).setdefault("stream", "dask-eventbus-bench-start-close")
     logging.getLogger("distributed").setLevel(logging.ERROR)
     results = asyncio.run(run(configs, options, args.repeat))
-    medians = {c: [median([r[i] for r in results[c]]) for i in range(3)] for c in configs}
+    medians = {c: [median([r[i] for r in results[c]]) for i in range(4)] for c in configs}
     base = medians[configs[0]][0]
     rows = [
         [
             config,
             wall * 1000,
             (wall - base) * 1000,
+            started * 1000,
             cpu * 1000,
             child * 1000,
             max(r[2] for r in results[config]) * 1000,
         ]
-        for config, (wall, cpu, child) in medians.items()
+        for config, (wall, cpu, child, started) in medians.items()
     ]
     print(f"scheduler start+close, no workers; {args.repeat} alternating runs each (medians)\n")
     print(
@@ -92,6 +95,7 @@ def main() -> None:
                 "configuration",
                 "wall ms",
                 f"wall ms more than {configs[0]}",
+                "of which start ms",
                 "this process's CPU ms",
                 "publisher process CPU ms",
                 "its max ms",

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from .backends.contract import Backend, Message
 from .config import Settings, SpoolSettings
@@ -41,8 +42,12 @@ from .normalize import Normalizer
 from .pacing import RateLimitedLog
 from .publisher import Publisher
 from .records import Record
-from .spool import Damage, Spool, check_free
 from .stats import DeliveryStats
+
+if TYPE_CHECKING:
+    # Imported where a spool is configured: the publisher process of a
+    # scheduler without one does not pay for the file format and its lock.
+    from .spool import Damage, Spool
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -58,6 +63,8 @@ DRAIN_GRACE = 0.4
 
 def open_spool(settings: SpoolSettings, lock_wait: float = LOCK_WAIT) -> Spool:
     """The spool ``settings`` describe, locked for this process."""
+    from .spool import Spool
+
     assert settings.path is not None
     return Spool(
         settings.path,
@@ -72,6 +79,8 @@ def check_spool(settings: Settings) -> None:
     """Fail now, with a :class:`~dask_eventbus.config.ConfigError`, if the
     configured spool belongs to another running scheduler."""
     if settings.spool.path is not None:
+        from .spool import check_free
+
         check_free(settings.spool.path, LOCK_WAIT)
 
 

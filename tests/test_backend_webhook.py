@@ -368,6 +368,18 @@ def test_options_are_checked_and_secrets_masked_in_config_output() -> None:
     assert SECRET not in shown.stdout and "k3y-value-123" not in shown.stdout
 
 
+def test_certificates_are_verified_wherever_tls_may_be_spoken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    plain = create_backend("webhook", {"url": "http://127.0.0.1:9/"})
+    assert not plain._tls_possible()
+    assert create_backend("webhook", {"url": "HTTPS://127.0.0.1:9/"})._tls_possible()
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
+    assert plain._tls_possible()
+
+
 def test_check_publishes_a_probe_and_says_the_backend_is_publish_only() -> None:
     with WebhookReceiver(secret=SECRET) as receiver:
         result = subprocess.run(

@@ -69,6 +69,11 @@ PRODUCER_DEFAULTS: list[tuple[tuple[str, ...], Any]] = [
     # Only failed records get a delivery report: success is "flush emptied
     # the queue and no report came", which saves a Python callback per record.
     (("delivery.report.only.error",), True),
+    # librdkafka spaces new connections by half of this (50 ms by default),
+    # and every open waits for one: the broker learned from the first
+    # metadata (see KafkaBackend.open). Reconnects after an outage still back
+    # off exponentially, from 20 ms, up to reconnect.backoff.max.ms.
+    (("reconnect.backoff.ms",), 20),
 ]
 
 # Settings that only a producer understands; left out of the consumer's
@@ -424,6 +429,13 @@ class KafkaBackend(Backend):
         producer = Producer(config)
         try:
             self._ensure_topic(producer)
+            # The first answer came through the bootstrap connection, which
+            # librdkafka then drops to connect the brokers it learned. An
+            # idempotent producer that asks for its producer id meanwhile
+            # finds no broker up and asks again on a 500 ms timer, which the
+            # first publish (and a scheduler's close) would wait out. A second
+            # metadata request returns once a learned broker is up.
+            producer.list_topics(self.options.topic, timeout=self.options.timeout)
         except BaseException:
             self._serve_callbacks(producer)
             _discard_producer(producer)
