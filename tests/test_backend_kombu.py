@@ -165,6 +165,7 @@ def close_connections_named(name: str) -> int:
     return len(pids)
 
 
+@pytest.mark.slow
 @gen_test(timeout=120)
 async def test_broker_closing_the_connection_mid_run_loses_nothing(
     amqp: dict[str, Any],
@@ -227,6 +228,7 @@ def call_bounded(fn: Any, limit: float = 60.0) -> BaseException | None:
     return outcome[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["amqp", "redis"])
 def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
     transport: str, request: pytest.FixtureRequest
@@ -323,6 +325,7 @@ def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
         client.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["amqp", "redis"])
 def test_subscriber_waits_out_a_broker_outage(
     transport: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture

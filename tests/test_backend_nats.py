@@ -167,6 +167,7 @@ async def test_a_real_cluster_is_read_back_complete_and_in_order_by_a_plain_cons
     assert not nats_threads(), "the backend's loop thread outlived the plugin"
 
 
+@pytest.mark.slow
 @gen_test(timeout=150)
 async def test_a_server_restart_mid_computation_loses_and_duplicates_nothing(
     nats_server: Callable[..., NatsServer],

@@ -232,6 +232,7 @@ def assert_nothing_lost(url: str, opts: dict[str, Any], stats: dict[str, Any]) -
     return received
 
 
+@pytest.mark.slow
 @gen_test(timeout=150)
 async def test_connections_closed_by_the_broker_mid_run_lose_nothing(
     rabbitmq_url: str, names: dict[str, Any]
@@ -252,6 +253,7 @@ async def test_connections_closed_by_the_broker_mid_run_lose_nothing(
     assert_nothing_lost(rabbitmq_url, opts, stats)
 
 
+@pytest.mark.slow
 @gen_test(timeout=150)
 async def test_outage_and_stall_lose_nothing(
     rabbitmq_url: str, names: dict[str, Any], proxy: FaultProxy
@@ -282,6 +284,7 @@ async def test_outage_and_stall_lose_nothing(
 # ---------------------------------------------------------------- publishing
 
 
+@pytest.mark.slow
 def test_stalled_publish_times_out_and_close_returns(
     rabbitmq_url: str, names: dict[str, Any], proxy: FaultProxy
 ) -> None:

@@ -524,6 +524,7 @@ async def test_client_kill_of_the_publisher_connection_loses_nothing(
     assert stats["dropped"] == 0 and stats["undelivered"] == 0
 
 
+@pytest.mark.slow
 @gen_test(timeout=150)
 async def test_redis_restart_mid_computation_loses_nothing(
     redis_server: Callable[..., RedisServer],

@@ -198,6 +198,7 @@ def test_429_waits_as_long_as_retry_after_says(publisher: Callable[[Backend], Pu
         assert sending.stats.retries == 1 and "slow down" in (sending.stats.last_error or "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["structured", "batched"])
 def test_503_bursts_lose_nothing_and_resume_after_what_was_answered(
     mode: str, publisher: Callable[[Backend], Publisher]

@@ -69,6 +69,7 @@ def test_tail_prints_readable_lines_and_raw_json(demo_dir: Path) -> None:
     JSONFormat().read(None, bodies[0].encode())
 
 
+@pytest.mark.slow
 def test_tail_follows_new_events_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     path = tmp_path / "live.jsonl"
     tail = subprocess.Popen(

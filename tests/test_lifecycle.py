@@ -66,7 +66,13 @@ def settled(baseline: dict[str, int], timeout: float = 5.0) -> dict[str, int]:
 
 async def one_scheduler(plugin: EventBusPlugin, n: int) -> None:
     async with (
-        Scheduler(host="127.0.0.1", port=0, dashboard=False, plugins=[plugin]) as scheduler,
+        Scheduler(
+            host="127.0.0.1",
+            port=0,
+            dashboard=False,
+            dashboard_address="127.0.0.1:0",
+            plugins=[plugin],
+        ) as scheduler,
         Worker(scheduler.address, nthreads=1, host="127.0.0.1") as worker,
         Client(scheduler.address, asynchronous=True) as client,
     ):
@@ -138,7 +144,9 @@ async def test_what_the_plugin_holds_is_all_there_once_the_scheduler_started(
     events_file = tmp_path / "events.jsonl"
     plugin = EventBusPlugin("jsonl", path=str(events_file))
     me = psutil.Process()
-    async with Scheduler(host="127.0.0.1", port=0, dashboard=False, plugins=[plugin]):
+    async with Scheduler(
+        host="127.0.0.1", port=0, dashboard=False, dashboard_address="127.0.0.1:0", plugins=[plugin]
+    ):
         fds, threads = me.num_fds(), set(threading.enumerate())
         deadline = time.monotonic() + 30
         while plugin.stats()["published"] < 1:

@@ -479,6 +479,7 @@ def require_chromium() -> str:
     pytest.skip("no chromium binary (apt-get install chromium) to open the report in")
 
 
+@pytest.mark.slow
 def test_the_page_renders_in_a_real_browser(known_run: list[Event], tmp_path: Path) -> None:
     binary = require_chromium()
     page = tmp_path / "report.html"
@@ -532,6 +533,7 @@ def test_the_progress_line_shows_on_a_terminal_only() -> None:
     assert "Reading events: 12,345" in drawn and "/s)" in drawn and "50%" in drawn
 
 
+@pytest.mark.slow
 def test_the_chooser_switches_between_schedulers_in_a_real_browser(
     known_run: list[Event], tmp_path: Path
 ) -> None:

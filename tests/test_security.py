@@ -87,6 +87,7 @@ async def run_briefly(plugin: EventBusPlugin) -> tuple[dict[str, Any], float]:
                 return plugin.stats(), time.monotonic() - started
 
 
+@pytest.mark.slow
 @pytest.mark.networked
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_refused_credentials_log_clearly_back_off_and_never_leak(

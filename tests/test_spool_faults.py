@@ -41,7 +41,12 @@ pytestmark = [pytest.mark.slow]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 LOAD_RATE = 5000  # events per second
-OUTAGE = 60.0  # seconds, with the spool
+# With the spool: ten times what MAX_EVENTS in memory hold at LOAD_RATE
+# (100,000 events, some 35 MB: several OUTAGE_SEGMENT segments, written during
+# the outage and deleted as the backlog drains). A longer outage only adds
+# more of the same segments, at a minute of the suite per test.
+OUTAGE = 20.0  # seconds
+OUTAGE_SEGMENT = "8MiB"
 OUTAGE_WITHOUT_SPOOL = 10.0  # five times what 10,000 events in memory hold at LOAD_RATE
 MAX_EVENTS = 10_000
 SYNC_WINDOW = 1.0  # eventbus.spool.sync-interval's default: the documented bound
@@ -86,6 +91,7 @@ def spool_config(path: Path | None, url: str, stream: str, mode: str) -> dict[st
         "eventbus.queue.max-events": MAX_EVENTS,
         "eventbus.pipeline.mode": mode,
         "eventbus.spool.path": str(path) if path is not None else None,
+        "eventbus.spool.segment-bytes": OUTAGE_SEGMENT,
         "eventbus.close-timeout": "30s",
         **(
             {"eventbus.backends.redis.url": url, "eventbus.backends.redis.stream": stream}
