@@ -8,40 +8,15 @@ where a missing broker is a failure.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
-import socket
 import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from dask_eventbus.backends.memory import drop_store
-from dask_eventbus.testing import FaultProxy, Target, unique_name
+from dask_eventbus.testing import Target, unique_name
 from dask_eventbus.testing.conformance import needed_capabilities
-
-# The fault proxy relays each chunk as it reads it. With Nagle's algorithm on
-# its own two sockets, a request written in two parts (an HTTP client's head
-# and body, a Kafka client's small frames) waits for the peer's delayed ACK,
-# about 40 ms on loopback, at every request: the webhook fault cases spent
-# ~30 s of their ~40 s there, delivering one event per request. A real
-# network path does not add this to every exchange, and no fault the proxy
-# plays depends on it, so the proxy's sockets send at once here. (The proper
-# home of these lines is FaultProxy itself, in the shipped testing package.)
-_track_connection = FaultProxy._track
-
-
-def _track_without_nagle(
-    self: FaultProxy, client: socket.socket, upstream: socket.socket | None, cuts: int
-) -> bool:
-    for sock in (client, upstream):
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return _track_connection(self, client, upstream, cuts)
-
-
-FaultProxy._track = _track_without_nagle  # type: ignore[method-assign]
 
 
 def memory_harness(request: pytest.FixtureRequest) -> Target:
