@@ -198,6 +198,24 @@ def _read_until_closing(events: Subscription, timeout: float) -> list[Event]:
 # ------------------------------------------------------------------ tail
 
 
+def _worker_numbers(data: dict[str, Any]) -> str:
+    from dask.utils import format_bytes
+
+    parts = []
+    if data.get("memory_process") is not None:
+        memory = f"memory {format_bytes(data['memory_process'])}"
+        if data.get("memory_limit"):
+            memory += f" of {format_bytes(data['memory_limit'])}"
+        if data.get("memory_spilled"):
+            memory += f" ({format_bytes(data['memory_spilled'])} spilled)"
+        parts.append(memory)
+    if data.get("cpu") is not None:
+        parts.append(f"cpu {data['cpu']:.0f}%")
+    parts.append(f"executing {data.get('executing')} ready {data.get('ready')}")
+    parts.append(f"processing {data.get('processing')}")
+    return ", ".join(parts)
+
+
 def format_event(event: Event) -> str:
     """One readable line for an event."""
     data = event.data if isinstance(event.data, dict) else {}
@@ -211,8 +229,25 @@ def format_event(event: Event) -> str:
             text += f"  ({data['nbytes']} bytes {data.get('typename', '')})".rstrip()
         if data.get("exception"):
             text += f"  {data['exception'].splitlines()[0][:200]}"
-    elif event.type.startswith("dask.worker."):
+    elif event.type in ("dask.worker.added", "dask.worker.removed"):
         text = f"{data.get('address')}  name={data.get('name')} nthreads={data.get('nthreads')}"
+        if data.get("expected") is not None:
+            text += f"  expected={data['expected']}"
+        if data.get("processing_total"):
+            text += f"  was running {data['processing_total']}: {', '.join(data['processing'][:3])}"
+    elif event.type == "dask.worker.status":
+        text = f"{data.get('address')}  {data.get('previous')} -> {data.get('status')}"
+    elif event.type == "dask.worker.metrics":
+        text = f"{data.get('address')}  {data.get('status')}  {_worker_numbers(data)}"
+    elif event.type == "dask.graph.tasks":
+        text = (
+            f"{data.get('client')}  chunk {data.get('chunk')}/{data.get('chunks')}: "
+            f"{len(data.get('tasks') or [])} of {data.get('tasks_total')} tasks"
+        )
+    elif event.type == "dask.span":
+        name = " / ".join(str(part) for part in data.get("name") or [])
+        text = f"{name}  {data.get('span_id')}"
+        text += f" in {data['parent_id']}" if data.get("parent_id") else ""
     elif event.type == "dask.graph.updated":
         keys = ", ".join(data.get("keys", [])[:3])
         more = data.get("keys_total", 0) - min(3, len(data.get("keys", [])))

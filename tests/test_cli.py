@@ -202,3 +202,43 @@ def test_dask_cli_reaches_the_same_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout and "tail" in result.stdout
+
+
+def test_tail_says_what_the_schema_1_1_events_are_about() -> None:
+    from dask_eventbus.cli import format_event
+    from dask_eventbus.events import Event
+    from dask_eventbus.normalize import Normalizer
+    from dask_eventbus.records import (
+        GraphTasksRecord,
+        SpanRecord,
+        WorkerMetricsRecord,
+        WorkerRemovedRecord,
+        WorkerStatusRecord,
+    )
+
+    worker = "tcp://10.0.0.7:40331"
+    records = [
+        WorkerStatusRecord(1, 1e9, worker, "paused", "running", "worker-status-change-1"),
+        WorkerMetricsRecord(
+            2, 1e9, worker, "paused", 8 * 2**30, 3, (6 * 2**30, 5 * 2**30, 2**30, 2**29),
+            {"cpu": 97.5, "task_counts": {"executing": 2, "ready": 7}},
+        ),
+        WorkerRemovedRecord(
+            3, 1e9, {"address": worker, "name": "w0"}, "handle-worker-cleanup-1",
+            {"expected": False, "processing": ["inc-1"], "processing_total": 1},
+        ),
+        GraphTasksRecord(
+            4, 1e9, "Client-1", "update-graph-1", 2, 3, ["a", "b"], [0, 1], ["a"],
+            ["span-1", "span-1"], {}, 5000, 0,
+        ),
+        SpanRecord(5, 1e9, "span-2", ["etl", "clean"], "span-1"),
+    ]  # fmt: skip
+    normalizer = Normalizer("dask://host/Scheduler-1", "run")
+    # As tail gets them: read back from JSON.
+    lines = [format_event(Event.from_json(normalizer.event(r).to_json())) for r in records]
+    assert lines[0].endswith(f"{worker}  running -> paused")
+    assert "memory 6.00 GiB of 8.00 GiB (512.00 MiB spilled), cpu 98%" in lines[1]
+    assert "executing 2 ready 7, processing 3" in lines[1]
+    assert lines[2].endswith("name=w0 nthreads=None  expected=False  was running 1: inc-1")
+    assert lines[3].endswith("Client-1  chunk 2/3: 2 of 5000 tasks")
+    assert lines[4].endswith("etl / clean  span-2 in span-1")
