@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends.contract import Backend
-from .config import Settings, redact_url
+from .config import Settings
 from .events import DROPPED
 from .pacing import RateLimitedLog
 from .publisher import Sink
@@ -168,7 +168,7 @@ class Pipeline:
         delivery = self.sink.stats
         return {
             "backend": self.backend.name,
-            "destination": redact_url(self.backend.describe()),
+            "destination": self.backend.destination(),
             "connected": delivery.connected,
             "queued": self.queued(),
             "published": delivery.published,
@@ -202,7 +202,7 @@ class Pipeline:
                 logger.warning(
                     "dask-eventbus: closed with %d events undelivered to %s",
                     left,
-                    redact_url(self.backend.describe()),
+                    self.backend.destination(),
                 )
 
     def _loop(self) -> None:

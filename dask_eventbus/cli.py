@@ -129,7 +129,7 @@ def demo(backend: str | None, options: tuple[str, ...]) -> None:
 
     name, backend_options = _chosen_backend(backend, options)
     plugin = EventBusPlugin(name, **backend_options)
-    destination = redact_url(plugin.backend.describe())
+    destination = plugin.backend.destination()
     click.echo(f"Publishing to: {name} ({destination})")
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -360,7 +360,7 @@ def check(backend: str | None, options: tuple[str, ...], timeout: float) -> None
     name, backend_options = _chosen_backend(backend, options)
     settings = load_settings()
     instance = create_backend(name, backend_options, settings.backends)
-    click.echo(f"Checking the {name} backend: {redact_url(instance.describe())}")
+    click.echo(f"Checking the {name} backend: {instance.destination()}")
     probe_id = f"probe-{uuid.uuid4().hex[:12]}"
     host = socket.gethostname()
     normalizer = Normalizer(f"dask-eventbus-check://{host}", probe_id)

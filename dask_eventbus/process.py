@@ -398,7 +398,7 @@ class ProcessSink:
         if self._failure_log.occurred():
             logger.error(
                 "dask-eventbus: publishing to %s: %s (%d in a row). Retrying with backoff.",
-                redact_url(self.backend.describe()),
+                self.backend.destination(),
                 why,
                 self._restarts.failures,
             )

@@ -150,7 +150,7 @@ class Publisher:
                 logger.warning(
                     "dask-eventbus: publishing to %s works again after %.1fs and %d "
                     "failed attempts",
-                    redact_url(self.backend.describe()),
+                    self.backend.destination(),
                     lasted,
                     attempts,
                 )
@@ -169,7 +169,7 @@ class Publisher:
             logger.error(
                 "dask-eventbus: %s refused %d events for good (%s); they are not retried "
                 "but announced with %s events (policy refused)%s",
-                redact_url(self.backend.describe()),
+                self.backend.destination(),
                 len(refused),
                 reason,
                 DROPPED,
@@ -214,14 +214,14 @@ class Publisher:
             logger.error(
                 "dask-eventbus: cannot publish to %s: %s. Retrying with backoff; "
                 "up to %d events are kept meanwhile (eventbus.queue.max-events).",
-                redact_url(self.backend.describe()),
+                self.backend.destination(),
                 error,
                 self.max_events,
             )
         else:
             logger.warning(
                 "dask-eventbus: still cannot publish to %s after %.0fs (%d more failures): %s",
-                redact_url(self.backend.describe()),
+                self.backend.destination(),
                 time.monotonic() - (self._failing.since or 0.0),
                 self._failing.unlogged + 1,
                 error,

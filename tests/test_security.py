@@ -161,3 +161,45 @@ def test_events_carry_no_task_data_and_tracebacks_can_be_turned_off(tmp_path: Pa
     text = path.read_text()
     assert "dask.task.transition" in text and '"erred"' in text
     assert SECRET not in text and SECRET.upper() not in text
+
+
+def test_options_reprs_mask_secrets_through_the_one_base_repr() -> None:
+    from dask_eventbus.backends.kafka import KafkaBackend
+    from dask_eventbus.backends.redis import RedisBackend
+    from dask_eventbus.backends.webhook import WebhookBackend
+
+    backends = [
+        RedisBackend(url="redis://user:hunter2@h:6379/0"),
+        RedisBackend(url="redis://h:6379/0", password="hunter3"),
+        WebhookBackend(url="http://u:hunter4@h/x", secret="whsec_hunter5",
+                       headers={"Authorization": "Bearer hunter6"}),
+        KafkaBackend(topic="t", config={"bootstrap.servers": "h:9092",
+                                        "sasl.password": "hunter7"}),
+    ]  # fmt: skip
+    for backend in backends:
+        shown = f"{backend.options!r} {backend!r} {backend.destination()}"
+        assert "hunter" not in shown, shown
+        # Every option is shown (the base repr), not a hand-picked few.
+        assert "content-mode" in repr(backend.options)
+
+
+def test_destination_masks_what_a_careless_describe_would_show() -> None:
+    from dask_eventbus import Backend, BackendOptions
+
+    class CarelessOptions(BackendOptions):
+        url: str = "https://user:hunter8@h/in"
+        token: str = "hunter9"
+
+    class Careless(Backend):
+        name = "careless"
+        Options = CarelessOptions
+
+        def publish(self, messages: Any) -> None:
+            pass
+
+        def describe(self) -> str:
+            return f"{self.options.url} with token {self.options.token}"
+
+    backend = Careless()
+    assert backend.destination() == "https://user:***@h/in with token ***"
+    assert "hunter" not in repr(backend)

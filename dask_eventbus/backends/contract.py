@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from ..config import ConfigError, convert, mask_secrets, redact_value, secret_values
+from ..config import ConfigError, convert, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -82,6 +82,10 @@ class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknow
     def __repr__(self) -> str:  # secrets masked, as everywhere people look
         fields = redact_value("", msgspec.to_builtins(self, enc_hook=float))
         return f"{type(self).__name__}({fields})"
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret of these options shown as ``***``."""
+        return mask_secrets(text, secret_values("", msgspec.to_builtins(self, enc_hook=float)))
 
 
 class Backend:
@@ -176,11 +180,15 @@ class Backend:
 
     def mask(self, text: str) -> str:
         """``text`` with every secret of this backend's options shown as ``***``."""
-        secrets = secret_values("", msgspec.to_builtins(self.options, enc_hook=float))
-        return mask_secrets(text, secrets)
+        return self.options.mask(text)
+
+    def destination(self) -> str:
+        """:meth:`describe` as logs, statistics and errors show it: secrets and
+        URL passwords masked. Call this, not ``describe``, to show it."""
+        return self.mask(redact_url(self.describe()))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.mask(self.describe())}>"
+        return f"<{type(self).__name__} {self.destination()}>"
 
     def __getstate__(self) -> dict[str, Any]:
         # Only what configures the backend travels (e.g. to the scheduler with

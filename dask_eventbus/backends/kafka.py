@@ -44,10 +44,7 @@ from ..bindings.kafka import Header, HeaderMode, KeyMode, headers_of, key_functi
 from ..config import (
     ConfigError,
     PositiveDuration,
-    mask_secrets,
     redact_url,
-    redact_value,
-    secret_values,
 )
 from . import Backend, BackendOptions, Delivery, Message, Subscription
 from .tls import TLSOptions
@@ -215,11 +212,6 @@ class KafkaOptions(BackendOptions):
                 "forever, and every publish must be bounded)"
             )
 
-    def __repr__(self) -> str:
-        fields = {f: getattr(self, f) for f in self.__struct_fields__}
-        fields["config"] = redact_value("config", self.config)
-        return f"KafkaOptions({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
-
 
 def _tls_config(tls: TLSOptions, protocol: str) -> dict[str, Any]:
     """librdkafka's settings for the tls block (SASL, if configured, stays on)."""
@@ -292,13 +284,8 @@ def _check_librdkafka_config(options: KafkaOptions) -> None:
     else:
         return
     raise ConfigError(
-        f"Invalid event bus config eventbus.backends.kafka.config: {_masked(options, problem)}"
+        f"Invalid event bus config eventbus.backends.kafka.config: {options.mask(problem)}"
     )
-
-
-def _masked(options: KafkaOptions, text: str) -> str:
-    """``text`` with every secret configured in ``options`` masked."""
-    return mask_secrets(text, secret_values("config", options.config))
 
 
 def _error_of(exc: BaseException) -> KafkaError | None:

@@ -114,13 +114,6 @@ class RedisOptions(BackendOptions):
         if tls_given and scheme != "rediss":
             raise ValueError(f"{', '.join(tls_given)} need a rediss:// url (TLS)")
 
-    def __repr__(self) -> str:
-        # The default repr would show the password.
-        return (
-            f"RedisOptions(url={redact_url(self.url)!r}, stream={self.stream!r}, "
-            f"maxlen={self.maxlen}, password={'***' if self.password else None})"
-        )
-
 
 class RedisBackend(Backend):
     """Appends events to a Redis stream, one entry per event."""

@@ -80,14 +80,6 @@ class WebhookOptions(BackendOptions):
         if self.secret is not None:
             signing_key(self.secret)
 
-    def __repr__(self) -> str:
-        # The default repr would show the secret and the headers' values.
-        return (
-            f"WebhookOptions(url={redact_url(self.url)!r}, content_mode={self.content_mode!r}, "
-            f"headers={dict.fromkeys(self.headers, '***')}, "
-            f"secret={'***' if self.secret else None})"
-        )
-
 
 class WebhookError(Exception):
     """A receiver's answer that asks to try again later (408, 429, 5xx, or
@@ -192,7 +184,7 @@ class WebhookBackend(Backend):
             if 200 <= status < 300:
                 settled = end
                 continue
-            answer = f"HTTP {status} {response.reason_phrase} from {self.describe()}"
+            answer = f"HTTP {status} {response.reason_phrase} from {self.destination()}"
             text = _answer_text(response)
             if text:
                 answer += f": {text}"
