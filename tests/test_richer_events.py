@@ -434,3 +434,17 @@ def test_readers_accept_events_of_a_newer_minor_version(tmp_path: Any) -> None:
         "dask.worker.added",
         "dask.cluster.resized",
     ]
+
+
+@gen_test(timeout=30)
+async def test_the_metrics_timer_stops_with_the_scheduler(memory_store_name: str) -> None:
+    plugin = plugin_for(memory_store_name, **{"events.worker-metrics-interval": "20ms"})
+    async with scheduler(plugin) as s, Worker(s.address, nthreads=1):
+        timer = plugin._metrics_callback
+        assert timer is not None and timer.is_running()
+        while not of_type(get_store(memory_store_name).events(), "dask.worker.metrics"):
+            await asyncio.sleep(0.02)
+    assert not timer.is_running() and plugin._metrics_callback is None
+    await asyncio.sleep(0.1)  # several intervals: a running timer would have captured again
+    events = get_store(memory_store_name).events()
+    assert events[-1].type == "dask.scheduler.closing"
