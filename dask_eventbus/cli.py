@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -490,9 +490,9 @@ def report(
       cat monday.jsonl.gz tuesday.jsonl.gz | dask-eventbus report - -o week.html
       dask-eventbus report -b redis --option url=redis://localhost:6379/0 -o run.html
     """
+    from .consume.inputs import BackendInput, FileInput, bodies, describe_size
     from .report import ReportBuilder
     from .report.progress import Progress
-    from .report.reading import backend_messages, describe_size, file_lines
 
     if output_format == "html":
         from .report.html import require_bokeh
@@ -503,20 +503,20 @@ def report(
             raise click.ClickException(str(exc)) from None
     if input_file is not None and (backend or options):
         raise click.UsageError("give either SOURCE or --backend/--option, not both")
-    position = [0]
     size: int | None = None
     if input_file is None:
         name, backend_options = _chosen_backend(backend, options)
         instance = create_backend(name, backend_options, load_settings().backends)
         if isinstance(instance, JsonLinesBackend):
             input_file = instance.path
+    events_input: FileInput | BackendInput
     if input_file is not None:
         if input_file != "-" and not os.path.isfile(input_file):
             raise click.ClickException(f"no such events file: {input_file}")
         size = describe_size(input_file)
-        bodies: Generator[bytes, None, None] = file_lines(input_file, position)
+        events_input = FileInput(input_file)
     else:
-        bodies = backend_messages(instance, idle_timeout)
+        events_input = BackendInput(instance, from_beginning=True, idle_timeout=idle_timeout)
 
     def warn(message: str) -> None:
         # Over the progress line, which is redrawn below it.
@@ -526,11 +526,11 @@ def report(
     progress = Progress(
         sys.stderr,
         lambda: builder.read,
-        lambda: position[0] / size if size else None,
+        lambda: (events_input.position or 0) / size if size else None,
     )
     try:
-        with contextlib.closing(bodies):  # the file or subscription, even on Ctrl-C
-            for body in bodies:
+        with contextlib.closing(events_input):  # the file or subscription, even on Ctrl-C
+            for body in bodies(events_input):
                 if body.strip():
                     builder.add_json(body)
                 progress.update()

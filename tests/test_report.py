@@ -24,14 +24,14 @@ from helpers import IN_CI
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import MemoryBackend, drop_store, get_store
 from dask_eventbus.backends.redis import RedisBackend
+from dask_eventbus.consume.inputs import BackendInput, bodies
+from dask_eventbus.consume.sequence import SequenceTracker
 from dask_eventbus.events import Event
 from dask_eventbus.messages import build_messages
 from dask_eventbus.normalize import Normalizer
 from dask_eventbus.records import DroppedRecord, LogRecord, Record, TransitionRecord
 from dask_eventbus.report import ReportInputWarning, build_report
 from dask_eventbus.report.progress import Progress
-from dask_eventbus.report.reading import backend_messages
-from dask_eventbus.report.sequence import SequenceTracker
 from dask_eventbus.report.timeline import Timeline
 
 pytestmark = pytest.mark.timeout(240)
@@ -358,7 +358,7 @@ def test_a_backend_is_read_from_the_beginning_to_the_end(memory_store_name: str)
     backend.publish(build_messages(normalizer, transitions([1, 2, 3, 4])))
     backend.close()
     started = time.monotonic()
-    report = build_report(backend_messages(backend, idle_timeout=0.3))
+    report = build_report(bodies(BackendInput(backend, from_beginning=True, idle_timeout=0.3)))
     assert time.monotonic() - started < 5
     assert report.summary()["tasks"]["total"] == 4
 

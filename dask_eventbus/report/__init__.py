@@ -7,9 +7,9 @@ the :class:`Report` gives a JSON summary or a self-contained HTML page
 
 from __future__ import annotations
 
+from ..consume.reader import SKIPPED_KINDS
 from .builder import (
     DEFAULT_STREAM_LIMIT,
-    SKIPPED_KINDS,
     ReportBuilder,
     ReportInputWarning,
     build_report,

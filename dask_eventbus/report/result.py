@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
-from .aggregate import ERRED, EVER_MEMORY, NBYTES, OUTCOME, PREFIX, STATE, SourceAggregate
+from ..consume.state import ERRED
+from .aggregate import SourceAggregate
 
 MAX_GAP_RANGES = 100
 
@@ -88,7 +89,7 @@ def summarize(aggregates: list[SourceAggregate], input_counts: dict[str, Any]) -
         "end": iso(end),
         "duration_seconds": None if start is None or end is None else end - start,
         "tasks": task_counts(aggregates),
-        "bytes": sum(task[NBYTES] for a in aggregates for task in a.tasks.values()),
+        "bytes": sum(task.nbytes for a in aggregates for task in a.tasks.values()),
         "action_seconds": action_seconds(aggregates),
         "prefixes": prefix_table(aggregates),
         "workers": [
@@ -202,12 +203,12 @@ def task_counts(aggregates: list[SourceAggregate]) -> dict[str, Any]:
     for aggregate in aggregates:
         for task in aggregate.tasks.values():
             total += 1
-            states[task[STATE]] += 1
-            if task[EVER_MEMORY]:
+            states[task.state] += 1
+            if task.ever_memory:
                 memory += 1
-            if task[OUTCOME] == ERRED:
+            if task.outcome == ERRED:
                 erred += 1
-            elif not task[EVER_MEMORY]:
+            elif not task.ever_memory:
                 unfinished += 1
     return {
         "total": total,
@@ -224,13 +225,13 @@ def prefix_table(aggregates: list[SourceAggregate]) -> dict[str, dict[str, Any]]
     durations: dict[str, list[float]] = {}
     for aggregate in aggregates:
         for task in aggregate.tasks.values():
-            row = rows.get(task[PREFIX])
+            row = rows.get(task.prefix)
             if row is None:
-                row = rows[task[PREFIX]] = {"tasks": 0, "memory": 0, "erred": 0, "nbytes_total": 0}
+                row = rows[task.prefix] = {"tasks": 0, "memory": 0, "erred": 0, "nbytes_total": 0}
             row["tasks"] += 1
-            row["memory"] += task[EVER_MEMORY]
-            row["erred"] += task[OUTCOME] == ERRED
-            row["nbytes_total"] += task[NBYTES]
+            row["memory"] += task.ever_memory
+            row["erred"] += task.outcome == ERRED
+            row["nbytes_total"] += task.nbytes
         for prefix, values in aggregate.compute.items():
             durations.setdefault(prefix, []).extend(values)
     for prefix, row in rows.items():
@@ -246,4 +247,4 @@ def prefix_table(aggregates: list[SourceAggregate]) -> dict[str, dict[str, Any]]
 def erred_failures(aggregate: SourceAggregate) -> list[Any]:
     """Failures of the keys whose last outcome was an error, in the order they failed."""
     tasks = aggregate.tasks
-    return [f for key, f in aggregate.failures.items() if tasks[key][OUTCOME] == ERRED]
+    return [f for key, f in aggregate.failures.items() if tasks[key].outcome == ERRED]

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..builder import SKIPPED_KINDS
+from ...consume.reader import SKIPPED_KINDS
 
 if TYPE_CHECKING:
     from bokeh.models import UIElement

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 
 class SequenceTracker:
@@ -59,6 +60,27 @@ class SequenceTracker:
             self._hole_starts.insert(at + 1, sequence + 1)
             self._hole_ends.insert(at + 1, end)
         return True
+
+    def to_state(self) -> dict[str, Any]:
+        """What :meth:`from_state` needs to carry on, as JSON-ready builtins."""
+        return {
+            "first": self.first,
+            "last": self.last,
+            "duplicates": self.duplicates,
+            "holes": [list(hole) for hole in zip(self._hole_starts, self._hole_ends, strict=True)],
+            "announced": [list(announced) for announced in self._announced],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SequenceTracker:
+        """A tracker that carries on where the one that gave ``state`` stopped."""
+        tracker = cls()
+        tracker.first, tracker.last = state["first"], state["last"]
+        tracker.duplicates = state["duplicates"]
+        tracker._hole_starts = [start for start, _ in state["holes"]]
+        tracker._hole_ends = [end for _, end in state["holes"]]
+        tracker._announced = [(first, last) for first, last in state["announced"]]
+        return tracker
 
     def announce_dropped(self, first: int, last: int) -> None:
         """A ``dask.eventbus.dropped`` event said ``first``..``last`` were dropped."""
