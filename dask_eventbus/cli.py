@@ -477,10 +477,12 @@ def report(
     """Make a report of what happened on a cluster from its events.
 
     SOURCE is a JSON Lines file of events (gzipped or not; '-' reads standard
-    input); without it the events are read from the beginning of the
-    configured backend (or --backend with --option, as for tail) until it has
-    no more. Bad lines are counted and skipped. Several schedulers in one
-    input give one report each, with a chooser; --source picks one.
+    input) or a history database that `dask-eventbus archive` wrote
+    (postgresql://... or sqlite:///PATH); without it the events are read
+    from the beginning of the configured backend (or --backend with
+    --option, as for tail) until it has no more. Bad lines are counted and
+    skipped. Several schedulers in one input give one report each, with a
+    chooser; --source picks one.
 
     \b
     Examples:
@@ -489,8 +491,11 @@ def report(
       dask-eventbus report dask-events.jsonl --format json | jq .tasks
       cat monday.jsonl.gz tuesday.jsonl.gz | dask-eventbus report - -o week.html
       dask-eventbus report -b redis --option url=redis://localhost:6379/0 -o run.html
+      dask-eventbus report sqlite:///history.db --source tcp://10.0.0.5:8786 -o run.html
     """
-    from .consume.inputs import BackendInput, FileInput, bodies, describe_size
+    from .consume.inputs import BackendInput, EventsInput, FileInput, bodies, describe_size
+    from .history.database import is_database_url
+    from .history.queries import HistoryInput
     from .report import ReportBuilder
     from .report.progress import Progress
 
@@ -509,8 +514,10 @@ def report(
         instance = create_backend(name, backend_options, load_settings().backends)
         if isinstance(instance, JsonLinesBackend):
             input_file = instance.path
-    events_input: FileInput | BackendInput
-    if input_file is not None:
+    events_input: EventsInput
+    if input_file is not None and is_database_url(input_file):
+        events_input = HistoryInput(input_file, since=since, until=until, source=source)
+    elif input_file is not None:
         if input_file != "-" and not os.path.isfile(input_file):
             raise click.ClickException(f"no such events file: {input_file}")
         size = describe_size(input_file)
@@ -558,6 +565,176 @@ def report(
         f"{len(made.aggregates)} scheduler(s)",
         err=True,
     )
+
+
+# ------------------------------------------------------------------ archive and history
+
+
+@main.command()
+@click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    metavar="URL",
+    help="The history database: postgresql://USER@HOST:PORT/DATABASE or sqlite:///PATH.",
+)
+@backend_option
+@options_option
+@click.option("--follow", "-f", is_flag=True, help="SOURCE file: wait for lines appended to it.")
+@click.option("--from-beginning", is_flag=True, help="A backend: start with what it still holds.")
+@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@click.option(
+    "--stale-after",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Mark a scheduler run that sent nothing for this long, and never said it "
+    "closed, as crashed (its unfinished tasks too).",
+)
+@_one_line_errors
+def archive(
+    input_file: str | None,
+    url: str,
+    backend: str | None,
+    options: tuple[str, ...],
+    follow: bool,
+    from_beginning: bool,
+    source: str | None,
+    stale_after: float | None,
+) -> None:
+    """Write events into a history database, each exactly once.
+
+    SOURCE is a JSON Lines file of events (gzipped or not; '-' reads standard
+    input), read to its end (with --follow: then waiting for more); without
+    it, the configured backend (or --backend/--option, as for tail) is
+    followed until interrupted. The database's schema is created or
+    upgraded on start. Stopped or killed at any moment, archive started
+    again carries on where its last transaction ended: no event is lost or
+    stored twice. One archive per database; it reads any number of clusters.
+
+    \b
+    Examples:
+      dask-eventbus archive dask-events.jsonl --to sqlite:///history.db
+      dask-eventbus archive --to postgresql://dask@db:5432/history -b redis --from-beginning
+      zcat events-*.jsonl.gz | dask-eventbus archive - --to sqlite:///history.db
+    """
+    from .consume.inputs import BackendInput, EventsInput, FileInput
+    from .history.archiver import Archiver, input_name
+    from .history.database import ArchiveLocked, DatabaseRefused, connect
+
+    if input_file is not None and (backend or options):
+        raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    events_input: EventsInput
+    name: str | None = None
+    if input_file is None:
+        backend_name, backend_options = _chosen_backend(backend, options)
+        instance = create_backend(backend_name, backend_options, load_settings().backends)
+        if isinstance(instance, JsonLinesBackend):
+            input_file = instance.path
+    if input_file is not None:
+        if input_file != "-" and not os.path.isfile(input_file):
+            raise click.ClickException(f"no such events file: {input_file}")
+        events_input = FileInput(input_file, follow=follow)
+        name = input_name(input_file)
+    else:
+        events_input = BackendInput(instance, from_beginning=from_beginning, idle_timeout=None)
+
+    def warn(message: str) -> None:
+        click.echo(f"Warning: {message}", err=True)
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.WARNING)
+    try:
+        archiver = Archiver(
+            lambda: connect(url),
+            events_input,
+            input_name=name,
+            source=source,
+            stale_after=stale_after,
+            warn=warn,
+        )
+        counts = archiver.run()
+    except (ArchiveLocked, DatabaseRefused) as exc:
+        events_input.close()
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        return
+    click.echo(
+        f"Archived {counts.archived:,} new events of {counts.read:,} read into "
+        f"{redact_url(url)} in {counts.transactions:,} transactions",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("url", metavar="URL")
+@click.argument("question", type=click.Choice(["runs", "failures", "prefixes", "workers"]))
+@click.option("--since", type=Moment(), default=None, help="Only from this time on.")
+@click.option("--until", type=Moment(), default=None, help="Only up to this time.")
+@click.option("--source", "source", default=None, help="Only this scheduler's (its source).")
+@click.option("--limit", type=int, default=50, show_default=True, help="Rows at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_one_line_errors
+def history(
+    url: str,
+    question: str,
+    since: datetime | None,
+    until: datetime | None,
+    source: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Answer a question about past runs from a history database.
+
+    \b
+    QUESTION is one of:
+      runs      scheduler runs: when, how they ended, tasks, erred, workers
+      failures  tasks whose last outcome was an error: exception and cause
+      prefixes  per task prefix: tasks, in memory, erred, compute seconds
+      workers   workers that joined or left: when, why, what they were running
+
+    \b
+    Examples:
+      dask-eventbus history sqlite:///history.db runs
+      dask-eventbus history postgresql://dask@db/history failures --since 2026-12-01
+      dask-eventbus history sqlite:///history.db prefixes --json | jq '.[0]'
+    """
+    from .history.database import connect
+    from .history.queries import ANSWERS
+
+    database = connect(url, migrate=False)
+    try:
+        rows = ANSWERS[question](
+            database,
+            since.timestamp() if since else None,
+            until.timestamp() if until else None,
+            source,
+            limit,
+        )
+    finally:
+        database.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no {question} in the history" + (" in that window" if since or until else ""))
+        return
+    columns = [c for c in rows[0] if c not in ("processing", "run")]
+    table = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [min(60, max(len(c), *(len(r[i]) for r in table))) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for cells in table:
+        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("\n", " ")
 
 
 # ------------------------------------------------------------------ config

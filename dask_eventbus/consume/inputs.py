@@ -16,11 +16,29 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..backends import Backend
 
 FOLLOW_POLL_SECONDS = 0.1
+
+
+class EventsInput(Protocol):
+    """What every consumer reads from: bodies in batches, committed when processed."""
+
+    @property
+    def resumable(self) -> bool:
+        """Whether :attr:`position` can be given back to start there again."""
+
+    @property
+    def position(self) -> int | None:
+        """Where the input stands after what was read (a file's byte offset)."""
+
+    def read(self, limit: int, timeout: float | None = None) -> list[bytes] | None: ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class FileInput:
@@ -132,7 +150,7 @@ class BackendInput:
         self._subscription.close(ack=False)
 
 
-def bodies(source: FileInput | BackendInput, batch: int = 4096) -> Iterator[bytes]:
+def bodies(source: EventsInput, batch: int = 4096) -> Iterator[bytes]:
     """Every body ``source`` gives until its end, each batch committed once taken.
 
     For a one-pass consumer (the report) that keeps no bookmark of its own.

@@ -213,6 +213,7 @@ class SourceState:
         """Drop a task the consumer has stored (it comes back if it runs again)."""
         self.tasks.pop(key, None)
         self.failures.pop(key, None)
+        self._task_spans.pop(key, None)
 
     # ---- hooks for consumers that keep more
 
