@@ -617,7 +617,7 @@ def archive(
     Examples:
       dask-eventbus archive dask-events.jsonl --to sqlite:///history.db
       dask-eventbus archive --to postgresql://dask@db:5432/history -b redis --from-beginning
-      zcat events-*.jsonl.gz | dask-eventbus archive - --to sqlite:///history.db
+      gunzip -c monday.jsonl.gz | dask-eventbus archive - --to sqlite:///history.db
     """
     from .consume.inputs import BackendInput, EventsInput, FileInput
     from .history.archiver import Archiver, input_name
