@@ -414,8 +414,7 @@ class Archiver:
         self.counts = ArchiveCounts()
         self._backoff = Backoff(0.2, 10.0)
         self._trouble = RateLimitedLog()
-        self.database = connect()
-        self.database.lock_for_archiving()
+        self.database = self._connected()
         self._restore()
 
     def _restore(self) -> None:
@@ -568,17 +567,26 @@ class Archiver:
     def _reconnect(self) -> None:
         with contextlib.suppress(Exception):  # the old connection is gone either way
             self.database.close()
+        self.database = self._connected()
+
+    def _connected(self) -> Database:
+        """A connection holding the archive lock, retried while the database is away."""
         while True:
             try:
-                self.database = self._connect()
-                self.database.lock_for_archiving()
-                return
+                database = self._connect()
             except DatabaseUnavailable as exc:
                 self.counts.retries += 1
                 if self._trouble.occurred():
                     self._trouble.logged()
                     logger.warning("%s; retrying", exc)
                 time.sleep(self._backoff.next_delay())
+                continue
+            try:
+                database.lock_for_archiving()
+            except BaseException:
+                database.close()
+                raise
+            return database
 
 
 def input_name(path: str) -> str | None:
