@@ -43,13 +43,13 @@ BATCH_SECONDS = 1.0
 
 _OUTCOMES = {MEMORY: "memory", ERRED: "erred"}
 _TASK_COLUMNS = (
-    'source, run, key, prefix, "group", state, outcome, worker, submitted, started, '
-    "finished, updated, compute_seconds, nbytes, exception, traceback, cause, span_id"
-)
+    "source", "run", "key", "prefix", '"group"', "state", "outcome", "worker", "submitted",
+    "started", "finished", "updated", "compute_seconds", "nbytes", "exception", "traceback",
+    "cause", "span_id",
+)  # fmt: skip
 # Each batch's facts merge with what earlier batches stored: the earliest
 # submission, the latest state (by its time), and the newest of the rest.
-_UPSERT_TASK = f"""
-INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({", ".join("?" * 18)})
+_TASK_MERGE = """
 ON CONFLICT (source, run, key) DO UPDATE SET
     prefix = COALESCE(tasks.prefix, excluded.prefix),
     "group" = COALESCE(tasks."group", excluded."group"),
@@ -69,23 +69,13 @@ ON CONFLICT (source, run, key) DO UPDATE SET
     cause = COALESCE(excluded.cause, tasks.cause),
     span_id = COALESCE(excluded.span_id, tasks.span_id)
 """
-_UPSERT_WORKER = f"""
-INSERT INTO workers (source, run, address, spell, name, nthreads, memory_limit, joined,
-    departed, reason, expected, processing, processing_total, lost_total, status)
-VALUES ({", ".join("?" * 15)})
-ON CONFLICT (source, run, address, spell) DO UPDATE SET
-    name = COALESCE(excluded.name, workers.name),
-    nthreads = COALESCE(excluded.nthreads, workers.nthreads),
-    memory_limit = COALESCE(excluded.memory_limit, workers.memory_limit),
-    joined = COALESCE(excluded.joined, workers.joined),
-    departed = COALESCE(excluded.departed, workers.departed),
-    reason = COALESCE(excluded.reason, workers.reason),
-    expected = COALESCE(excluded.expected, workers.expected),
-    processing = COALESCE(excluded.processing, workers.processing),
-    processing_total = COALESCE(excluded.processing_total, workers.processing_total),
-    lost_total = COALESCE(excluded.lost_total, workers.lost_total),
-    status = COALESCE(excluded.status, workers.status)
-"""
+_WORKER_COLUMNS = (
+    "source", "run", "address", "spell", "name", "nthreads", "memory_limit", "joined",
+    "departed", "reason", "expected", "processing", "processing_total", "lost_total", "status",
+)  # fmt: skip
+_WORKER_MERGE = "ON CONFLICT (source, run, address, spell) DO UPDATE SET " + ", ".join(
+    f"{column} = COALESCE(excluded.{column}, workers.{column})" for column in _WORKER_COLUMNS[4:]
+)
 _UPSERT_SCHEDULER = """
 INSERT INTO schedulers (source, run, scheduler_id, address, versions, started, closed,
     first_event, last_event, events)
@@ -213,37 +203,13 @@ class RunState(SourceState):
                 ],
             )
         )
-        plan.statements.append(
-            (_UPSERT_TASK, [self._task_row(key, when) for key, when in self.changed_tasks.items()])
-        )
-        plan.statements.append(
-            (_UPSERT_WORKER, [self._worker_row(s) for s in self.changed_workers.values()])
-        )
-        plan.tables.append(
-            (
-                "worker_metrics",
-                ("source", "id", "run", "address", "time", *_METRIC_FIELDS),
-                self.metrics,
-            )
-        )
-        plan.tables.append(("logs", ("source", "id", "run", "time", "topic", "message"), self.logs))
-        plan.tables.append(
-            (
-                "graphs",
-                (
-                    "source",
-                    "id",
-                    "run",
-                    "time",
-                    "client",
-                    "stimulus_id",
-                    "tasks",
-                    "keys",
-                    "prefixes",
-                ),
-                self.graph_rows,
-            )
-        )
+        tasks = [self._task_row(key, when) for key, when in self.changed_tasks.items()]
+        plan.merges.append(("tasks", _TASK_COLUMNS, _TASK_MERGE, tasks))
+        workers = [self._worker_row(spell) for spell in self.changed_workers.values()]
+        plan.merges.append(("workers", _WORKER_COLUMNS, _WORKER_MERGE, workers))
+        plan.tables.append(("worker_metrics", _METRICS_COLUMNS, self.metrics))
+        plan.tables.append(("logs", _LOG_COLUMNS, self.logs))
+        plan.tables.append(("graphs", _GRAPH_COLUMNS, self.graph_rows))
         plan.statements.append(
             (
                 "INSERT INTO spans (source, run, span_id, name, parent_id) VALUES (?, ?, ?, ?, ?) "
@@ -340,16 +306,9 @@ _METRIC_FIELDS = (
 _METRICS_COLUMNS = ("source", "id", "run", "address", "time", *_METRIC_FIELDS)
 _LOG_COLUMNS = ("source", "id", "run", "time", "topic", "message")
 _GRAPH_COLUMNS = (
-    "source",
-    "id",
-    "run",
-    "time",
-    "client",
-    "stimulus_id",
-    "tasks",
-    "keys",
-    "prefixes",
-)
+    "source", "id", "run", "time", "client", "stimulus_id", "tasks", "keys", "prefixes",
+)  # fmt: skip
+_EVENT_COLUMNS = ("source", "id", "run", "sequence", "type", "time", "body")
 
 
 @dataclass
@@ -358,6 +317,9 @@ class WritePlan:
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
     tables: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = field(default_factory=list)
+    merges: list[tuple[str, tuple[str, ...], str, list[tuple[Any, ...]]]] = field(
+        default_factory=list
+    )
     statements: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
 
     def apply(self, database: Database) -> None:
@@ -365,12 +327,12 @@ class WritePlan:
         for table, columns, rows in self.tables:
             if rows:
                 database.insert_rows(table, columns, rows)
+        for table, columns, conflict, rows in self.merges:
+            if rows:
+                database.merge_rows(table, columns, conflict, rows)
         for sql, rows in self.statements:
             database.executemany(sql, rows)
         database.commit()
-
-
-_EVENT_COLUMNS = ("source", "id", "run", "sequence", "type", "time", "body")
 
 
 @dataclass

@@ -62,6 +62,16 @@ class Database:
         """Insert many new rows fast (PostgreSQL: COPY)."""
         raise NotImplementedError
 
+    def merge_rows(
+        self, table: str, columns: Sequence[str], conflict: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert rows, or merge each into the row with its key as ``conflict`` says
+        (an ``ON CONFLICT ... DO UPDATE`` clause); no key twice in ``rows``."""
+        marks = ", ".join("?" * len(columns))
+        self.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}", rows
+        )
+
     def commit(self) -> None:
         raise NotImplementedError
 
@@ -279,6 +289,21 @@ class PostgresDatabase(Database):
                     copy.write_row(row)
 
         self._run(run)
+
+    def merge_rows(
+        self, table: str, columns: Sequence[str], conflict: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        # One COPY into a scratch table and one INSERT ... SELECT: a tenth of
+        # the time of a statement per row, even pipelined.
+        scratch = f"merging_{table}"
+        names = ", ".join(columns)
+        self.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {scratch} "
+            f"(LIKE {table} INCLUDING DEFAULTS)"
+        )
+        self.insert_rows(scratch, columns, rows)
+        self.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {scratch} {conflict}")
+        self.execute(f"TRUNCATE {scratch}")
 
     def commit(self) -> None:
         self._run(self._connection.commit)
