@@ -580,3 +580,17 @@ def test_following_a_file_takes_lines_as_they_are_completed(tmp_path: Path) -> N
     assert archiver.counts.archived == len(bodies)
     ((position,),) = rows(url, "SELECT position FROM archive_positions")
     assert position == path.stat().st_size
+
+
+def test_a_gzipped_file_archived_twice_is_stored_once(tmp_path: Path) -> None:
+    import gzip
+
+    bodies = synthetic_run("dask://z", "r", 10)
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(bodies) + b"\n"))
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert archive(url, path).counts.archived == len(bodies)
+    # No position for a gzip file: read again from the start, every event known.
+    again = archive(url, path)
+    assert (again.counts.read, again.counts.archived) == (len(bodies), 0)
+    assert rows(url, "SELECT COUNT(*) FROM events") == [(len(bodies),)]
