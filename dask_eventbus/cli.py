@@ -737,6 +737,153 @@ def _cell(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
+# ------------------------------------------------------------------ otel
+
+
+@main.command()
+@click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--endpoint",
+    default=None,
+    metavar="URL",
+    help="OTLP/HTTP base URL (/v1/traces, /v1/logs appended); "
+    "default: OTEL_EXPORTER_OTLP_ENDPOINT, then http://localhost:4318.",
+)
+@click.option(
+    "--protocol", type=click.Choice(["http/protobuf", "http/json"]), default=None, help="Encoding."
+)
+@click.option("--service-name", default=None, help="service.name (default: dask).")
+@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@click.option("--since", type=Moment(), default=None, help="Only events at or after this time.")
+@click.option("--until", type=Moment(), default=None, help="Only events at or before this time.")
+@click.option(
+    "--max-spans-per-trace", type=click.IntRange(min=10), default=10_000, show_default=True
+)
+@backend_option
+@options_option
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Reading a backend: the end of the events is when none arrived for this long.",
+)
+@_one_line_errors
+def otel(
+    input_file: str | None,
+    endpoint: str | None,
+    protocol: str | None,
+    service_name: str | None,
+    source: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    max_spans_per_trace: int,
+    backend: str | None,
+    options: tuple[str, ...],
+    idle_timeout: float,
+) -> None:
+    """Send the traces of runs that already happened to an OpenTelemetry receiver.
+
+    SOURCE is a JSON Lines file of events (gzipped or not; '-' reads standard
+    input) or a history database (postgresql://... or sqlite:///PATH);
+    without it the events are read from the beginning of the configured
+    backend (or --backend/--option, as for tail) until it has no more. The
+    mapping is the otlp backend's (see the OpenTelemetry page of the docs);
+    OTEL_EXPORTER_OTLP_* variables set what the options do not.
+
+    \b
+    Examples:
+      dask-eventbus otel dask-events.jsonl --endpoint http://collector:4318
+      dask-eventbus otel events.jsonl.gz --since 2026-12-01T14:00Z --source tcp://10.0.0.5:8786
+      OTEL_EXPORTER_OTLP_HEADERS=x-honeycomb-team=KEY dask-eventbus otel dask-events.jsonl \\
+          --endpoint https://api.honeycomb.io
+    """
+    from .consume.inputs import BackendInput, EventsInput, FileInput, bodies
+    from .consume.reader import EventReader
+    from .history.database import is_database_url
+    from .history.queries import HistoryInput
+    from .otel.export import OtlpRetry, settings_from_environment
+    from .otel.mapping import TraceSettings
+    from .otel.pipeline import OtelExport
+    from .pacing import Backoff
+
+    if input_file is not None and (backend or options):
+        raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    events_input: EventsInput
+    if input_file is None:
+        name, backend_options = _chosen_backend(backend, options)
+        instance = create_backend(name, backend_options, load_settings().backends)
+        if isinstance(instance, JsonLinesBackend):
+            input_file = instance.path
+    if input_file is not None and is_database_url(input_file):
+        events_input = HistoryInput(input_file, since=since, until=until, source=source)
+    elif input_file is not None:
+        if input_file != "-" and not os.path.isfile(input_file):
+            raise click.ClickException(f"no such events file: {input_file}")
+        events_input = FileInput(input_file)
+    else:
+        events_input = BackendInput(instance, from_beginning=True, idle_timeout=idle_timeout)
+
+    def warn(message: str) -> None:
+        click.echo(f"Warning: {message}", err=True)
+
+    logging.basicConfig(format="%(levelname)s %(message)s", level=logging.WARNING)
+    export = OtelExport(
+        settings_from_environment(endpoint=endpoint, protocol=protocol),
+        trace_settings=TraceSettings(max_spans_per_trace=max_spans_per_trace),
+        service_name=service_name,
+        reader=EventReader(
+            source=source, since=since, until=until, warn=warn, consumer="the OTLP export"
+        ),
+    )
+    backoff = Backoff(0.5, 30.0)
+
+    def flush() -> None:
+        while True:
+            try:
+                export.flush()
+                backoff.reset()
+                return
+            except (OtlpRetry, httpx_errors()) as exc:
+                wait = max(getattr(exc, "retry_after", None) or 0.0, backoff.next_delay())
+                warn(f"{exc}; sending again in {wait:.1f}s")
+                time.sleep(wait)
+
+    try:
+        with contextlib.closing(events_input):
+            for count, body in enumerate(bodies(events_input), start=1):
+                if body.strip():
+                    export.take(body)
+                if not count % 10_000:
+                    export.collect()
+                    flush()
+        export.finish()
+        flush()
+    finally:
+        export.close()
+    counts = export.counts
+    click.echo(
+        f"Sent {counts.spans:,} spans ({counts.task_runs:,} task runs) and {counts.logs:,} "
+        f"log records in {counts.requests:,} requests"
+        + (f"; {counts.refused_requests} requests refused" if counts.refused_requests else "")
+        + (
+            f"; the receiver rejected {counts.rejected_spans:,} spans"
+            if counts.rejected_spans
+            else ""
+        ),
+        err=True,
+    )
+    if counts.refused_requests:
+        raise click.ClickException(f"the receiver refused requests: {counts.refusals[-1]}")
+
+
+def httpx_errors() -> type[Exception]:
+    import httpx
+
+    return httpx.TransportError
+
+
 # ------------------------------------------------------------------ config
 
 

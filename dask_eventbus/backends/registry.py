@@ -23,6 +23,7 @@ BUILTIN_EXTRAS = {
     "redis": "redis",
     "nats": "nats",
     "webhook": "webhook",
+    "otlp": "otlp",
 }
 
 _registered: dict[str, type[Backend]] = {}

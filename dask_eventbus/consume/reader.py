@@ -95,12 +95,13 @@ class EventReader:
         if event.specversion != "1.0" or not event.sequence.isdigit():
             self.skip("not_cloudevent", f"specversion {event.specversion!r}")
             return False
-        when = event.time.timestamp()
-        if (self.since is not None and when < self.since) or (
-            self.until is not None and when > self.until
-        ):
-            self.outside_window += 1
-            return False
+        if self.since is not None or self.until is not None:
+            when = event.time.timestamp()
+            if (self.since is not None and when < self.since) or (
+                self.until is not None and when > self.until
+            ):
+                self.outside_window += 1
+                return False
         source = event.source
         runs = self.sequences.get(source)
         if runs is None:

@@ -233,9 +233,16 @@ class SourceState:
         """
 
     def on_action(
-        self, task: Task, worker: WorkerSpell, action: str, start: float, stop: float
+        self,
+        task: Task,
+        worker: WorkerSpell,
+        action: str,
+        start: float,
+        stop: float,
+        source: str | None,
     ) -> None:
-        """One of a finished task run's start-stops (compute, transfer, ...)."""
+        """One of a finished task run's start-stops (compute, transfer, ...);
+        ``source``: for a transfer, the worker the data came from."""
 
     def on_worker_changed(self, spell: WorkerSpell) -> None:
         """A worker joined, left or changed status."""
@@ -333,7 +340,7 @@ class SourceState:
                 if action == "compute":
                     compute += stop - begin
                     spell.compute_seconds += stop - begin
-                self.on_action(task, spell, action, begin, stop)
+                self.on_action(task, spell, action, begin, stop, entry.get("source"))
             task.compute_seconds = compute
             if first_begin is not None:
                 task.started = first_begin

@@ -298,8 +298,7 @@ class PostgresDatabase(Database):
         scratch = f"merging_{table}"
         names = ", ".join(columns)
         self.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {scratch} "
-            f"(LIKE {table} INCLUDING DEFAULTS)"
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {scratch} (LIKE {table} INCLUDING DEFAULTS)"
         )
         self.insert_rows(scratch, columns, rows)
         self.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {scratch} {conflict}")

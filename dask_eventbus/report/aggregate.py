@@ -76,7 +76,13 @@ class SourceAggregate(SourceState):
             self.timeline.add(when, PROCESSING_SERIES, 1)
 
     def on_action(
-        self, task: Task, worker: WorkerSpell, action: str, start: float, stop: float
+        self,
+        task: Task,
+        worker: WorkerSpell,
+        action: str,
+        start: float,
+        stop: float,
+        source: str | None,
     ) -> None:
         self._actions.append((action, start, stop))
         self.action_seconds[action] += stop - start

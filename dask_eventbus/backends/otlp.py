@@ -1,0 +1,162 @@
+"""``otlp``: every computation as an OpenTelemetry trace, sent over OTLP/HTTP.
+
+The backend maps events to spans and log records where it runs: in the
+publisher process (the default), never on the scheduler's event loop. A
+trace is sent as its tasks finish, its root when the last one did; see
+:mod:`dask_eventbus.otel.mapping` for the mapping and
+:mod:`dask_eventbus.otel.export` for the requests.
+
+Delivery follows the OTLP specification: 429, 502, 503, 504 and connection
+errors fail the publish so that the pipeline retries it, no sooner than the
+answer's ``Retry-After`` (the requests already built wait in an outbox and
+the events are not mapped twice); any other error answer refuses the
+request for good, reported with :class:`~dask_eventbus.backends.Refused`.
+A partial success is counted and logged.
+
+Publish-only: read the traces in the tracing system.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import httpx
+import msgspec
+
+from ..config import PositiveDuration, redact_url
+from . import Backend, BackendOptions, Message, Refused
+from .tls import TLSOptions
+
+logger = logging.getLogger("distributed.eventbus")
+
+
+class OtlpOptions(BackendOptions):
+    """Options of the ``otlp`` backend (``eventbus.backends.otlp``).
+
+    Unset (null) options take the OTel exporter's environment variables
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``..._TRACES_ENDPOINT``,
+    ``..._LOGS_ENDPOINT``, ``..._HEADERS``, ``..._PROTOCOL``,
+    ``..._COMPRESSION``, ``..._TIMEOUT``, ``OTEL_SERVICE_NAME``), then the
+    OTel defaults.
+    """
+
+    endpoint: str | None = None
+    traces_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    headers: dict[str, str] = {}
+    protocol: Literal["http/protobuf", "http/json"] | None = None
+    compression: Literal["gzip", "none"] | None = None
+    timeout: PositiveDuration | None = None
+    tls: TLSOptions | None = None
+    service_name: str | None = None
+    max_spans_per_trace: Annotated[int, msgspec.Meta(ge=10)] = 10_000
+    max_links_per_span: Annotated[int, msgspec.Meta(ge=0)] = 128
+
+    def __post_init__(self) -> None:
+        self.export_settings()  # bad endpoints are refused when the options are made
+        if self.tls is not None:
+            self.tls.refuse("httpx", "server-hostname")
+
+    def export_settings(self) -> Any:
+        from ..otel.export import settings_from_environment
+
+        return settings_from_environment(
+            endpoint=self.endpoint,
+            traces_endpoint=self.traces_endpoint,
+            logs_endpoint=self.logs_endpoint,
+            headers=self.headers,
+            protocol=self.protocol,
+            compression=self.compression,
+            timeout=None if self.timeout is None else float(self.timeout),
+            verify=True if self.tls is None else self.tls.context(),
+        )
+
+
+class OtlpBackend(Backend):
+    """Sends traces of the computations, and log records, to an OTLP/HTTP receiver."""
+
+    name = "otlp"
+    Options = OtlpOptions
+    options: OtlpOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._export: Any = None
+
+    def open(self) -> None:
+        from ..otel.mapping import TraceSettings
+        from ..otel.pipeline import OtelExport
+
+        if self._export is None:
+            self._export = OtelExport(
+                self.options.export_settings(),
+                trace_settings=TraceSettings(
+                    max_spans_per_trace=self.options.max_spans_per_trace,
+                    max_links_per_span=self.options.max_links_per_span,
+                ),
+                service_name=self.options.service_name,
+            )
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Map ``messages`` whatever the content mode: the mapping reads events, not bodies."""
+        if messages:
+            self.publish(messages)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        export = self._export
+        if export is None:
+            raise RuntimeError("otlp backend is not open")
+        for message in messages:
+            export.take(message.body)  # a retried batch: known events are skipped
+        export.collect()
+        refused_before = export.counts.refused_requests
+        export.flush()
+        if export.counts.refused_requests > refused_before:
+            raise Refused(list(messages), export.counts.refusals[-1])
+
+    def close(self) -> None:
+        export, self._export = self._export, None
+        if export is None:
+            return
+        try:
+            export.finish()
+            export.flush()
+        except Exception as exc:
+            logger.warning(
+                "dask-eventbus: %d OTLP requests not sent at close: %s",
+                len(export.outbox),
+                self.explain(exc),
+            )
+        finally:
+            export.close()
+
+    def abort(self) -> None:
+        export = self._export
+        if export is not None:
+            export.close()
+
+    def describe(self) -> str:
+        settings = self.options.export_settings()
+        return f"otlp {redact_url(settings.traces_endpoint)}"
+
+    def explain(self, exc: BaseException) -> str:
+        from ..otel.export import OtlpRetry
+
+        if isinstance(exc, Refused):
+            return f"the OTLP receiver refused a request for good (not retried): {exc.reason}"
+        if isinstance(exc, OtlpRetry):
+            wait = f" (Retry-After {exc.retry_after:g}s)" if exc.retry_after is not None else ""
+            return f"the OTLP receiver is busy or unavailable{wait}: {self.mask(str(exc))}"
+        if isinstance(exc, httpx.TimeoutException):
+            return (
+                f"the OTLP receiver at {self.destination()} did not answer in time "
+                "(eventbus.backends.otlp.timeout)"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return (
+                f"cannot reach the OTLP receiver at {self.destination()}: is the collector "
+                f"running and the endpoint right? ({self.mask(f'{type(exc).__name__}: {exc}')})"
+            )
+        return super().explain(exc)
