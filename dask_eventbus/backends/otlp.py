@@ -89,15 +89,17 @@ class OtlpBackend(Backend):
         from ..otel.mapping import TraceSettings
         from ..otel.pipeline import OtelExport
 
-        if self._export is None:
-            self._export = OtelExport(
-                self.options.export_settings(),
-                trace_settings=TraceSettings(
-                    max_spans_per_trace=self.options.max_spans_per_trace,
-                    max_links_per_span=self.options.max_links_per_span,
-                ),
-                service_name=self.options.service_name,
-            )
+        if self._export is not None:
+            self._export.connect()  # the traces in progress and the outbox carry over
+            return
+        self._export = OtelExport(
+            self.options.export_settings(),
+            trace_settings=TraceSettings(
+                max_spans_per_trace=self.options.max_spans_per_trace,
+                max_links_per_span=self.options.max_links_per_span,
+            ),
+            service_name=self.options.service_name,
+        )
 
     def send(self, messages: Sequence[Message]) -> None:
         """Map ``messages`` whatever the content mode: the mapping reads events, not bodies."""
@@ -117,25 +119,14 @@ class OtlpBackend(Backend):
             raise Refused(list(messages), export.counts.refusals[-1])
 
     def close(self) -> None:
-        export, self._export = self._export, None
-        if export is None:
-            return
-        try:
-            export.finish()
-            export.flush()
-        except Exception as exc:
-            logger.warning(
-                "dask-eventbus: %d OTLP requests not sent at close: %s",
-                len(export.outbox),
-                self.explain(exc),
-            )
-        finally:
-            export.close()
+        # Only the connection: the pipeline also closes the backend after a
+        # failed publish, and the traces in progress must outlive that. A
+        # scheduler's closing event has already ended its traces.
+        if self._export is not None:
+            self._export.sender.close()
 
     def abort(self) -> None:
-        export = self._export
-        if export is not None:
-            export.close()
+        self.close()
 
     def describe(self) -> str:
         settings = self.options.export_settings()

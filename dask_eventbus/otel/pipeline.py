@@ -63,6 +63,7 @@ class OtelExport:
         self.trace_settings = trace_settings or TraceSettings()
         self.service_name = service_name
         self.reader = reader or EventReader(warn=warn, consumer="the OTLP export")
+        self.settings = settings
         self.sender = OtlpSender(settings)
         self.counts = ExportCounts()
         self.outbox: deque[ExportTraceServiceRequest | ExportLogsServiceRequest] = deque()
@@ -149,6 +150,11 @@ class OtelExport:
                     "spans" if spans else "log records",
                     why or "(no reason given)",
                 )
+
+    def connect(self) -> None:
+        """A new connection for the sends to come (after :meth:`close`)."""
+        self.sender.close()
+        self.sender = OtlpSender(self.settings)
 
     def close(self) -> None:
         self.sender.close()
