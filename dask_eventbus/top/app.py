@@ -345,7 +345,7 @@ class TopApp(App[None]):
             if name == "computations":
                 c = views.find_computation(model, key)
                 if c is not None:
-                    detail = (f"computation #{c.number}", views.prefix_bars(c, now, width=40))
+                    detail = (f"computation #{c.number}", views.prefix_bars(c, now, width=32))
             elif name == "workers":
                 found = views.find_worker(model, key)
                 if found is not None:

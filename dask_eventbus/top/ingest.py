@@ -50,6 +50,7 @@ class Ingest:
         self._anchor_time: float | None = None
         self._anchor_wall = 0.0
         self._allowed: float | None = None  # while paused: replay up to here (steps)
+        self._first_step = 0.0  # a step asked for before the first event
         self._thread = threading.Thread(target=self._run, name="dask-eventbus-top", daemon=True)
 
     def start(self) -> Ingest:
@@ -109,6 +110,8 @@ class Ingest:
         base = self._allowed if self._allowed is not None else self.model.latest
         if base is not None:
             self._allowed = base + seconds
+        else:
+            self._first_step += seconds
         self._wake.set()
 
     def set_speed(self, speed: float) -> None:
@@ -143,7 +146,7 @@ class Ingest:
     def _read(self) -> None:
         model = self.model
         while not self._stop.is_set():
-            if self.paused and self._allowed is None:
+            if self.paused and self._allowed is None and not self._first_step:
                 self._wait(0.1)
                 continue
             bodies = self.source.read(BATCH, timeout=0.2)
@@ -171,6 +174,8 @@ class Ingest:
         when = event.time.timestamp()
         if self._anchor_time is None:
             self._anchor_time, self._anchor_wall = when, time.monotonic()
+        if self._first_step and self._allowed is None:
+            self._allowed, self._first_step = when + self._first_step, 0.0
         while not self._stop.is_set():
             if self.paused:
                 if self._allowed is not None and when <= self._allowed:
