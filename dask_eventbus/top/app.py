@@ -91,8 +91,9 @@ class TopApp(App[None]):
     DataTable { height: 1fr; }
     #computations-table { height: 1fr; min-height: 4; }
     #prefixes { height: auto; max-height: 50%; padding: 0 1; border-top: solid $accent; }
-    #filter { dock: bottom; display: none; height: 3; }
-    #filter.shown { display: block; }
+    /* Always laid out (height 0 when closed) so that it takes focus at once. */
+    #filter { height: 0; border: none; padding: 0 1; }
+    #filter.shown { height: 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
@@ -287,7 +288,9 @@ class TopApp(App[None]):
         box = self.query_one("#filter", Input)
         box.add_class("shown")
         box.value = self.needle
-        box.focus()
+        # At once, not after the next refresh: keys typed straight after
+        # the slash go to the box, not to the table.
+        self.screen.set_focus(box)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.needle = event.value.strip().lower()
