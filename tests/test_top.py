@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
+from dask_eventbus.cli import main
 from dask_eventbus.consume.inputs import FileInput
 from dask_eventbus.events import GRAPH_UPDATED, LOG, TASK_TRANSITION
 from dask_eventbus.top import model as top_model
@@ -307,3 +309,18 @@ def test_a_bad_speed_is_refused() -> None:
     with pytest.raises(ValueError, match="speed"):
         Ingest(TopModel(), source, speed=-1)
     source.close()
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_the_command_names_what_is_wrong(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(main, ["top", str(tmp_path / "nothing.jsonl")])
+    assert missing.exit_code == 1 and "no such events file" in missing.output
+    both = runner.invoke(main, ["top", str(RECORDED), "-b", "redis"])
+    assert both.exit_code == 2 and "either SOURCE or --backend" in both.output
+    slow = runner.invoke(main, ["top", str(RECORDED), "--speed", "-2"])
+    assert slow.exit_code == 2 and "--speed" in slow.output
+    nofile = runner.invoke(main, ["top", "-b", "jsonl", "-o", f"path={tmp_path / 'events.jsonl'}"])
+    assert nofile.exit_code == 1 and "no events file yet" in nofile.output
