@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from . import views
@@ -137,6 +137,8 @@ class TopApp(App[None]):
     # ---- layout
 
     def compose(self) -> ComposeResult:
+        # The main screen's widgets are looked up there, not on whichever
+        # screen is on top (a drill-in), hence _main().
         yield Static("", id="status", markup=False)
         with TabbedContent(initial="clusters"):
             for name in VIEWS:
@@ -164,11 +166,14 @@ class TopApp(App[None]):
             self.ingest.stop()
 
     def table(self, name: str | None = None) -> DataTable[Any]:
-        return self.query_one(f"#{name or self.current}-table", DataTable)
+        return self._main().query_one(f"#{name or self.current}-table", DataTable)
 
     @property
     def current(self) -> str:
-        return self.query_one(TabbedContent).active or "clusters"
+        return self._main().query_one(TabbedContent).active or "clusters"
+
+    def _main(self) -> Screen[Any]:
+        return self.screen_stack[0]
 
     # ---- drawing
 
@@ -192,7 +197,7 @@ class TopApp(App[None]):
             status = self.status_line(now)
         if self.needle:
             rows = [row for row in rows if views.matches(row[1], self.needle)]
-        self.query_one("#status", Static).update(status)
+        self._main().query_one("#status", Static).update(status)
         self.fill(self.table(name), rows)
         if name == "computations":
             self.show_prefixes()
@@ -250,7 +255,7 @@ class TopApp(App[None]):
         return key.value
 
     def show_prefixes(self) -> None:
-        panel = self.query_one("#prefixes", Static)
+        panel = self._main().query_one("#prefixes", Static)
         key = self.chosen_key(self.table("computations"))
         with self.model.lock:
             c = views.find_computation(self.model, key) if key else None
@@ -268,7 +273,7 @@ class TopApp(App[None]):
     # ---- keys
 
     def action_view(self, name: str) -> None:
-        self.query_one(TabbedContent).active = name
+        self._main().query_one(TabbedContent).active = name
         self.refresh_view()
         self.table().focus()
 
@@ -285,7 +290,7 @@ class TopApp(App[None]):
             table.move_cursor(row=row, animate=False)
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._main().query_one("#filter", Input)
         box.add_class("shown")
         box.value = self.needle
         # At once, not after the next refresh: keys typed straight after
@@ -301,7 +306,7 @@ class TopApp(App[None]):
         self.table().focus()
 
     def action_clear(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._main().query_one("#filter", Input)
         box.remove_class("shown")
         box.value = ""
         self.needle = ""
