@@ -25,7 +25,11 @@ from rich.console import Console
 from dask_eventbus.cli import main
 from dask_eventbus.consume.inputs import FileInput
 from dask_eventbus.events import GRAPH_UPDATED, LOG, TASK_TRANSITION
+from dask_eventbus.messages import build_messages
+from dask_eventbus.normalize import Normalizer
+from dask_eventbus.records import DroppedRecord, TransitionRecord
 from dask_eventbus.top import model as top_model
+from dask_eventbus.top import views
 from dask_eventbus.top.app import TopApp
 from dask_eventbus.top.ingest import Ingest
 from dask_eventbus.top.model import TopModel, TopSource, worker_status
@@ -324,3 +328,33 @@ def test_the_command_names_what_is_wrong(tmp_path: Path) -> None:
     assert slow.exit_code == 2 and "--speed" in slow.output
     nofile = runner.invoke(main, ["top", "-b", "jsonl", "-o", f"path={tmp_path / 'events.jsonl'}"])
     assert nofile.exit_code == 1 and "no events file yet" in nofile.output
+
+
+def test_the_clusters_view_shows_the_bus_health_and_the_computations_their_totals() -> None:
+    normalizer = Normalizer("dask://test/one", "run1")
+    start = 1_796_000_000.0
+    records = [
+        *(
+            TransitionRecord(seq, start + seq, f"t-{seq}", "released", "waiting")
+            for seq in (1, 2, 3, 6)
+        ),
+        DroppedRecord(9, start + 9, 3, 7, 9, "drop-oldest"),  # 7 to 9: dropped, announced
+    ]
+    bodies = [m.body for m in build_messages(normalizer, records)]
+    model = TopModel()
+    for body in [*bodies, bodies[1]]:  # one redelivered
+        model.feed(body)
+    state = model.sources["dask://test/one"]
+    assert (state.gaps(), state.dropped, state.duplicates()) == (2, 3, 1)
+    ((_, cells),) = views.clusters(model, model.now())
+    assert cells[-1].plain == "2 lost, 3 dropped"
+
+    state.folded = top_model.Folded(computations=400, tasks=8000, done=7600, erred=400)
+    rows = views.computations(model, model.now(), None)
+    assert rows[-1][0] == "folded|dask://test/one"
+    assert [str(c) if not hasattr(c, "plain") else c.plain for c in rows[-1][1][1:5]] == [
+        "400 earlier",
+        "███████████" + ERRED,
+        "8,000/8,000",
+        "400",
+    ]

@@ -136,6 +136,24 @@ def computations(model: TopModel, now: float, cluster: str | None) -> list[Row]:
                 ),
             )
         )
+    for state in _sources(model, cluster):
+        folded = state.folded
+        if folded.computations:
+            # Finished computations no longer kept one by one, as totals.
+            result.append(
+                (
+                    f"folded|{state.source}",
+                    (
+                        short_source(state.source),
+                        f"{folded.computations:,} earlier",
+                        bar(folded.done, folded.erred, 0, folded.tasks, 12),
+                        f"{folded.done + folded.erred:,}/{folded.tasks:,}",
+                        Text(f"{folded.erred:,}", "bold red") if folded.erred else "",
+                        "",
+                        "done",
+                    ),
+                )
+            )
     return result
 
 
