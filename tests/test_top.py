@@ -358,3 +358,16 @@ def test_the_clusters_view_shows_the_bus_health_and_the_computations_their_total
         "8,000/8,000",
         "400",
     ]
+
+
+def test_ever_new_exception_texts_do_not_pile_up() -> None:
+    source = TopSource("dask://test/texts")
+    for i in range(top_model.MAX_INTERNED_TEXTS + 10):
+        key = f"bad-{i}"
+        base = {"key": key, "prefix": "bad", "worker": "tcp://w:1"}
+        source.add(TASK_TRANSITION, {**base, "start": "released", "finish": "processing"}, i)
+        failed = {"start": "processing", "finish": "erred", "exception": f"ValueError({i})"}
+        source.add(TASK_TRANSITION, {**base, **failed}, i)
+        source.add(TASK_TRANSITION, {**base, "start": "erred", "finish": "forgotten"}, i)
+    assert len(source._texts) <= top_model.MAX_INTERNED_TEXTS
+    assert source.recent_failures[-1].exception == f"ValueError({i})"

@@ -37,6 +37,7 @@ KEEP_DEPARTED = 50
 """Workers that left, kept per source."""
 KEEP_GRAPHS = 20
 KEEP_STATUSES = 20
+MAX_INTERNED_TEXTS = 10_000
 SILENT_AFTER = 30.0
 """Seconds without an event after which a running source counts as silent."""
 RATE_WINDOW = 5
@@ -159,6 +160,11 @@ class TopSource(SourceState):
             del self.graphs[:-KEEP_GRAPHS]
         elif type_ == DROPPED:
             del self.dropped_announcements[:-KEEP_GRAPHS]
+        if len(self._texts) > MAX_INTERNED_TEXTS:
+            # SourceState interns exception and traceback texts and never lets
+            # go of them; for top they are a cache, and a run with ever new
+            # messages would grow it without end.
+            self._texts.clear()
 
     def _count(self, when: float) -> None:
         second = float(int(when))
