@@ -709,6 +709,8 @@ def top(
 
     if input_file is not None and (backend or options):
         raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    if input_file == "-":
+        raise click.UsageError("top reads its keys from standard input: give the events as a file")
     live = input_file is None
     events_input: FileInput | BackendInput
     if input_file is None:

@@ -324,6 +324,8 @@ def test_the_command_names_what_is_wrong(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no such events file" in missing.output
     both = runner.invoke(main, ["top", str(RECORDED), "-b", "redis"])
     assert both.exit_code == 2 and "either SOURCE or --backend" in both.output
+    stdin = runner.invoke(main, ["top", "-"])
+    assert stdin.exit_code == 2 and "give the events as a file" in stdin.output
     slow = runner.invoke(main, ["top", str(RECORDED), "--speed", "-2"])
     assert slow.exit_code == 2 and "--speed" in slow.output
     nofile = runner.invoke(main, ["top", "-b", "jsonl", "-o", f"path={tmp_path / 'events.jsonl'}"])
