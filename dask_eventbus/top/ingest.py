@@ -107,7 +107,9 @@ class Ingest:
         """While paused, replay the next ``seconds`` of the recording."""
         if not self.paused:
             self.pause()
-        base = self._allowed if self._allowed is not None else self.model.latest
+        # The batch being folded when the pause came may have gone past it.
+        known = [t for t in (self._allowed, self.model.latest) if t is not None]
+        base = max(known) if known else None
         if base is not None:
             self._allowed = base + seconds
         else:
