@@ -373,3 +373,24 @@ def test_ever_new_exception_texts_do_not_pile_up() -> None:
         source.add(TASK_TRANSITION, {**base, "start": "erred", "finish": "forgotten"}, i)
     assert len(source._texts) <= top_model.MAX_INTERNED_TEXTS
     assert source.recent_failures[-1].exception == f"ValueError({i})"
+
+
+def test_paused_before_the_first_event_a_step_replays_its_first_second() -> None:
+    model = TopModel()
+    ingest = Ingest(model, FileInput(RECORDED))
+    ingest.pause()
+    ingest.start()
+    time.sleep(0.3)
+    assert model.applied == 0
+    ingest.step()
+    deadline = time.monotonic() + 10
+    while model.applied == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    first = replayed().sources  # the whole run, for its first event's time
+    start = min(s.start for s in first.values() if s.start is not None)
+    assert 0 < model.applied < 2352
+    assert model.latest is not None and start <= model.latest <= start + 1.0
+    ingest.resume()
+    assert ingest.wait(10) and model.applied == 2352
+    ingest.stop()
