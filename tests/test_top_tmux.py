@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -66,6 +67,9 @@ def tmux() -> Iterator[Tmux]:
     server = Tmux(require_program("tmux"))
     yield server
     server("kill-server")
+    # tmux leaves the socket file of a killed server behind.
+    folder = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+    (folder / server.socket).unlink(missing_ok=True)
 
 
 def cluster(url: str, stream: str, source: str) -> LocalCluster:
