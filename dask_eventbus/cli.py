@@ -972,3 +972,94 @@ def spool(path: str, verify: bool, as_json: bool) -> None:
             click.echo("verify: " + ("CORRUPT" if found["damaged"] else "every record checks out"))
     if verify and found["damaged"]:
         sys.exit(1)
+
+
+# ------------------------------------------------------------------ top
+
+
+@main.command()
+@click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
+@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="N",
+    help="Replaying a file: N times as fast as it happened; 0 reads it at once.",
+)
+@click.option(
+    "--follow", is_flag=True, help="Replaying a file: keep reading what is appended to it."
+)
+@backend_option
+@options_option
+@click.option(
+    "--from-beginning", is_flag=True, help="Reading a backend: start with what it still holds."
+)
+@_one_line_errors
+def top(
+    input_file: str | None,
+    source: str | None,
+    speed: float,
+    follow: bool,
+    backend: str | None,
+    options: tuple[str, ...],
+    from_beginning: bool,
+) -> None:
+    """A live view of every cluster on the bus, in the terminal.
+
+    SOURCE is a JSON Lines file of events, replayed (--speed paces it, space
+    pauses, n steps); without it the configured backend (or --backend with
+    --option, as for tail) is read live. Views: 1 Clusters, 2 Computations,
+    3 Workers, 4 Failures, 5 Log; arrows or j/k move, Enter drills in, /
+    filters, ? lists the keys, q quits.
+
+    \b
+    Examples:
+      dask-eventbus top dask-events.jsonl --speed 10
+      dask-eventbus top -b redis -o url=redis://localhost:6379/0
+      dask-eventbus top --source dask://host/Scheduler-1234
+    """
+    try:
+        import textual  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "dask-eventbus top needs Textual: pip install 'dask-eventbus[top]'"
+        ) from None
+    from .consume.inputs import BackendInput, FileInput
+    from .top.app import TopApp
+    from .top.ingest import Ingest
+    from .top.model import TopModel
+
+    if input_file is not None and (backend or options):
+        raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    if input_file == "-":
+        raise click.UsageError("top reads its keys from standard input: give the events as a file")
+    live = input_file is None
+    events_input: FileInput | BackendInput
+    if input_file is None:
+        name, backend_options = _chosen_backend(backend, options)
+        instance = create_backend(name, backend_options, load_settings().backends)
+        if isinstance(instance, JsonLinesBackend):
+            if not os.path.isfile(instance.path):
+                raise click.ClickException(
+                    f"no events file yet: {instance.path} (start a scheduler with the plugin, "
+                    "or give --backend)"
+                )
+            events_input = FileInput(instance.path, follow=True)
+            describe = f"live from {instance.path}"
+        else:
+            events_input = BackendInput(instance, from_beginning=from_beginning, idle_timeout=None)
+            describe = f"live from {instance.destination()}"
+    else:
+        if input_file != "-" and not os.path.isfile(input_file):
+            raise click.ClickException(f"no such events file: {input_file}")
+        events_input = FileInput(input_file, follow=follow)
+        live = follow
+        describe = input_file
+    warnings: list[str] = []
+    model = TopModel(source=source, live=live, warn=warnings.append)
+    ingest = Ingest(model, events_input, speed=0.0 if live else speed)
+    TopApp(model, ingest, describe=describe).run()
+    for message in warnings:
+        click.echo(f"Warning: {message}", err=True)
