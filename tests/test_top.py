@@ -24,6 +24,7 @@ from rich.console import Console
 
 from dask_eventbus.cli import main
 from dask_eventbus.consume.inputs import FileInput
+from dask_eventbus.consume.state import MAX_SHARED_TEXTS
 from dask_eventbus.events import GRAPH_UPDATED, LOG, TASK_TRANSITION
 from dask_eventbus.messages import build_messages
 from dask_eventbus.normalize import Normalizer
@@ -364,14 +365,14 @@ def test_the_clusters_view_shows_the_bus_health_and_the_computations_their_total
 
 def test_ever_new_exception_texts_do_not_pile_up() -> None:
     source = TopSource("dask://test/texts")
-    for i in range(top_model.MAX_INTERNED_TEXTS + 10):
+    for i in range(MAX_SHARED_TEXTS + 10):
         key = f"bad-{i}"
         base = {"key": key, "prefix": "bad", "worker": "tcp://w:1"}
         source.add(TASK_TRANSITION, {**base, "start": "released", "finish": "processing"}, i)
         failed = {"start": "processing", "finish": "erred", "exception": f"ValueError({i})"}
         source.add(TASK_TRANSITION, {**base, **failed}, i)
         source.add(TASK_TRANSITION, {**base, "start": "erred", "finish": "forgotten"}, i)
-    assert len(source._texts) <= top_model.MAX_INTERNED_TEXTS
+    assert len(source._texts) <= MAX_SHARED_TEXTS
     assert source.recent_failures[-1].exception == f"ValueError({i})"
 
 

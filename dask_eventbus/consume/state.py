@@ -41,6 +41,9 @@ ACTIVE_STATES = frozenset({"waiting", "processing", "queued", "no-worker"})
 
 # Memory samples kept per worker spell.
 MAX_MEMORY_SAMPLES = 2000
+# Exception and traceback texts shared between the failures that carry them
+# (a failure's dependents repeat its text); forgotten past this many.
+MAX_SHARED_TEXTS = 10_000
 
 _TIMESTAMP_SUFFIX = re.compile(r"-\d+(\.\d+)?$")
 
@@ -172,6 +175,8 @@ class SourceState:
         self.dropped_announcements: list[dict[str, Any]] = []
         self.oversized: Counter[str] = Counter()
         self.current_workers: dict[str, WorkerSpell] = {}
+        self.event_data: dict[str, Any] = {}
+        """The data of the event being added, for hooks that want more of it."""
         self._task_spans: dict[str, str] = {}
         self._texts: dict[str, str] = {}
         self._names: dict[str, str] = {}
@@ -202,6 +207,7 @@ class SourceState:
         """
         handler = self._handlers.get(type_)
         if handler is not None and isinstance(data, dict):
+            self.event_data = data
             handler(data, when)
         self.events += 1
         if self.start is None or when < self.start:
@@ -216,6 +222,9 @@ class SourceState:
         self._task_spans.pop(key, None)
 
     # ---- hooks for consumers that keep more
+
+    def on_graph(self, graph: Graph) -> None:
+        """A graph submission (``dask.graph.updated``), appended to :attr:`graphs`."""
 
     def on_task_added(self, task: Task, when: float) -> None:
         """A task key seen for the first time (or again after :meth:`forget`)."""
@@ -263,7 +272,11 @@ class SourceState:
         return self._names.setdefault(text, text)
 
     def _text(self, text: str | None) -> str | None:
-        return None if text is None else self._texts.setdefault(text, text)
+        if text is None:
+            return None
+        if len(self._texts) >= MAX_SHARED_TEXTS:
+            self._texts.clear()
+        return self._texts.setdefault(text, text)
 
     def _transition(self, data: dict[str, Any], when: float) -> None:
         key, start, finish = data["key"], data["start"], data["finish"]
@@ -444,6 +457,7 @@ class SourceState:
         )
         self.clients.add(client)
         self.graphs.append(graph)
+        self.on_graph(graph)
 
     def _scheduler(self, data: dict[str, Any], when: float, moment: str) -> None:
         scheduler_id = str(data.get("scheduler_id"))

@@ -23,11 +23,10 @@ from typing import Any
 from ..consume.inputs import EventsInput, FileInput
 from ..consume.reader import EventReader, run_of
 from ..consume.sequence import SequenceTracker
-from ..consume.state import ACTIVE_STATES, ERRED, MEMORY, SourceState, Task, WorkerSpell
+from ..consume.state import ACTIVE_STATES, ERRED, MEMORY, Graph, SourceState, Task, WorkerSpell
 from ..events import (
     CLIENT_ADDED,
     CLIENT_REMOVED,
-    GRAPH_UPDATED,
     SPAN,
     Event,
 )
@@ -130,28 +129,29 @@ class RunState(SourceState):
         if self.batch_end is None or when > self.batch_end:
             self.batch_end = when
         data = event.data if isinstance(event.data, dict) else {}
-        if event.type == GRAPH_UPDATED and self.graphs:
-            graph = self.graphs.pop()
-            self.graph_rows.append(
-                (
-                    self.source,
-                    event.id,
-                    self.run,
-                    when,
-                    graph.client,
-                    graph.stimulus_id,
-                    graph.tasks,
-                    graph.keys,
-                    json.dumps(graph.prefixes),
-                )
-            )
-        elif event.type == SPAN and data.get("span_id") in self.spans:
+        if event.type == SPAN and data.get("span_id") in self.spans:
             node = self.spans[data["span_id"]]
             self.span_rows.append(
                 (self.source, self.run, node.span_id, json.dumps(node.name), node.parent_id)
             )
         elif event.type in (CLIENT_ADDED, CLIENT_REMOVED) and isinstance(data.get("client"), str):
             self.client_rows.setdefault(data["client"], when)
+
+    def on_graph(self, graph: Graph) -> None:
+        self.graphs.pop()  # written once, not kept
+        self.graph_rows.append(
+            (
+                self.source,
+                self.event_id,
+                self.run,
+                graph.time,
+                graph.client,
+                graph.stimulus_id,
+                graph.tasks,
+                graph.keys,
+                json.dumps(graph.prefixes),
+            )
+        )
 
     def on_transition(self, task: Task, start: str, when: float) -> None:
         self.changed_tasks[task.key] = when

@@ -179,14 +179,12 @@ class TraceMapper(SourceState):
         self._attempts: dict[str, int] = {}
         self._assigned: dict[str, float] = {}
         self._actions: list[tuple[str, float, float, str | None]] = []
-        self._data: dict[str, Any] = {}
         self._serial = itertools.count()
 
     def take(self, event: Event) -> None:
         """Fold one new event of this run."""
         data = event.data if isinstance(event.data, dict) else {}
         when = event.time.timestamp()
-        self._data = data
         type_ = event.type
         if type_ == GRAPH_UPDATED:
             self._submission(data, when)
@@ -261,7 +259,7 @@ class TraceMapper(SourceState):
     def _trace_of(self, key: str, when: float) -> Trace:
         trace = self._owner.pop(key, None)
         if trace is None:
-            trace = self._traces.get(str(self._data.get("stimulus_id")))
+            trace = self._traces.get(str(self.event_data.get("stimulus_id")))
         if trace is None or trace.ended:
             trace = self._latest if self._latest is not None and not self._latest.ended else None
         if trace is None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from ..consume.reader import EventReader
 from ..consume.sequence import SequenceTracker
-from ..consume.state import NO_OUTCOME, PROCESSING, SourceState, Task, WorkerSpell
-from ..events import DROPPED, GRAPH_UPDATED, Event
+from ..consume.state import NO_OUTCOME, PROCESSING, Graph, SourceState, Task, WorkerSpell
+from ..events import DROPPED, Event
 
 KEEP_COMPUTATIONS = 100
 """Computations kept per source with their prefixes; older finished ones become totals."""
@@ -37,7 +37,6 @@ KEEP_DEPARTED = 50
 """Workers that left, kept per source."""
 KEEP_GRAPHS = 20
 KEEP_STATUSES = 20
-MAX_INTERNED_TEXTS = 10_000
 SILENT_AFTER = 30.0
 """Seconds without an event after which a running source counts as silent."""
 RATE_WINDOW = 5
@@ -144,27 +143,20 @@ class TopSource(SourceState):
         self.rate_buckets: deque[list[float]] = deque()
         self._by_stimulus: dict[str, Computation] = {}
         self._of_task: dict[str, Computation] = {}
-        self._data: dict[str, Any] = {}
         self._added: Task | None = None
         self._log_sink = log
 
     # ---- folding
 
     def add(self, type_: str, data: Any, when: float) -> None:
-        if isinstance(data, dict):
-            self._data = data
         super().add(type_, data, when)
         self._count(when)
-        if type_ == GRAPH_UPDATED and self.graphs:
-            self._computation(self.graphs[-1])
-            del self.graphs[:-KEEP_GRAPHS]
-        elif type_ == DROPPED:
+        if type_ == DROPPED:
             del self.dropped_announcements[:-KEEP_GRAPHS]
-        if len(self._texts) > MAX_INTERNED_TEXTS:
-            # SourceState interns exception and traceback texts and never lets
-            # go of them; for top they are a cache, and a run with ever new
-            # messages would grow it without end.
-            self._texts.clear()
+
+    def on_graph(self, graph: Graph) -> None:
+        self._computation(graph)
+        del self.graphs[:-KEEP_GRAPHS]
 
     def _count(self, when: float) -> None:
         second = float(int(when))
@@ -209,7 +201,7 @@ class TopSource(SourceState):
 
     def on_task_added(self, task: Task, when: float) -> None:
         self._added = task
-        stimulus = self._data.get("stimulus_id")
+        stimulus = self.event_data.get("stimulus_id")
         computation = self._by_stimulus.get(stimulus) if isinstance(stimulus, str) else None
         if computation is None:
             if not self.computations:
@@ -287,8 +279,6 @@ class TopSource(SourceState):
     def forget(self, key: str) -> None:
         super().forget(key)
         self._of_task.pop(key, None)
-        # SourceState keeps a key's span after forgetting the key; top does not need it.
-        self._task_spans.pop(key, None)
 
     def on_worker_changed(self, spell: WorkerSpell) -> None:
         del spell.statuses[:-KEEP_STATUSES]
