@@ -418,7 +418,9 @@ def test_a_nacked_batch_raises(amqp: dict[str, Any]) -> None:
     try:
         with pytest.raises(MessageNacked, match="nacked 5 of 10"):
             backend.publish(synthetic_messages(10))
-        assert "refused (nacked)" in backend.explain(MessageNacked("nacked 5 of 10"))
+        assert "refused a published message (nacked)" in backend.explain(
+            MessageNacked("nacked 5 of 10")
+        )
     finally:
         backend.close()
 
@@ -474,7 +476,7 @@ def test_secrets_stay_out_of_describe_repr_and_explain(kombu_rabbitmq_url: str) 
     error = call_bounded(backend.open)
     assert error is not None
     explained = backend.explain(error)
-    assert "refused access for user 'guest'" in explained
+    assert "refused authentication for user 'guest'" in explained
     for text in (explained, backend.describe(), repr(backend)):
         assert secret not in text
     with pytest.raises(ConfigError) as info:

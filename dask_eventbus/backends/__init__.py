@@ -3,7 +3,8 @@
 ``contract`` holds what a backend implements (:class:`Backend`,
 :class:`BackendOptions`) and what it receives (:class:`Message`);
 ``subscription`` the runtime for reading events back; ``registry`` finds
-backends by name; ``tls`` the TLS block the network backends share.
+backends by name; ``tls`` the TLS block the network backends share;
+``diagnosis`` the problems ``explain`` words for every backend.
 """
 
 from .contract import (
@@ -17,6 +18,7 @@ from .contract import (
     batch_body,
     in_content_mode,
 )
+from .diagnosis import Problem, ProblemKind
 from .registry import (
     BUILTIN_EXTRAS,
     ENTRY_POINT_GROUP,
@@ -38,6 +40,8 @@ __all__ = [
     "ContentMode",
     "Delivery",
     "Message",
+    "Problem",
+    "ProblemKind",
     "Refused",
     "Subscription",
     "available_backends",

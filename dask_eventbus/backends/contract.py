@@ -16,6 +16,7 @@ import msgspec
 
 from ..config import ConfigError, convert, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
+from .diagnosis import Problem, Wording, network_problem, word
 
 if TYPE_CHECKING:
     from .subscription import Subscription
@@ -96,7 +97,8 @@ class Backend:
     :meth:`publish` (plus :meth:`open` and :meth:`close` when the backend
     holds a connection). Optional capabilities: :meth:`subscribe` to read
     events back (a backend without it is publish-only, see :attr:`readable`)
-    and :meth:`explain` to diagnose its client library's errors.
+    and :meth:`classify` to sort its client library's errors into the
+    problems :meth:`explain` words.
     Producer methods are called from one publisher thread only.
     """
 
@@ -168,15 +170,52 @@ class Backend:
         """Where events go, for people: no secrets."""
         return self.name
 
+    timeout_options: ClassVar[tuple[str, ...]] = ()
+    """The options that bound a wait for the broker, named when it did not answer."""
+    provisioning_option: ClassVar[str | None] = None
+    """The option that makes the backend create what events go to when missing."""
+
+    def classify(self, exc: BaseException) -> Problem | None:
+        """The kind of problem ``exc`` is, for :meth:`explain` to word (optional).
+
+        Backends sort their client library's errors into the shared kinds
+        (authentication, permission, TLS, cannot connect, timeout, missing,
+        too large, lost, refused); return None for what they do not know, and
+        the operating-system error under it, if any, is worded instead.
+        """
+        return None
+
+    def broker(self) -> str:
+        """The broker as explanations name it (``Redis at host:6379``)."""
+        return self.destination()
+
     def explain(self, exc: BaseException) -> str:
         """What went wrong, for people: names the cause and how to fix it.
 
-        Used in logs, statistics and ``dask-eventbus check``. Backends
-        override this to turn their client library's errors into a diagnosis
-        (cannot connect to host:port, authentication refused, ...). Must not
-        reveal secrets: pass what the client library said through :meth:`mask`.
+        Used in logs, statistics and ``dask-eventbus check``. The backend
+        classifies (:meth:`classify`); this words the problem the same way for
+        every backend, names the options, and masks the secrets of the
+        options in the whole answer.
         """
-        return self.mask(f"{type(exc).__name__}: {exc}")
+        try:
+            problem = self.classify(exc)
+            if problem is None or problem.kind == "connect":
+                # The operating-system error under it says more precisely why.
+                problem = network_problem(exc) or problem
+            if problem is None:
+                text = f"{type(exc).__name__}: {exc}"
+            else:
+                text = word(problem, self._wording())
+        except Exception:
+            text = f"{type(exc).__name__}: {exc}"
+        return self.mask(text)
+
+    def _wording(self) -> Wording:
+        bounds = ", ".join(
+            f"{name} {getattr(self.options, name.replace('-', '_')):g}s"
+            for name in self.timeout_options
+        )
+        return Wording(self.broker(), self.name, bounds, self.provisioning_option)
 
     def mask(self, text: str) -> str:
         """``text`` with every secret of this backend's options shown as ``***``."""

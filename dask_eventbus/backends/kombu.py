@@ -45,9 +45,10 @@ from . import (
     ConsumerReconnect,
     Delivery,
     Message,
+    Problem,
     Subscription,
 )
-from .diagnosis import explain_network
+from .diagnosis import network_problem
 from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -134,6 +135,7 @@ class KombuBackend(Backend):
     name = "kombu"
     Options = KombuOptions
     options: KombuOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -435,76 +437,65 @@ class KombuBackend(Backend):
             where += f", queue {o.queue!r}"
         return where
 
-    def explain(self, exc: BaseException) -> str:
-        return self.mask(self._explain(_root_cause(exc)))
+    def broker(self) -> str:
+        return f"{self._alias}://{self._address}"
 
-    def _explain(self, exc: BaseException) -> str:
-        where = f"{self._alias}://{self._address}"
+    def classify(self, exc: BaseException) -> Problem | None:
+        exc = _root_cause(exc)
         o = self.options
         names = {cls.__name__ for cls in type(exc).__mro__}
         module = type(exc).__module__ or ""
         text = str(exc)
         if module.startswith("redis"):
             if "AuthenticationError" in names or "AuthenticationWrongNumberOfArgsError" in names:
-                return (
-                    f"Redis at {where} refused authentication: check the user name and "
-                    f"password in eventbus.backends.kombu.url ({text})"
-                )
+                fix = "check the user name and password in eventbus.backends.kombu.url"
+                return Problem("authentication", text, fix=fix)
             if "TimeoutError" in names:
-                return (
-                    f"Redis at {where} did not answer within publish-timeout "
-                    f"({o.publish_timeout:g}s): {text}"
-                )
+                return Problem("timeout", text)
             if "ConnectionError" in names:
-                return (
-                    f"cannot connect to Redis at {where} ({text}); is it running and "
-                    f"the url in eventbus.backends.kombu.url right?"
-                )
-            return f"Redis at {where} refused a command: {type(exc).__name__}: {text}"
+                return Problem("connect", text)
+            return Problem("refused", f"{type(exc).__name__}: {text}", "a command")
         code = getattr(exc, "reply_code", None)
         if module.startswith("amqp") and code is not None:
             reply = getattr(exc, "reply_text", "") or text
             if code == 403:
-                return (
-                    f"the broker at {where} refused access for user {self._user!r}: "
-                    f"check the user name, password and virtual host in "
-                    f"eventbus.backends.kombu.url ({reply})"
+                fix = (
+                    "check the user name, password and virtual host in eventbus.backends.kombu.url"
                 )
+                return Problem("authentication", reply, f"user {self._user!r}", fix)
             if code == 406:
                 what = f"exchange {o.exchange!r}"
                 if o.queue is not None:
                     what += f" or queue {o.queue!r}"
-                return (
-                    f"the broker at {where} refused to declare {what}: it exists with "
-                    f"other settings; make exchange-type, durable and queue-arguments "
-                    f"match it, or delete it ({reply})"
+                fix = (
+                    "it exists with other settings; make exchange-type, durable and "
+                    "queue-arguments match it, or delete it"
                 )
+                return Problem("refused", reply, f"to declare {what}", fix)
             if code == 530:
-                return (
-                    f"the broker at {where} did not allow this (check the virtual host "
-                    f"in eventbus.backends.kombu.url and the user's permissions): {reply}"
+                fix = (
+                    "check the virtual host in eventbus.backends.kombu.url and the "
+                    "user's permissions"
                 )
+                return Problem("permission", reply, f"user {self._user!r}", fix)
             if code == 404:
-                return f"not found on the broker at {where}: {reply}"
+                return Problem(
+                    "missing", reply, "an exchange or queue it was asked for", "check its name"
+                )
             if code in (320, 541):
-                return f"the broker at {where} closed the connection: {reply}"
-            return f"the broker at {where} answered with AMQP error {code}: {reply}"
+                return Problem("lost", f"the broker closed it: {reply}")
+            return Problem("refused", f"AMQP error {code}: {reply}")
         if "MessageNacked" in names:
-            return f"the broker at {where} refused (nacked) a published message: {text}"
-        if not module.startswith("kombu"):
-            timeouts = (
-                f"connect-timeout {o.connect_timeout:g}s, publish-timeout {o.publish_timeout:g}s"
-            )
-            network = explain_network(exc, where, timeouts)
-            if network is not None:
-                return network
+            return Problem("refused", text, "a published message (nacked)")
         if isinstance(exc, ImportError):
             extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
-            return (
+            return Problem(
+                "said",
                 f"the Kombu {self._alias!r} transport needs a library that is not "
-                f"installed ({text}): pip install 'kombu[{extra}]'"
+                f"installed ({text}): pip install 'kombu[{extra}]'",
             )
-        return f"{type(exc).__name__}: {text}"
+        # Under Kombu's wrappers, where the framework does not look.
+        return network_problem(exc)
 
 
 def _check_tls(tls: TLSOptions, alias: str) -> None:

@@ -40,8 +40,15 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from ..bindings.nats import check_subject_prefix, events_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
 from ..events import Event
-from . import Backend, BackendOptions, ConsumerReconnect, Delivery, Message, Subscription
-from .diagnosis import explain_network
+from . import (
+    Backend,
+    BackendOptions,
+    ConsumerReconnect,
+    Delivery,
+    Message,
+    Problem,
+    Subscription,
+)
 from .loop import LoopThread
 from .tls import TLSOptions
 
@@ -135,6 +142,8 @@ class NatsBackend(Backend):
     name = "nats"
     Options = NatsOptions
     options: NatsOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
+    provisioning_option = "create-stream"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -351,59 +360,54 @@ class NatsBackend(Backend):
             f"{self.options.subject_prefix}.>) at {self._where}"
         )
 
-    def explain(self, exc: BaseException) -> str:
-        where, stream = f"NATS at {self._where}", self.options.stream
-        detail = self.mask(f"{type(exc).__name__}: {exc}")
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
+    def broker(self) -> str:
+        return f"NATS at {self._where}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
+        stream, prefix = self.options.stream, self.options.subject_prefix
+        detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, nats.errors.NoServersError):
-            network = explain_network(cause, where, "connect-timeout")
-            return network or f"no server available at {where}: is nats-server running there?"
+            return Problem("connect", "no server available")
         if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in detail.lower():
-            return (
-                f"{where} refused the credentials: check user/password, token, creds-file "
-                f"or nkey-seed-file ({detail})"
-            )
+            fix = "check user/password, token, creds-file or nkey-seed-file"
+            return Problem("authentication", detail, fix=fix)
         if isinstance(exc, nats.errors.SecureConnWantedError):
-            return (
-                f"{where} does not offer TLS, and TLS was asked for (tls:// url or the tls "
-                "block): enable TLS on the server or use nats://"
+            return Problem(
+                "tls",
+                "the server does not offer TLS, and TLS was asked for (a tls:// url or "
+                "the tls block)",
+                fix="enable TLS on the server or use nats://",
             )
         if isinstance(exc, nats.errors.SecureConnRequiredError):
-            return f"{where} requires TLS: use a tls:// url or the tls block"
+            return Problem(
+                "tls", "the server requires TLS", fix="use a tls:// url or the tls block"
+            )
         if isinstance(exc, NoStreamResponseError):
-            return (
-                f"no JetStream stream stores subject {self.options.subject_prefix}.* at "
-                f"{where}: is JetStream enabled (nats-server -js) and does stream {stream!r} "
-                "take these subjects?"
+            fix = (
+                f"is JetStream enabled (nats-server -js) and does stream {stream!r} take "
+                "these subjects?"
             )
+            return Problem("missing", detail, f"a stream for subjects {prefix}.*", fix)
         if isinstance(exc, NotFoundError):
-            return (
-                f"stream {stream!r} does not exist at {where} and create-stream is false: "
-                "create it, or set eventbus.backends.nats.create-stream to true"
-            )
+            return Problem("missing", detail, f"stream {stream!r}")
         if isinstance(exc, APIError):
             if exc.err_code == _SUBJECTS_OVERLAP:
-                return (
-                    f"stream {stream!r} cannot be made at {where}: another stream already "
-                    f"takes subjects under {self.options.subject_prefix}.>; choose another "
+                fix = (
+                    f"another stream already takes subjects under {prefix}.>; choose another "
                     "subject-prefix, or name that stream as stream"
                 )
+                return Problem("refused", detail, f"to make stream {stream!r}", fix)
             if exc.err_code in _JETSTREAM_NOT_ENABLED:
-                return f"JetStream is not enabled at {where}: start nats-server with -js"
-            return f"JetStream at {where} refused a request on stream {stream!r}: {detail}"
+                fix = "JetStream is not enabled: start nats-server with -js"
+                return Problem("refused", detail, "JetStream requests", fix)
+            return Problem("refused", detail, f"a request on stream {stream!r}")
         if isinstance(exc, asyncio.CancelledError):
-            return f"the publish to {where} was aborted"
+            return Problem("said", f"the publish to {self.broker()} was aborted")
         if isinstance(exc, (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)):
-            return (
-                f"{where} did not acknowledge in time (connect-timeout "
-                f"{self.options.connect_timeout:g}s, publish-timeout "
-                f"{self.options.publish_timeout:g}s): is the server overloaded or stalled?"
-            )
+            return Problem("timeout", detail)
         if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError)):
-            why = f": {self.mask(repr(exc.__cause__))}" if exc.__cause__ is not None else ""
-            return f"lost the connection to {where}{why}"
-        network = explain_network(cause, where, "connect-timeout")
-        return network or super().explain(exc)
+            return Problem("lost", repr(exc.__cause__) if exc.__cause__ is not None else "")
+        return None
 
 
 class _TLSOnlyClient(NATSClient):

@@ -42,9 +42,10 @@ from . import (
     ConsumerReconnect,
     Delivery,
     Message,
+    Problem,
     Subscription,
 )
-from .diagnosis import explain_network
+from .diagnosis import network_problem
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
@@ -177,6 +178,8 @@ class RabbitMQBackend(Backend):
     name = "rabbitmq"
     Options = RabbitMQOptions
     options: RabbitMQOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
+    provisioning_option = "declare"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -504,70 +507,46 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- diagnosis
 
-    def explain(self, exc: BaseException) -> str:
-        return self.mask(self._explain(exc))
+    def broker(self) -> str:
+        return f"RabbitMQ at {self.location()}"
 
-    def _explain(self, exc: BaseException) -> str:
-        where = f"RabbitMQ at {self.location()}"
+    def classify(self, exc: BaseException) -> Problem | None:
         cause = _root_cause(exc)
-        user = getattr(pika.URLParameters(self.options.url).credentials, "username", "?")
+        credentials = pika.URLParameters(self.options.url).credentials
+        user = f"user {getattr(credentials, 'username', '?')!r}"
         if isinstance(cause, RabbitMQError):
-            return str(cause)
+            return Problem("said", str(cause))
         if isinstance(cause, pe.ProbableAuthenticationError | pe.AuthenticationError):
-            return (
-                f"{where}: authentication refused for user {user!r}; check the user "
-                "name and password in the url"
+            return Problem(
+                "authentication", "", user, "check the user name and password in the url"
             )
         if isinstance(cause, pe.ProbableAccessDeniedError):
-            return (
-                f"{where}: access to the virtual host refused for user {user!r} "
-                f"({_reply(cause)}); create the vhost or grant the user permissions on it"
+            fix = (
+                "access to the virtual host was refused: create the vhost or grant the "
+                "user permissions on it"
             )
+            return Problem("permission", _reply(cause), user, fix)
         if isinstance(cause, AMQPConnectorStackTimeout):
-            cause = TimeoutError(str(cause))
-        network = explain_network(cause, where, "connect-timeout")
-        if network is not None:
-            return network
+            return Problem("timeout", str(cause))
         if isinstance(cause, pe.ConnectionBlockedTimeout):
-            return (
-                f"{where} blocked publishing for longer than blocked_connection_timeout: "
-                "it is short of memory or disk, see its resource alarms"
+            fix = (
+                "it blocked publishing for longer than blocked_connection_timeout: it is "
+                "short of memory or disk, see its resource alarms"
             )
+            return Problem("refused", "", "to take events", fix)
         if isinstance(cause, pe.AMQPHeartbeatTimeout):
-            return f"{where} stopped sending heartbeats; the connection was dropped"
+            return Problem("lost", "it stopped sending heartbeats")
         if isinstance(cause, pe.ChannelClosedByBroker):
-            return self._explain_channel(cause, where)
+            return _channel_problem(cause)
         if isinstance(cause, pe.ConnectionClosedByBroker):
-            return (
-                f"{where} closed the connection ({_reply(cause)}): the broker is restarting "
-                "or an operator closed it; reconnecting"
-            )
+            why = f"it closed the connection ({_reply(cause)})"
+            return Problem("lost", f"{why}: the broker is restarting or an operator closed it")
         if isinstance(cause, pe.StreamLostError):
-            return f"lost the connection to {where}: {cause}"
+            return Problem("lost", str(cause))
         if isinstance(cause, pe.AMQPError):
-            return f"{where}: {type(cause).__name__}: {cause!r}"
-        return f"{where}: {type(cause).__name__}: {cause}"
-
-    def _explain_channel(self, cause: pe.ChannelClosedByBroker, where: str) -> str:
-        text = cause.reply_text
-        if cause.reply_code == 404:
-            missing = re.search(r"no (exchange|queue) '([^']*)'", text)
-            if missing and missing.group(1) == "exchange":
-                return (
-                    f"{where}: exchange {missing.group(2)!r} does not exist; create it or "
-                    "set declare: true"
-                )
-            if missing:
-                return f"{where}: queue {missing.group(2)!r} does not exist ({_reply(cause)})"
-        if cause.reply_code == 406:
-            return (
-                f"{where}: {_reply(cause)}; an exchange or queue of that name exists with "
-                "other settings: match exchange-type, durable and the queue options, or "
-                "delete it"
-            )
-        if cause.reply_code == 403:
-            return f"{where}: permission denied ({_reply(cause)}); grant the user access"
-        return f"{where}: the channel was closed ({_reply(cause)})"
+            return Problem("refused", f"{type(cause).__name__}: {cause!r}")
+        # Under pika's connection-workflow wrappers, where the framework does not look.
+        return network_problem(cause)
 
     # ---------------------------------------------------------------- consumer
 
@@ -610,6 +589,25 @@ class RabbitMQBackend(Backend):
         if not self.options.exchange and not self.options.queue:
             raise ValueError("subscribing on the default exchange needs the queue option")
         return _RabbitMQSubscription(self, list(bindings), int(prefetch))
+
+
+def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
+    text = cause.reply_text
+    if cause.reply_code == 404:
+        missing = re.search(r"no (exchange|queue) '([^']*)'", text)
+        if missing and missing.group(1) == "exchange":
+            return Problem("missing", about=f"exchange {missing.group(2)!r}")
+        if missing:
+            return Problem("missing", _reply(cause), f"queue {missing.group(2)!r}", "create it")
+    if cause.reply_code == 406:
+        fix = (
+            "an exchange or queue of that name exists with other settings: match "
+            "exchange-type, durable and the queue options, or delete it"
+        )
+        return Problem("refused", _reply(cause), fix=fix)
+    if cause.reply_code == 403:
+        return Problem("permission", _reply(cause), fix="grant the user access")
+    return Problem("refused", _reply(cause), "the channel (closed it)")
 
 
 def _reply(error: pe.ConnectionClosed | pe.ChannelClosed | BaseException) -> str:

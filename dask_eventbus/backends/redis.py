@@ -46,6 +46,7 @@ from . import (
     ConsumerReconnect,
     Delivery,
     Message,
+    Problem,
     Subscription,
 )
 from .tls import TLSOptions, deprecated
@@ -121,6 +122,7 @@ class RedisBackend(Backend):
     name = "redis"
     Options = RedisOptions
     options: RedisOptions
+    timeout_options = ("connect-timeout", "socket-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -273,69 +275,55 @@ class RedisBackend(Backend):
     def describe(self) -> str:
         return f"Redis stream {self.options.stream!r} at {redact_url(self.options.url)}"
 
-    def explain(self, exc: BaseException) -> str:
-        where, stream = self._where, self.options.stream
-        detail = self.mask(str(exc))
+    def broker(self) -> str:
+        return f"Redis at {self._where}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
+        user, stream = f"user {self._user!r}", self.options.stream
+        detail = str(exc)
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
             exc, "WRONGPASS", "NOAUTH", "AUTH"
         ):
             if not self._has_password or _starts(exc, "NOAUTH"):
-                return (
-                    f"Redis at {where} requires authentication: give a password "
-                    f"in the url or as eventbus.backends.redis.password ({detail})"
+                fix = (
+                    "it requires authentication: give a password in the url or as "
+                    "eventbus.backends.redis.password"
                 )
-            return (
-                f"Redis at {where} refused authentication for user {self._user!r}: check "
-                f"the username and password ({detail})"
-            )
+                return Problem("authentication", detail, fix=fix)
+            return Problem("authentication", detail, user, "check the username and password")
         if isinstance(exc, NoPermissionError) or _starts(exc, "NOPERM"):
             if "client|setname" in detail.lower():
-                return (
-                    f"Redis user {self._user!r} at {where} may not run CLIENT SETNAME: "
-                    f"grant it +client|setname or set eventbus.backends.redis.client-name "
-                    f"to null"
-                )
-            return (
-                f"Redis user {self._user!r} at {where} lacks a permission ({detail}): "
-                f"publishing needs +xadd +ping on ~{stream}"
-            )
+                fix = "grant it +client|setname or set eventbus.backends.redis.client-name to null"
+                return Problem("permission", detail, user, fix)
+            return Problem("permission", detail, user, f"publishing needs +xadd +ping on ~{stream}")
         if isinstance(exc, OutOfMemoryError) or _starts(exc, "OOM"):
-            return (
-                f"Redis at {where} is out of memory (maxmemory) and refuses new entries: "
-                f"lower eventbus.backends.redis.maxlen, trim or delete streams, or raise "
-                f"maxmemory ({detail})"
+            fix = (
+                "it is out of memory (maxmemory): lower eventbus.backends.redis.maxlen, trim "
+                "or delete streams, or raise maxmemory"
             )
+            return Problem("refused", detail, "new entries", fix)
         if isinstance(exc, ReadOnlyError) or _starts(exc, "READONLY"):
-            return f"Redis at {where} is a read-only replica: point the url at the primary"
+            return Problem(
+                "refused",
+                detail,
+                "writes",
+                "it is a read-only replica: point the url at the primary",
+            )
         if _starts(exc, "WRONGTYPE") or "WRONGTYPE" in detail:
-            return (
-                f"the key {stream!r} at {where} exists and is not a stream: choose another "
-                f"eventbus.backends.redis.stream or delete that key"
+            fix = (
+                f"the key {stream!r} exists and is not a stream: choose another "
+                "eventbus.backends.redis.stream or delete that key"
             )
+            return Problem("refused", detail, f"stream {stream!r}", fix)
         if isinstance(exc, BusyLoadingError):
-            return f"Redis at {where} is still loading its data after a restart ({detail})"
+            return Problem("refused", detail, fix="it is still loading its data after a restart")
         if isinstance(exc, RedisTimeoutError):
-            return (
-                f"Redis at {where} did not answer in time (connect-timeout "
-                f"{self.options.connect_timeout:g}s, socket-timeout "
-                f"{self.options.socket_timeout:g}s): is it overloaded or blocked? ({detail})"
-            )
+            return Problem("timeout", detail)
         if isinstance(exc, RedisConnectionError):
-            lowered = detail.lower()
-            if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
-                return (
-                    f"TLS with Redis at {where} failed: check the rediss:// url and the "
-                    f"ssl-* options ({detail})"
-                )
-            if "name or service not known" in lowered or "nodename nor servname" in lowered:
-                return f"cannot resolve the Redis host in {where}: check the url ({detail})"
-            return (
-                f"cannot connect to Redis at {where}: is redis-server running there and "
-                f"the url right? ({detail})"
-            )
+            return Problem("connect", detail)
         if isinstance(exc, ResponseError):
-            return f"Redis at {where} refused a command on stream {stream!r}: {detail}"
-        return super().explain(exc)
+            return Problem("refused", detail, f"a command on stream {stream!r}")
+        return None
 
 
 _DEPRECATED_TLS = (
