@@ -290,7 +290,7 @@ def test_subscriber_waits_out_a_redis_restart_like_every_subscriber(
         rest = read_events(events, count=5)
     assert [e.id for e in first + rest] == [m.id for m in messages]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert sum("lost Redis while reading events" in w for w in warnings) == 1, warnings
+    assert sum("lost the Redis consumer connection" in w for w in warnings) == 1, warnings
     assert sum("cannot reconnect the Redis consumer yet" in w for w in warnings) == 1, warnings
     assert sum("the Redis consumer is connected again" in w for w in warnings) == 1, warnings
 

@@ -10,7 +10,7 @@ import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, from_structured
 from cloudevents.core.formats.json import JSONFormat
 
-from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
+from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, decode_delivery, in_content_mode
 from dask_eventbus.bindings import amqp, kafka, nats, redis
 from dask_eventbus.events import DROPPED, Event
 from dask_eventbus.messages import build_messages
@@ -157,16 +157,17 @@ def test_nats_records_read_back_as_the_events() -> None:
     messages = varied_messages()
     for message in messages:
         record = nats.to_record(message, "p")
-        assert nats.events_of(record.payload, record.headers) == [Event.from_json(message.body)]
+        delivery = nats.delivery_of(record.payload, record.headers)
+        assert decode_delivery(delivery) == [Event.from_json(message.body)]
     (batch,) = in_content_mode(messages, "batched")
     record = nats.to_record(batch, "p")
     assert record.subject == "p.dask.eventbus.batch"
     assert record.headers["Content-Type"] == BATCH_CONTENT_TYPE
-    assert nats.events_of(record.payload, record.headers) == [
+    assert decode_delivery(nats.delivery_of(record.payload, record.headers)) == [
         Event.from_json(m.body) for m in messages
     ]
     with pytest.raises(ValueError, match="not a CloudEvent"):
-        nats.events_of(b"{}", {"Content-Type": "text/plain"})
+        decode_delivery(nats.delivery_of(b"{}", {"Content-Type": "text/plain"}))
 
 
 def test_nats_subject_filters_from_types() -> None:

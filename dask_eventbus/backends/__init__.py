@@ -27,7 +27,13 @@ from .registry import (
     get_backend,
     register_backend,
 )
-from .subscription import ConsumerReconnect, Delivery, Subscription, decode_body
+from .subscription import (
+    Delivery,
+    ReconnectingSubscription,
+    Subscription,
+    decode_body,
+    decode_delivery,
+)
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -36,18 +42,19 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "BackendOptions",
-    "ConsumerReconnect",
     "ContentMode",
     "Delivery",
     "Message",
     "Problem",
     "ProblemKind",
+    "ReconnectingSubscription",
     "Refused",
     "Subscription",
     "available_backends",
     "batch_body",
     "create_backend",
     "decode_body",
+    "decode_delivery",
     "get_backend",
     "in_content_mode",
     "register_backend",

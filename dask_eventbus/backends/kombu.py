@@ -42,10 +42,10 @@ from . import (
     BATCH_CONTENT_TYPE,
     Backend,
     BackendOptions,
-    ConsumerReconnect,
     Delivery,
     Message,
     Problem,
+    ReconnectingSubscription,
     Subscription,
 )
 from .diagnosis import network_problem
@@ -390,7 +390,9 @@ class KombuBackend(Backend):
         if isinstance(bindings, str):
             bindings = [bindings]
         keys = list(bindings or self.options.bindings)
-        return _KombuSubscription(self, name, keys, prefetch)
+        subscription = _KombuSubscription(self, name, keys, prefetch)
+        subscription.start()
+        return subscription
 
     def _consume(
         self, name: str | None, keys: Sequence[str], prefetch: int, on_message: Any
@@ -556,44 +558,43 @@ def _as_bytes(body: Any) -> bytes:
     return body.encode("utf-8") if isinstance(body, str) else bytes(body)
 
 
-class _KombuSubscription(Subscription):
-    """Consumes one queue; reconnects when the broker goes away.
-
-    Deliveries carry the connection's generation: an acknowledgement for a
-    message of a closed connection is void (the broker delivers it again).
-    """
+class _KombuSubscription(ReconnectingSubscription):
+    """Consumes one queue; reconnects when the broker goes away."""
 
     def __init__(
         self, backend: KombuBackend, name: str | None, keys: Sequence[str], prefetch: int
     ) -> None:
-        super().__init__()
+        super().__init__("Kombu", backend.explain, logger)
         self._backend = backend
         self._name = name
         self._keys = keys
         self._limit = max(1, prefetch)
         self._received: list[Any] = []
-        self._generation = 0
-        self._reconnects = ConsumerReconnect(logger, "Kombu", backend.explain)
         self._live: tuple[Connection, Queue, Consumer] | None = None
         self._queue = ""
-        self._connect()
+        transport = Connection(backend.options.url)
+        self.connection_errors = (
+            OSError,
+            *transport.connection_errors,
+            *transport.channel_errors,
+        )
 
     @property
     def queue(self) -> str:
         """The name of the queue being consumed (generated for a queue of its own)."""
         return self._queue
 
+    @property
+    def keeps_events_while_away(self) -> bool:
+        return self._name is not None
+
     def _connect(self) -> None:
         self._live = self._backend._consume(
             self._name, self._keys, self._limit, self._received.append
         )
         self._queue = self._live[1].name
-        self._generation += 1
 
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._live is None and not self._reconnect(deadline):
-            return []
+    def _read(self, timeout: float) -> list[Delivery]:
         assert self._live is not None
         conn = self._live[0]
         received = self._received
@@ -604,31 +605,15 @@ class _KombuSubscription(Subscription):
                 conn.drain_events(timeout=0)
         except TimeoutError:  # socket.timeout: nothing (more) to read
             pass
-        except conn.connection_errors + conn.channel_errors as exc:
-            kept = "" if self._name else "; events published meanwhile are missed"
-            logger.warning(
-                "dask-eventbus: lost the Kombu consumer connection: %s; reconnecting%s",
-                self._backend.explain(exc),
-                kept,
-            )
-            self._disconnect()
-            self._reconnect(deadline)
-            return []
-        generation = self._generation
-        found = [Delivery(_as_bytes(m.body), (generation, m)) for m in received]
+        found = [Delivery(_as_bytes(m.body), m) for m in received]
         received.clear()
         return found
 
-    def _reconnect(self, deadline: float) -> bool:
-        return self._reconnects.attempt(self._connect, deadline)
-
-    def ack(self, token: Any) -> None:
-        generation, message = token
-        if generation != self._generation or self._live is None:
-            return
+    def _acknowledge(self, token: Any) -> None:
+        assert self._live is not None
         conn = self._live[0]
         with contextlib.suppress(*conn.connection_errors, *conn.channel_errors):
-            message.ack()
+            token.ack()
 
     def _disconnect(self) -> None:
         live, self._live = self._live, None

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -37,16 +35,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from ..bindings.nats import check_subject_prefix, events_of, subject_filters, to_record
+from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
-from ..events import Event
 from . import (
     Backend,
     BackendOptions,
-    ConsumerReconnect,
     Delivery,
     Message,
     Problem,
+    ReconnectingSubscription,
     Subscription,
 )
 from .loop import LoopThread
@@ -59,6 +56,8 @@ SCHEMES = ("nats", "tls")
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
 _JETSTREAM_NOT_ENABLED = (10039, 10076)
+# Longest wait for a subscriber to connect again, in seconds.
+RECONNECT_BOUND = 6.0
 
 
 class NatsOptions(BackendOptions):
@@ -422,8 +421,10 @@ class _TLSOnlyClient(NATSClient):
         return command
 
 
-class _JetStreamReader(Subscription):
+class _JetStreamReader(ReconnectingSubscription):
     """A pull consumer on a connection of its own, on a loop of its own."""
+
+    connection_errors = (nats.errors.Error, APIError, OSError)
 
     def __init__(
         self,
@@ -433,7 +434,7 @@ class _JetStreamReader(Subscription):
         filters: list[str] | None,
         count: int,
     ) -> None:
-        super().__init__()
+        super().__init__("NATS", backend.explain)
         self._backend = backend
         self._options = backend.options
         self._from_beginning = from_beginning
@@ -449,10 +450,13 @@ class _JetStreamReader(Subscription):
         self._last_sequence: int | None = None
         # Reply subjects of deliveries not acknowledged, in the order received.
         self._outstanding: dict[str, None] = {}
-        self._reconnects = ConsumerReconnect(logger, "NATS", backend.explain)
 
-    def start(self) -> None:
-        bound = self._backend._connect_bound() + self._options.publish_timeout
+    def _connect(self) -> None:
+        if self._consumer is None:
+            bound = self._backend._connect_bound() + self._options.publish_timeout
+        else:
+            # Reconnecting within a fetch: bounded near the caller's wait.
+            bound = RECONNECT_BOUND
         self._loop.run(self._attach(), bound)
 
     async def _attach(self) -> None:
@@ -495,54 +499,26 @@ class _JetStreamReader(Subscription):
             config.filter_subjects = self._filters
         return config
 
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._client is None and not self._reconnects.attempt(
-            lambda: self._loop.run(self._attach(), max(deadline - time.monotonic(), 0.5) + 5),
-            deadline,
-        ):
-            return []
-        pull = self._pull
-        assert pull is not None and self._client is not None
+    def _read(self, timeout: float) -> list[Delivery]:
+        pull, client = self._pull, self._client
+        assert pull is not None and client is not None
         try:
             messages = self._loop.run(
                 pull.fetch(self._count, timeout=max(timeout, 0.05)), timeout + 5
             )
         except (nats.errors.TimeoutError, TimeoutError):
             # Nothing arrived in time, or the connection is gone.
-            if self._client.is_closed:
-                self._lost(None)
-            return []
-        except (nats.errors.Error, APIError, OSError) as exc:
-            self._lost(exc)
+            if client.is_closed:
+                raise nats.errors.ConnectionClosedError() from None
             return []
         deliveries = []
         for message in messages:
             self._last_sequence = message.metadata.sequence.stream
             self._outstanding[message.reply] = None
-            deliveries.append(Delivery(message.data, message))
+            deliveries.append(delivery_of(message.data, message.headers, message))
         return deliveries
 
-    def _decode(self, delivery: Delivery) -> list[Event]:
-        message: Msg = delivery.token
-        try:
-            events = events_of(message.data, message.headers)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            logger.warning("Skipping a message that is not a dask-eventbus CloudEvent: %s", exc)
-            return []
-        if self._types is None:
-            return events
-        return [e for e in events if any(fnmatch.fnmatchcase(e.type, p) for p in self._types)]
-
-    def _lost(self, exc: BaseException | None) -> None:
-        logger.warning(
-            "dask-eventbus: lost NATS while reading stream %s (%s); reconnecting",
-            self._options.stream,
-            self._backend.explain(exc) if exc is not None else "connection closed",
-        )
-        self._drop()
-
-    def _drop(self) -> None:
+    def _disconnect(self) -> None:
         client, self._client, self._pull = self._client, None, None
         self._outstanding.clear()  # the server delivers them again
         if client is not None:
@@ -551,11 +527,11 @@ class _JetStreamReader(Subscription):
             except BaseException:
                 logger.debug("dask-eventbus: closing the NATS subscriber failed", exc_info=True)
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         message: Msg = token
         client = self._client
         if client is None or message.reply not in self._outstanding:
-            return  # from a connection that is gone: delivered again anyway
+            return
         del self._outstanding[message.reply]
         self._loop.submit(_send(client, message.reply, b"+ACK"))
 
@@ -572,7 +548,7 @@ class _JetStreamReader(Subscription):
         except BaseException:
             logger.debug("dask-eventbus: releasing the NATS consumer failed", exc_info=True)
         finally:
-            self._drop()
+            self._disconnect()
             self._loop.stop()
 
     async def _delete_consumer(self, client: NATSClient) -> None:

@@ -39,10 +39,10 @@ from ..config import Duration, PositiveDuration, redact_url
 from . import (
     Backend,
     BackendOptions,
-    ConsumerReconnect,
     Delivery,
     Message,
     Problem,
+    ReconnectingSubscription,
     Subscription,
 )
 from .diagnosis import network_problem
@@ -588,7 +588,12 @@ class RabbitMQBackend(Backend):
             )
         if not self.options.exchange and not self.options.queue:
             raise ValueError("subscribing on the default exchange needs the queue option")
-        return _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        subscription = _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        try:
+            subscription.start()
+        except Exception as exc:
+            raise RabbitMQError(self.explain(exc)) from exc
+        return subscription
 
 
 def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
@@ -644,33 +649,32 @@ def _ssl_options(tls: TLSOptions) -> pika.SSLOptions:
     return pika.SSLOptions(tls.context(), server_hostname=tls.server_hostname)
 
 
-class _RabbitMQSubscription(Subscription):
+class _RabbitMQSubscription(ReconnectingSubscription):
     """A consumer on a blocking pika connection, reconnecting after failures."""
 
+    connection_errors = (pe.AMQPError, RabbitMQError, OSError)
+
     def __init__(self, backend: RabbitMQBackend, bindings: list[str], prefetch: int) -> None:
-        super().__init__()
+        super().__init__("RabbitMQ", backend.explain, logger)
         self._backend = backend
         self._bindings = bindings
         self._prefetch = prefetch
         self._connection: Any = None
         self._channel: Any = None
         self._queue = ""
-        self._generation = 0
         self._received: list[Delivery] = []
         self._acks: list[int] = []
         self._acked_through = 0
         self._broken: BaseException | None = None
-        self._reconnects = ConsumerReconnect(logger, "RabbitMQ", backend.explain)
-        try:
-            self._connect()
-        except Exception as exc:
-            self._disconnect()
-            raise RabbitMQError(backend.explain(exc)) from exc
 
     @property
     def queue(self) -> str:
         """The name of the queue being consumed (generated for exclusive queues)."""
         return self._queue
+
+    @property
+    def keeps_events_while_away(self) -> bool:
+        return bool(self._backend.options.queue)
 
     @_quiet
     def _connect(self) -> None:
@@ -680,7 +684,6 @@ class _RabbitMQSubscription(Subscription):
             **params.client_properties,
             "connection_name": f"{options.connection_name} subscriber",
         }
-        self._generation += 1
         self._acks, self._acked_through, self._broken = [], 0, None
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
@@ -703,47 +706,26 @@ class _RabbitMQSubscription(Subscription):
         channel.basic_consume(self._queue, self._on_message)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._received.append(Delivery(body, (self._generation, method.delivery_tag)))
+        self._received.append(Delivery(body, method.delivery_tag))
 
     def _on_cancelled(self, method: Any) -> None:
         self._broken = RabbitMQError(f"the broker cancelled the consumer on queue {self._queue!r}")
 
     @_quiet
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._connection is None and not self._reconnect(deadline):
-            return []
-        try:
-            if self._broken is not None:
-                raise self._broken
-            self._flush_acks()
-            if not self._received:
-                self._connection.process_data_events(time_limit=timeout)
-            if self._broken is not None:
-                raise self._broken
-        except (pe.AMQPError, RabbitMQError, OSError) as exc:
-            kept = "" if self._backend.options.queue else "; events published meanwhile are missed"
-            logger.warning(
-                "dask-eventbus: lost the RabbitMQ consumer connection: %s; reconnecting%s",
-                self._backend.explain(exc),
-                kept,
-            )
-            self._disconnect()
-            self._reconnect(deadline)
+    def _read(self, timeout: float) -> list[Delivery]:
+        if self._broken is not None:
+            raise self._broken
+        self._flush_acks()
+        if not self._received:
+            self._connection.process_data_events(time_limit=timeout)
+        if self._broken is not None:
+            raise self._broken
         received, self._received = self._received, []
         return received
 
-    def _reconnect(self, deadline: float) -> bool:
-        return self._reconnects.attempt(
-            self._connect, deadline, (pe.AMQPError, OSError), self._disconnect
-        )
-
-    def ack(self, token: Any) -> None:
-        generation, tag = token
-        if generation == self._generation:
-            # Sent in one go before the next wait; acks of a closed channel are
-            # void (the broker redelivers those events).
-            self._acks.append(tag)
+    def _acknowledge(self, token: Any) -> None:
+        # Sent in one go before the next wait.
+        self._acks.append(token)
 
     def _flush_acks(self) -> None:
         tags, self._acks = self._acks, []
@@ -757,6 +739,7 @@ class _RabbitMQSubscription(Subscription):
                 self._channel.basic_ack(tag)
         self._acked_through = max(self._acked_through, tags[-1])
 
+    @_quiet
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         self._received = []

@@ -43,10 +43,10 @@ from ..config import PositiveDuration, redact_url
 from . import (
     Backend,
     BackendOptions,
-    ConsumerReconnect,
     Delivery,
     Message,
     Problem,
+    ReconnectingSubscription,
     Subscription,
 )
 from .tls import TLSOptions, deprecated
@@ -262,10 +262,13 @@ class RedisBackend(Backend):
                 else:
                     last: Any = client.xrevrange(stream, "+", "-", count=1)
                     start = _text(last[0][0]) if last else "0-0"
-                return _StreamReader(self, client, start, count)
-            start = "0" if from_beginning else after_id or "$"
-            _create_group(client, stream, group, start)
-            return _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+                reader: _RedisSubscription = _StreamReader(self, client, start, count)
+            else:
+                start = "0" if from_beginning else after_id or "$"
+                _create_group(client, stream, group, start)
+                reader = _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+            reader.start()
+            return reader
         except BaseException:
             client.close()
             raise
@@ -418,15 +421,15 @@ def _entries(reply: Any) -> list[Entry]:
     return list(reply[0][1])
 
 
-class _RedisSubscription(Subscription):
+class _RedisSubscription(ReconnectingSubscription):
+    connection_errors = (RedisConnectionError, RedisTimeoutError)
+    acks_outlive_connections = True  # XACK names entries, not deliveries
+
     def __init__(self, backend: RedisBackend, client: redis.Redis, count: int) -> None:
-        super().__init__()
-        self._backend = backend
+        super().__init__("Redis", backend.explain, logger)
         self._client = client
         self._stream = backend.options.stream
         self._count = count
-        self._lost = False
-        self._reconnects = ConsumerReconnect(logger, "Redis", backend.explain)
         self._last_entry_id: str | None = None
 
     @property
@@ -436,34 +439,21 @@ class _RedisSubscription(Subscription):
             return _text(self._unacked.token)
         return self._last_entry_id
 
-    def _read(self, block: float) -> list[Entry]:
-        raise NotImplementedError
+    def _connect(self) -> None:
+        # redis-py reconnects by itself on the next command; a ping tells
+        # when Redis is back.
+        self._client.ping()
 
-    def fetch(self, timeout: float) -> list[Delivery]:
+    def _read(self, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while True:
-            # redis-py reconnects by itself on the next command; a ping tells
-            # when Redis is back, paced and logged as every subscriber does.
-            if self._lost and not self._reconnects.attempt(
-                self._client.ping, deadline, (RedisConnectionError, RedisTimeoutError)
-            ):
-                return []
-            self._lost = False
             remaining = deadline - time.monotonic()
-            try:
-                entries = self._read(min(max(remaining, 0.001), MAX_BLOCK))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                # Keep following through a restart or a killed connection.
-                logger.warning(
-                    "dask-eventbus: lost Redis while reading %s (%s); reconnecting",
-                    self._stream,
-                    self._backend.explain(exc),
-                )
-                self._lost = True
-                continue
-            deliveries = self._deliveries(entries)
+            deliveries = self._deliveries(self._read_entries(min(max(remaining, 0.001), MAX_BLOCK)))
             if deliveries or time.monotonic() >= deadline:
                 return deliveries
+
+    def _read_entries(self, block: float) -> list[Entry]:
+        raise NotImplementedError
 
     def _deliveries(self, entries: list[Entry]) -> list[Delivery]:
         deliveries = []
@@ -471,10 +461,13 @@ class _RedisSubscription(Subscription):
             body = body_of(fields)
             if body is None:
                 # Trimmed away while pending in a group: nothing to deliver.
-                self.ack(entry_id)
+                self._acknowledge(entry_id)
                 continue
             deliveries.append(Delivery(body, entry_id))
         return deliveries
+
+    def _disconnect(self) -> None:
+        self._client.connection_pool.disconnect()
 
     def _close(self) -> None:
         try:
@@ -490,7 +483,7 @@ class _StreamReader(_RedisSubscription):
         super().__init__(backend, client, count)
         self._after = start
 
-    def _read(self, block: float) -> list[Entry]:
+    def _read_entries(self, block: float) -> list[Entry]:
         reply = self._client.xread(
             {self._stream: self._after}, count=self._count, block=max(1, int(block * 1000))
         )
@@ -499,7 +492,7 @@ class _StreamReader(_RedisSubscription):
             self._after = _text(entries[-1][0])
         return entries
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         if token is not None:
             self._last_entry_id = _text(token)
 
@@ -522,7 +515,7 @@ class _GroupReader(_RedisSubscription):
         self._acks: list[bytes] = []
         self._acks_since = 0.0
 
-    def _read(self, block: float) -> list[Entry]:
+    def _read_entries(self, block: float) -> list[Entry]:
         self._flush_acks()
         try:
             if self._pending_after is not None:
@@ -562,7 +555,7 @@ class _GroupReader(_RedisSubscription):
             self._acks.clear()
             return []
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         self._last_entry_id = _text(token)
         if not self._acks:
             self._acks_since = time.monotonic()
