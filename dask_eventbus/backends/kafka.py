@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -47,6 +47,7 @@ from ..config import (
     redact_url,
 )
 from . import Backend, BackendOptions, Delivery, Message, Problem, Subscription
+from .clientlog import ClientLog
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
@@ -324,25 +325,10 @@ class KafkaPublishError(Exception):
         self.buffer_full = buffer_full
 
 
-class _ClientLog:
-    """Takes librdkafka's log lines into this module's logger.
-
-    Connection failures are repeated by librdkafka every few seconds while a
-    broker is down; the pipeline already reports them once, with a diagnosis,
-    so they go to DEBUG. Configuration warnings and fatal errors stay visible.
-    """
-
-    def __init__(self, scrub: Callable[[str], str]) -> None:
-        self.mask = scrub
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        try:
-            text = self.mask(msg % args if args else msg)
-        except Exception:
-            return
-        facility = str(args[0]) if args else ""
-        visible = level >= logging.WARNING and facility in ("CONFWARN", "FATAL")
-        logger.log(logging.WARNING if visible else logging.DEBUG, "librdkafka: %s", text)
+def _configuration_trouble(level: int, args: tuple[Any, ...]) -> bool:
+    """Whether a librdkafka log line is a configuration warning or a fatal
+    error, which stay visible; the facility is its first argument."""
+    return bool(args) and str(args[0]) in ("CONFWARN", "FATAL")
 
 
 class KafkaBackend(Backend):
@@ -391,7 +377,9 @@ class KafkaBackend(Backend):
             config.update(_tls_config(self.options.tls, config.get("security.protocol", "")))
         if not _has_any(config, BOOTSTRAP):
             config["bootstrap.servers"] = DEFAULT_BOOTSTRAP
-        config.setdefault("logger", _ClientLog(self.mask))
+        config.setdefault(
+            "logger", ClientLog(logger, "librdkafka", self.mask, _configuration_trouble)
+        )
         config.update(extra)
         user_error_cb = self.options.config.get("error_cb")
 

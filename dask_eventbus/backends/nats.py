@@ -46,6 +46,7 @@ from . import (
     ReconnectingSubscription,
     Subscription,
 )
+from .clientlog import ClientLog
 from .loop import LoopThread
 from .tls import TLSOptions
 
@@ -236,9 +237,11 @@ class NatsBackend(Backend):
         errors: list[BaseException] = []
         client = _TLSOnlyClient() if options.wants_tls() else NATSClient()
 
+        client_log = ClientLog(logger, "nats-py", self.mask)
+
         async def error_cb(exc: Exception) -> None:
             errors.append(exc)
-            logger.debug("dask-eventbus: NATS: %s", self.mask(repr(exc)))
+            client_log.log(logging.ERROR, repr(exc))
 
         async def closed_cb() -> None:
             if not gone.done():

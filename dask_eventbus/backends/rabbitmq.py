@@ -15,13 +15,11 @@ or a named durable one, bound to the exchange with routing-key patterns.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -45,57 +43,16 @@ from . import (
     ReconnectingSubscription,
     Subscription,
 )
+from .clientlog import QuietLibrary
 from .diagnosis import network_problem
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.rabbitmq")
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-_inside = threading.local()
-
-
-class _QuietPika(logging.Filter):
-    """Keeps pika's own messages about this backend's connections at DEBUG.
-
-    pika logs one failed connection attempt as half a dozen ERROR records
-    (with tracebacks for TLS errors); the pipeline already reports each
-    failure once, explained, and summarises repeats. Records pika emits while
-    this backend is calling it are dropped, or relabelled DEBUG when the
-    ``pika`` logger is enabled for DEBUG; pika used elsewhere is untouched.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(_inside, "depth", 0) or record.levelno <= logging.DEBUG:
-            return True
-        if not logging.getLogger("pika").isEnabledFor(logging.DEBUG):
-            return False
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
-
-
-_QUIET_PIKA = _QuietPika()
-for _name in list(logging.root.manager.loggerDict):
-    if _name == "pika" or _name.startswith("pika."):
-        logging.getLogger(_name).addFilter(_QUIET_PIKA)
-
-
-@contextlib.contextmanager
-def _quiet_pika() -> Iterator[None]:
-    _inside.depth = getattr(_inside, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _inside.depth -= 1
-
-
-def _quiet(method: _F) -> _F:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _quiet_pika():
-            return method(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+# pika logs one failed connection attempt as half a dozen ERROR records
+# (with tracebacks for TLS errors).
+_quiet = QuietLibrary("pika")
 
 
 # How long close() waits for the broker to answer Connection.Close before it
