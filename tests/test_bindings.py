@@ -188,3 +188,20 @@ def test_nats_subject_filters_from_types() -> None:
 def test_nats_bad_subject_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="subject-prefix"):
         nats.check_subject_prefix(prefix)
+
+
+def test_publisher_confirms_settle_in_any_order_and_count_refusals() -> None:
+    confirms = amqp.PublisherConfirms()
+    confirms.expect(6)
+    confirms.settle(2, multiple=False)
+    confirms.settle(4, multiple=False, refused=True)
+    assert (confirms.unsettled, confirms.nacked) == (4, 1)
+    confirms.settle(1, multiple=False)  # 1 and 2 settled: contiguous now
+    assert confirms.unsettled == 3
+    confirms.settle(5, multiple=True, refused=True)  # 3 and 5; 4 was refused before
+    assert (confirms.unsettled, confirms.nacked) == (1, 3)
+    confirms.settle(6, multiple=True)
+    confirms.settle(6, multiple=False)  # settled twice counts once
+    assert (confirms.unsettled, confirms.nacked) == (0, 3)
+    confirms.expect(2)
+    assert confirms.unsettled == 2

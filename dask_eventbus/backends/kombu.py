@@ -21,6 +21,7 @@ batch and then waits for its confirms once, as the ``rabbitmq`` backend does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -36,7 +37,12 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
-from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
+from ..bindings.amqp import (
+    PublisherConfirms,
+    check_routing_key,
+    properties_of,
+    routing_key_function,
+)
 from ..config import ConfigError, PositiveDuration
 from . import (
     BATCH_CONTENT_TYPE,
@@ -165,12 +171,10 @@ class KombuBackend(Backend):
         self._batching = False
         self._healthy = False
         # py-amqp publisher confirms, awaited per batch (see _await_confirms).
-        self._confirms = self._driver == "amqp" and bool(
+        self._confirming = self._driver == "amqp" and bool(
             o.transport_options.get("confirm_publish", True)
         )
-        self._sent = 0
-        self._unconfirmed: set[int] = set()
-        self._nacked = 0
+        self._confirms = PublisherConfirms()
 
     # ------------------------------------------------------------ connections
 
@@ -257,11 +261,11 @@ class KombuBackend(Backend):
                 queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
                 queue(channel).declare()
             producer = Producer(channel, exchange=exchange, auto_declare=False)
-            if self._confirms:
+            if self._confirming:
                 channel.confirm_select()
-                channel.events["basic_ack"].add(self._on_ack)
-                channel.events["basic_nack"].add(self._on_nack)
-                self._sent, self._unconfirmed, self._nacked = 0, set(), 0
+                confirms = self._confirms = PublisherConfirms()
+                channel.events["basic_ack"].add(confirms.settle)
+                channel.events["basic_nack"].add(functools.partial(confirms.settle, refused=True))
         except BaseException:
             _drop(conn)
             raise
@@ -275,36 +279,17 @@ class KombuBackend(Backend):
         if producer is None:
             raise RuntimeError("the kombu backend is not open")
         self._healthy = False
-        if self._confirms:
+        if self._confirming:
             # Before publishing: py-amqp may read confirms while it writes.
-            self._expect_confirms(len(messages))
+            self._confirms.expect(len(messages))
         if self._batching:
             with producer.batch(max_size=max(1000, 2 * len(messages))):
                 self._publish_each(producer, messages)
         else:
             self._publish_each(producer, messages)
-        if self._confirms:
+        if self._confirming:
             self._await_confirms(len(messages))
         self._healthy = True
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        if multiple:
-            self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
-        else:
-            self._unconfirmed.discard(delivery_tag)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        before = len(self._unconfirmed)
-        self._on_ack(delivery_tag, multiple)
-        self._nacked += before - len(self._unconfirmed)
-
-    def _expect_confirms(self, count: int) -> None:
-        """Note the delivery tags of the next ``count`` publishes as unconfirmed.
-
-        Tags count the channel's publishes from 1 (reset by ``open``).
-        """
-        first, self._sent = self._sent + 1, self._sent + count
-        self._unconfirmed.update(range(first, self._sent + 1))
 
     def _await_confirms(self, count: int) -> None:
         """Wait until the broker confirmed the ``count`` messages just published.
@@ -315,17 +300,18 @@ class KombuBackend(Backend):
         timeout = self.options.publish_timeout
         deadline = time.monotonic() + timeout
         assert self._conn is not None
-        while self._unconfirmed:
+        confirms = self._confirms
+        while confirms.unsettled:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(
-                    f"the broker confirmed {count - len(self._unconfirmed)} of {count} "
+                    f"the broker confirmed {count - confirms.unsettled} of {count} "
                     f"messages within publish-timeout ({timeout:g}s)"
                 )
             with contextlib.suppress(socket.timeout):
                 self._conn.drain_events(timeout=remaining)
-        if self._nacked:
-            nacked, self._nacked = self._nacked, 0
+        if confirms.nacked:
+            nacked, confirms.nacked = confirms.nacked, 0
             raise MessageNacked(f"the broker nacked {nacked} of {count} messages")
 
     def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:

@@ -32,7 +32,12 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
+from ..bindings.amqp import (
+    PublisherConfirms,
+    check_routing_key,
+    properties_of,
+    routing_key_function,
+)
 from ..config import Duration, PositiveDuration, redact_url
 from . import (
     Backend,
@@ -146,10 +151,7 @@ class RabbitMQBackend(Backend):
         self._channel: Any = None
         self._failure: BaseException | None = None
         self._blocked: str | None = None
-        self._published = 0  # delivery tags are 1, 2, ... per channel
-        self._acked_through = 0
-        self._acked_above: set[int] = set()
-        self._nacked = 0
+        self._confirms = PublisherConfirms()
         self._returned: list[tuple[int, str, str]] = []
 
     # ---------------------------------------------------------------- helpers
@@ -195,8 +197,7 @@ class RabbitMQBackend(Backend):
         deadline = time.monotonic() + options.connect_timeout
         self._failure = None
         self._blocked = None
-        self._published = self._acked_through = self._nacked = 0
-        self._acked_above = set()
+        self._confirms = PublisherConfirms()
         self._returned = []
         ioloop = self._ioloop = IOLoop()
         ioloop.activate_poller()
@@ -303,16 +304,16 @@ class RabbitMQBackend(Backend):
                 ),
                 mandatory,
             )
-        self._published += len(messages)
-        last = self._published
+        confirms = self._confirms
+        confirms.expect(len(messages))
         if options.confirm:
             self._wait(
-                lambda: self._acked_through >= last or bool(self._nacked or self._returned),
+                lambda: not confirms.unsettled or bool(confirms.nacked or self._returned),
                 deadline,
                 f"waiting for the broker to confirm {len(messages)} events",
                 limit,
             )
-            if self._nacked or self._returned:
+            if confirms.nacked or self._returned:
                 raise self._rejection(len(messages))
         else:
             connection = self._connection
@@ -324,9 +325,9 @@ class RabbitMQBackend(Backend):
             )
 
     def _rejection(self, count: int) -> RabbitMQError:
-        if self._nacked:
+        if self._confirms.nacked:
             return RabbitMQError(
-                f"the broker rejected {self._nacked} of {count} events (basic.nack): "
+                f"the broker rejected {self._confirms.nacked} of {count} events (basic.nack): "
                 "a queue refused them (x-overflow reject-publish at its max-length) or "
                 "the broker had an internal error; retrying"
             )
@@ -439,25 +440,8 @@ class RabbitMQBackend(Backend):
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        tag = method.delivery_tag
-        if isinstance(method, pika.spec.Basic.Nack):
-            above = self._acked_above
-            if method.multiple:
-                settled = sum(1 for t in above if t <= tag)
-                self._nacked += max(1, tag - self._acked_through - settled)
-            elif tag > self._acked_through and tag not in above:
-                self._nacked += 1
-            # A nacked tag is settled too: a later multiple nack must not count it again.
-        if method.multiple or tag == self._acked_through + 1:
-            self._acked_through = max(self._acked_through, tag)
-            above = self._acked_above
-            while above and self._acked_through + 1 in above:
-                self._acked_through += 1
-                above.discard(self._acked_through)
-            if above and min(above) <= self._acked_through:
-                above.difference_update([t for t in above if t <= self._acked_through])
-        else:
-            self._acked_above.add(tag)
+        refused = isinstance(method, pika.spec.Basic.Nack)
+        self._confirms.settle(method.delivery_tag, method.multiple, refused=refused)
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._returned.append((method.reply_code, method.reply_text, method.routing_key))
