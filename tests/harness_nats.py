@@ -18,7 +18,7 @@ import pytest
 from helpers import require_broker
 from nats.js.errors import NotFoundError
 
-from dask_eventbus.testing import Target, proxied_url, unique_name
+from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
@@ -101,6 +101,7 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
                 "publish-timeout": "2s",
             },
         ),
+        with_secret=lambda options: {**options, "user": "conformance", "password": SECRET},
     )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from webhook_receiver import WebhookReceiver
 
-from dask_eventbus.testing import Target, proxied_url
+from dask_eventbus.testing import SECRET, Target, proxied_url
 
 
 @pytest.fixture
@@ -38,6 +38,7 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
         ],
         proxied=proxied_url(receiver.url, 80, {"timeout": "2s"}),
         read_back=receiver.subscribe,
+        with_secret=lambda options: {**options, "headers": {"Authorization": f"Bearer {SECRET}"}},
     )
 
 
