@@ -33,7 +33,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from .. import subscribe
 from ..backends import Backend, Message, Subscription, create_backend
 from ..config import ConfigError
-from ..events import EVENT_TYPES, Event, load_shipped_schema
+from ..events import EVENT_TYPES, TASK_TRANSITION, Event, key_to_str, load_shipped_schema
 from ..plugin import EventBusPlugin
 from .faultproxy import FaultProxy
 from .reading import read_events, read_raw, synthetic_messages
@@ -272,6 +272,8 @@ class BackendConformance:
 
     @gen_test(timeout=120)
     async def test_close_flushes_everything(self, target: Target) -> None:
+        """Every event arrives, in order, and the transitions among them are
+        the scheduler's transition log."""
         _require_read_back(target)
         # Nothing is published before close: the batch never fills and the
         # flush interval never passes while the scheduler runs.
@@ -279,13 +281,20 @@ class BackendConformance:
         with target.subscribe() as events:
             with dask.config.set(slow):
                 plugin = EventBusPlugin(target.create())
-            await run_workload(plugin)
+            transition_log = await run_workload(plugin)
             stats = plugin.stats()
             received = read_events(events, until=is_closing, timeout=self.read_timeout)
         sequences = [e.sequence_number for e in received]
         assert sequences == list(range(1, len(received) + 1))
         assert stats["published"] == len(received)
         assert stats["undelivered"] == 0 and stats["dropped"] == 0
+        transitions = [
+            (e.data["key"], e.data["start"], e.data["finish"], e.data.get("stimulus_id"))
+            for e in received
+            if e.type == TASK_TRANSITION
+        ]
+        expected = [(key_to_str(t.key), t.start, t.finish, t.stimulus_id) for t in transition_log]
+        assert transitions == expected, "not the scheduler's transition log"
 
     @gen_test(timeout=120)
     async def test_a_workload_through_the_spool_arrives_complete_and_in_order(
