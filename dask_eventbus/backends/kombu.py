@@ -44,17 +44,9 @@ from ..bindings.amqp import (
     routing_key_function,
 )
 from ..config import ConfigError, PositiveDuration
-from . import (
-    BATCH_CONTENT_TYPE,
-    Backend,
-    BackendOptions,
-    Delivery,
-    Message,
-    Problem,
-    ReconnectingSubscription,
-    Subscription,
-)
-from .diagnosis import network_problem
+from .contract import BATCH_CONTENT_TYPE, Backend, BackendOptions, Message
+from .diagnosis import Problem, network_problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"

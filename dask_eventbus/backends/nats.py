@@ -37,17 +37,11 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
-from . import (
-    Backend,
-    BackendOptions,
-    Delivery,
-    Message,
-    Problem,
-    ReconnectingSubscription,
-    Subscription,
-)
 from .clientlog import ClientLog
+from .contract import Backend, BackendOptions, Message
+from .diagnosis import Problem
 from .loop import LoopThread
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
 
 logger = logging.getLogger("distributed.eventbus")

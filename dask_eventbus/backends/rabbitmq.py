@@ -39,17 +39,10 @@ from ..bindings.amqp import (
     routing_key_function,
 )
 from ..config import Duration, PositiveDuration, redact_url
-from . import (
-    Backend,
-    BackendOptions,
-    Delivery,
-    Message,
-    Problem,
-    ReconnectingSubscription,
-    Subscription,
-)
 from .clientlog import QuietLibrary
-from .diagnosis import network_problem
+from .contract import Backend, BackendOptions, Message
+from .diagnosis import Problem, network_problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.

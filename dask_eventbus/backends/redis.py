@@ -40,15 +40,9 @@ from redis.retry import Retry
 
 from ..bindings.redis import body_of, xadd_commands
 from ..config import PositiveDuration, redact_url
-from . import (
-    Backend,
-    BackendOptions,
-    Delivery,
-    Message,
-    Problem,
-    ReconnectingSubscription,
-    Subscription,
-)
+from .contract import Backend, BackendOptions, Message
+from .diagnosis import Problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
 
 logger = logging.getLogger("distributed.eventbus")
