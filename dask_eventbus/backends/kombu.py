@@ -493,14 +493,7 @@ def _check_tls(tls: TLSOptions, alias: str) -> None:
 def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any]:
     """Kombu's ``ssl`` argument for the transport: py-amqp's or redis-py's names."""
     if alias in ("redis", "rediss"):
-        return {
-            "ssl_ca_certs": tls.ca_file,
-            "ssl_certfile": tls.cert_file,
-            "ssl_keyfile": tls.key_file,
-            "ssl_password": tls.key_password,
-            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
-            "ssl_check_hostname": tls.verify,
-        }
+        return tls.redis_py()
     if alias in ("amqp", "amqps", "pyamqp"):
         # py-amqp checks the host name only when given one to check.
         host = tls.server_hostname or urlsplit(url.split(";", 1)[0]).hostname

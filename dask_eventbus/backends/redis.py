@@ -334,15 +334,7 @@ _DEPRECATED_TLS = (
 
 def _tls_arguments(options: RedisOptions) -> dict[str, Any]:
     """redis-py's ``ssl_*`` arguments: from the tls block, or the deprecated options."""
-    tls = options.tls or TLSOptions()
-    arguments: dict[str, Any] = {
-        "ssl_ca_certs": tls.ca_file,
-        "ssl_certfile": tls.cert_file,
-        "ssl_keyfile": tls.key_file,
-        "ssl_password": tls.key_password,
-        "ssl_cert_reqs": "required" if tls.verify else "none",
-        "ssl_check_hostname": tls.verify,
-    }
+    arguments = (options.tls or TLSOptions()).redis_py()
     for name in _DEPRECATED_TLS:
         if getattr(options, name) is not None:
             arguments[name] = getattr(options, name)
