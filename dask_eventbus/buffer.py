@@ -17,7 +17,7 @@ and hands the batch to a *sink*:
   publishes it again: at-least-once delivery, in order;
 * in ``process`` mode a :class:`~dask_eventbus.process.ProcessSink` ships
   the raw records to a supervised publisher process that runs the same
-  :class:`~dask_eventbus.publisher.Publisher` there (see ``process.py``).
+  :class:`~dask_eventbus.publisher.Publisher` there (see ``process/``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A failed publish keeps the batch, closes the backend, backs off
 exponentially with jitter, reopens and publishes it again: at-least-once
 delivery, in order. The pipeline thread drives it in ``thread`` mode; the
 publisher process runs the same class in ``process`` mode (see
-``process.py``).
+``process/``).
 """
 
 from __future__ import annotations
