@@ -108,6 +108,10 @@ class Backend:
     """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
     readable: ClassVar[bool] = False
     """Whether events can be read back: the class implements :meth:`subscribe`."""
+    timeout_options: ClassVar[tuple[str, ...]] = ()
+    """The options that bound a wait for the broker, named when it did not answer."""
+    provisioning_option: ClassVar[str | None] = None
+    """The option that makes the backend create what events go to when missing."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -170,11 +174,6 @@ class Backend:
         """Where events go, for people: no secrets."""
         return self.name
 
-    timeout_options: ClassVar[tuple[str, ...]] = ()
-    """The options that bound a wait for the broker, named when it did not answer."""
-    provisioning_option: ClassVar[str | None] = None
-    """The option that makes the backend create what events go to when missing."""
-
     def classify(self, exc: BaseException) -> Problem | None:
         """The kind of problem ``exc`` is, for :meth:`explain` to word (optional).
 
@@ -200,8 +199,12 @@ class Backend:
         try:
             problem = self.classify(exc)
             if problem is None or problem.kind == "connect":
-                # The operating-system error under it says more precisely why.
-                problem = network_problem(exc) or problem
+                # The operating-system error under it says more precisely why;
+                # the backend's advice still holds for a connection it names.
+                found = network_problem(exc)
+                if found is not None and problem is not None and found.kind == problem.kind:
+                    found = found._replace(fix=problem.fix)
+                problem = found or problem
             if problem is None:
                 text = f"{type(exc).__name__}: {exc}"
             else:
