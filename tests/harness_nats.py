@@ -79,7 +79,7 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
         "nats",
         options,
         bad_options=[
-            ({"url": "http://127.0.0.1:4222"}, "url must use nats:// or tls://"),
+            ({"url": "http://127.0.0.1:4222"}, "url must start with nats:// or tls:// (TLS)"),
             ({"url": "nats://s3cr3t-token@127.0.0.1:4222"}, "give a token as token"),
             ({"user": "alice"}, "user and password go together"),
             ({"token": "abcd", "creds-file": "/x.creds"}, "give one way to authenticate"),

@@ -29,7 +29,7 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
         "webhook",
         {"url": receiver.url},
         bad_options=[
-            ({"url": "ftp://127.0.0.1/x"}, "url must be an http:// or https:// URL"),
+            ({"url": "ftp://127.0.0.1/x"}, "url must start with http:// or https:// (TLS)"),
             ({"timeout": 0}, "timeout"),
             ({"max-batch-bytes": 0}, "max-batch-bytes"),
             ({"secret": "whsec_not base64!"}, "secret must be a Standard Webhooks secret"),

@@ -89,6 +89,17 @@ class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknow
         return mask_secrets(text, secret_values("", msgspec.to_builtins(self, enc_hook=float)))
 
 
+def url_scheme(url: str, schemes: Sequence[str], tls: Sequence[str] = ()) -> str:
+    """The scheme of ``url``, lower case; ValueError unless it is one of
+    ``schemes`` (those in ``tls`` are named as the TLS ones)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in schemes:
+        allowed = [f"{s}://" + (" (TLS)" if s in tls else "") for s in schemes]
+        listed = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise ValueError(f"url must start with {listed}, got {redact_url(url)!r}")
+    return scheme
+
+
 class Backend:
     """Base class of all backends.
 

@@ -38,7 +38,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
 from .clientlog import ClientLog
-from .contract import Backend, BackendOptions, Message
+from .contract import Backend, BackendOptions, Message, url_scheme
 from .diagnosis import Problem
 from .loop import LoopThread
 from .subscription import Delivery, ReconnectingSubscription, Subscription
@@ -91,11 +91,7 @@ class NatsOptions(BackendOptions):
             raise ValueError("url must name at least one server, e.g. nats://localhost:4222")
         in_url_user = False
         for server in servers:
-            scheme = server.partition("://")[0].lower() if "://" in server else ""
-            if scheme not in SCHEMES:
-                raise ValueError(
-                    f"url must use nats:// or tls:// (TLS), got {redact_url(server)!r}"
-                )
+            url_scheme(server, SCHEMES, tls=("tls",))
             try:
                 parsed = urlsplit(server)
                 parsed.port  # noqa: B018 - raises for a port that is no number

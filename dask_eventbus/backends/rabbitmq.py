@@ -40,7 +40,7 @@ from ..bindings.amqp import (
 )
 from ..config import Duration, PositiveDuration, redact_url
 from .clientlog import QuietLibrary
-from .contract import Backend, BackendOptions, Message
+from .contract import Backend, BackendOptions, Message, url_scheme
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
@@ -86,9 +86,7 @@ class RabbitMQOptions(BackendOptions):
     tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
-        scheme = self.url.partition("://")[0].lower()
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError("url must start with amqp:// or amqps://")
+        scheme = url_scheme(self.url, ("amqp", "amqps"), tls=("amqps",))
         try:
             pika.URLParameters(self.url)
         except Exception as exc:

@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from ..bindings.redis import body_of, xadd_commands
 from ..config import PositiveDuration, redact_url
-from .contract import Backend, BackendOptions, Message
+from .contract import Backend, BackendOptions, Message, url_scheme
 from .diagnosis import Problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
@@ -76,12 +76,7 @@ class RedisOptions(BackendOptions):
     ssl_check_hostname: bool | None = None
 
     def __post_init__(self) -> None:
-        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
-        if scheme not in SCHEMES:
-            raise ValueError(
-                f"url must start with redis://, rediss:// (TLS) or unix://, "
-                f"got {redact_url(self.url)!r}"
-            )
+        scheme = url_scheme(self.url, SCHEMES, tls=("rediss",))
         try:
             parsed = parse_url(self.url)
         except ValueError as exc:

@@ -30,7 +30,8 @@ import msgspec
 
 from ..bindings.http import request, request_end, retry_after, retryable, signing_key
 from ..config import ConfigError, PositiveDuration, redact_url
-from . import Backend, BackendOptions, Message, Problem, Refused
+from .contract import Backend, BackendOptions, Message, Refused, url_scheme
+from .diagnosis import Problem
 from .tls import TLSOptions
 
 logger = logging.getLogger("distributed.eventbus")
@@ -62,13 +63,11 @@ class WebhookOptions(BackendOptions):
     tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"url must be an http:// or https:// URL with a host, got {redact_url(self.url)!r}"
-            )
+        scheme = url_scheme(self.url, ("http", "https"), tls=("https",))
+        if not urlsplit(self.url).hostname:
+            raise ValueError(f"url must name a host, got {redact_url(self.url)!r}")
         if self.tls is not None:
-            if parts.scheme.lower() != "https":
+            if scheme != "https":
                 raise ValueError("tls needs an https:// url")
             self.tls.refuse("httpx", "server-hostname")
         reserved = sorted(name for name in self.headers if name.lower() in RESERVED_HEADERS)
