@@ -17,7 +17,7 @@ and hands the batch to a *sink*:
   publishes it again: at-least-once delivery, in order;
 * in ``process`` mode a :class:`~dask_eventbus.process.ProcessSink` ships
   the raw records to a supervised publisher process that runs the same
-  :class:`~dask_eventbus.publisher.Publisher` there (see ``process.py``).
+  :class:`~dask_eventbus.publisher.Publisher` there (see ``process/``).
 """
 
 from __future__ import annotations
@@ -264,17 +264,16 @@ class Pipeline:
             "dask-eventbus: could not publish a batch of %d events; they are dropped and announced",
             len(records),
         )
-        first, last = records[0].sequence, records[-1].sequence
-        count = len(records)
-        self.dropped += count
-        return DroppedRecord(last, time.time(), count, first, last, "error")
+        self.dropped += len(records)
+        return DroppedRecord.spanning(
+            records[0].sequence, records[-1].sequence, "error", count=len(records)
+        )
 
     def _dropped_record(self, last: int) -> DroppedRecord:
-        first = self._last_taken + 1
-        count = last - first + 1
-        self.dropped += count
-        self._log_drops(count)
-        return DroppedRecord(last, time.time(), count, first, last, self.policy)
+        record = DroppedRecord.spanning(self._last_taken + 1, last, self.policy)
+        self.dropped += record.count
+        self._log_drops(record.count)
+        return record
 
     def _log_drops(self, count: int) -> None:
         self._drops_unlogged += count

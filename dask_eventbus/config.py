@@ -339,7 +339,9 @@ def secret_values(key: str, value: Any) -> set[str]:
     if isinstance(value, (list, tuple)):
         return set().union(*(secret_values(key, v) for v in value))
     if _SECRET_KEY.search(key.lower()) and value not in (None, ""):
-        return {str(value)}
+        # An Authorization header's credential follows its scheme ("Bearer"):
+        # a client's error may quote the credential alone.
+        return {str(value), str(value).rsplit(" ", 1)[-1]}
     found = set()
     if isinstance(value, str) and "://" in value:
         for url in value.split(";"):

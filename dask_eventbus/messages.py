@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from .backends.contract import Message
 from .events import CONTENT_TYPE, OVERSIZED, TASK_TRANSITION, Event, encode_many
 from .normalize import Normalizer
-from .records import Record
+from .records import DroppedRecord, Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
@@ -59,6 +59,20 @@ def build_messages(
             )
         )
     return messages
+
+
+def loss_announcement(
+    normalizer: Normalizer,
+    first: int,
+    last: int,
+    policy: str,
+    stats: DeliveryStats | None = None,
+) -> Message:
+    """The ``dask.eventbus.dropped`` message announcing that sequence numbers
+    ``first`` to ``last`` of ``normalizer``'s run were lost by ``policy``;
+    it takes the last of them, so that readers see no gap."""
+    (message,) = build_messages(normalizer, [DroppedRecord.spanning(first, last, policy)], stats)
+    return message
 
 
 def _in_place_of_oversized(normalizer: Normalizer, event: Event, size: int) -> tuple[Event, bytes]:

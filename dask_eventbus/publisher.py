@@ -4,7 +4,7 @@ A failed publish keeps the batch, closes the backend, backs off
 exponentially with jitter, reopens and publishes it again: at-least-once
 delivery, in order. The pipeline thread drives it in ``thread`` mode; the
 publisher process runs the same class in ``process`` mode (see
-``process.py``).
+``process/``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Protocol
 from .backends.contract import Backend, Message, Refused
 from .config import Settings, redact_url
 from .events import DROPPED, safe_text
-from .messages import build_messages
+from .messages import build_messages, loss_announcement
 from .normalize import Normalizer
 from .pacing import Backoff, RateLimitedLog
-from .records import DroppedRecord, Record
+from .records import Record
 from .stats import DeliveryStats
 
 logger = logging.getLogger("distributed.eventbus")
@@ -189,7 +189,6 @@ class Publisher:
                     runs[-1] = (source, run, first, message.sequence)
                     continue
             runs.append((message.source, run_id, message.sequence, message.sequence))
-        now = time.time()
         announcements: list[Message] = []
         for source, run_id, first, last in runs:
             # A spool left by an earlier scheduler holds its events: their
@@ -197,8 +196,7 @@ class Publisher:
             normalizer = self.normalizer
             if (source, run_id) != (normalizer.source, normalizer.run_id):
                 normalizer = Normalizer(source, run_id)
-            record = DroppedRecord(last, now, last - first + 1, first, last, "refused")
-            announcements += build_messages(normalizer, [record], self._stats)
+            announcements.append(loss_announcement(normalizer, first, last, "refused", self._stats))
         return not announcements or self.deliver(announcements)
 
     def _record_failure(self, exc: BaseException) -> None:

@@ -14,6 +14,7 @@ collections of the scheduler's heap, and named tuples stay tracked), and
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, Union, get_args
 
 import msgspec
@@ -174,7 +175,18 @@ class DroppedRecord(Record, tag=DROPPED):
     last: int
     policy: str
     """The overflow policy that dropped them, ``error`` for a batch that failed,
-    or ``refused`` for events the broker refused for good."""
+    ``refused`` for events the broker refused for good, or ``spool-corrupt``
+    for events lost to damage in the spool."""
+
+    @classmethod
+    def spanning(
+        cls, first: int, last: int, policy: str, count: int | None = None
+    ) -> DroppedRecord:
+        """Stands for sequence numbers ``first`` to ``last``, lost now by
+        ``policy``, taking the last of them; ``count`` when fewer events than
+        numbers were lost (a failed batch that held announcements)."""
+        lost = last - first + 1 if count is None else count
+        return cls(last, time.time(), lost, first, last, policy)
 
 
 class ProbeRecord(Record, tag=PROBE):

@@ -23,21 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from .backends.contract import Backend, Message
 from .config import Settings, SpoolSettings
-from .events import (
-    CONTENT_TYPE,
-    DATA_CONTENT_TYPE,
-    DROPPED,
-    SEQUENCE_DIGITS,
-    SPECVERSION,
-    Dropped,
-    Event,
-)
-from .messages import build_messages
+from .messages import build_messages, loss_announcement
 from .normalize import Normalizer
 from .pacing import RateLimitedLog
 from .publisher import Publisher
@@ -93,28 +83,10 @@ def make_publisher(backend: Backend, normalizer: Normalizer, settings: Settings)
 
 def announcement(damage: Damage) -> Message | None:
     """The ``dask.eventbus.dropped`` message for damage of known range."""
-    if damage.source is None or damage.first is None or damage.last is None:
+    if damage.source is None or damage.run is None or damage.first is None or damage.last is None:
         return None
-    last = damage.last
-    now = time.time()
-    event = Event(
-        specversion=SPECVERSION,
-        id=f"{damage.run}-{last}",
-        source=damage.source,
-        type=DROPPED,
-        time=datetime.fromtimestamp(now, timezone.utc),
-        datacontenttype=DATA_CONTENT_TYPE,
-        sequence=str(last).zfill(SEQUENCE_DIGITS),
-        data=Dropped(
-            count=last - damage.first + 1,
-            first_sequence=damage.first,
-            last_sequence=last,
-            policy=CORRUPT_POLICY,
-        ),
-    )
-    return Message(
-        event.to_json(), event.id, DROPPED, None, last, now, DROPPED, CONTENT_TYPE, damage.source
-    )
+    normalizer = Normalizer(damage.source, damage.run)
+    return loss_announcement(normalizer, damage.first, damage.last, CORRUPT_POLICY)
 
 
 class SpoolingPublisher(Publisher):

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 from helpers import require_broker
 
-from dask_eventbus.testing import BrokerProcess, FaultProxy, Target, free_port, unique_name
+from dask_eventbus.testing import (
+    SECRET,
+    BrokerProcess,
+    FaultProxy,
+    Target,
+    free_port,
+    unique_name,
+)
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
@@ -183,7 +190,18 @@ def kafka_harness(request: pytest.FixtureRequest) -> Target:
         ],
         cleanup=lambda: delete_topic(bootstrap, topic),
         proxied=lambda: tansu_behind_a_proxy(topic),
+        with_secret=with_sasl_password,
     )
+
+
+def with_sasl_password(options: dict[str, Any]) -> dict[str, Any]:
+    sasl = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "conformance",
+        "sasl.password": SECRET,
+    }
+    return {**options, "timeout": "2s", "config": {**options["config"], **sasl}}
 
 
 HARNESSES = {"kafka": kafka_harness}

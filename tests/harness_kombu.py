@@ -22,9 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from helpers import require_broker
+from helpers import require_broker, with_url_password
 
-from dask_eventbus.testing import Target, proxied_url, unique_name
+from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -137,6 +137,7 @@ def kombu_amqp_harness(request: pytest.FixtureRequest) -> Target:
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_amqp(url, exchange, [queue]),
         proxied=proxied_url(url, 5672, proxied_options(exchange, queue)),
+        with_secret=lambda options: with_url_password(options, SECRET),
     )
 
 
@@ -149,6 +150,7 @@ def kombu_redis_harness(request: pytest.FixtureRequest) -> Target:
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_redis(url, exchange, [queue]),
         proxied=proxied_url(url, 6379, proxied_options(exchange, queue)),
+        with_secret=lambda options: with_url_password(options, SECRET),
     )
 
 

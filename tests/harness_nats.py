@@ -18,7 +18,7 @@ import pytest
 from helpers import require_broker
 from nats.js.errors import NotFoundError
 
-from dask_eventbus.testing import Target, proxied_url, unique_name
+from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
@@ -79,7 +79,7 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
         "nats",
         options,
         bad_options=[
-            ({"url": "http://127.0.0.1:4222"}, "url must use nats:// or tls://"),
+            ({"url": "http://127.0.0.1:4222"}, "url must start with nats:// or tls:// (TLS)"),
             ({"url": "nats://s3cr3t-token@127.0.0.1:4222"}, "give a token as token"),
             ({"user": "alice"}, "user and password go together"),
             ({"token": "abcd", "creds-file": "/x.creds"}, "give one way to authenticate"),
@@ -101,6 +101,7 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
                 "publish-timeout": "2s",
             },
         ),
+        with_secret=lambda options: {**options, "user": "conformance", "password": SECRET},
     )
 
 

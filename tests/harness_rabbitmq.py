@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import require_broker
+from helpers import require_broker, with_url_password
 
-from dask_eventbus.testing import Target, proxied_url, unique_name
+from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -86,6 +86,7 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
                 "publish-timeout": "3s",
             },
         ),
+        with_secret=lambda options: with_url_password(options, SECRET),
     )
 
 

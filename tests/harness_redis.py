@@ -16,7 +16,14 @@ import pytest
 import redis
 from helpers import require_broker, require_program
 
-from dask_eventbus.testing import BrokerProcess, Target, free_port, proxied_url, unique_name
+from dask_eventbus.testing import (
+    SECRET,
+    BrokerProcess,
+    Target,
+    free_port,
+    proxied_url,
+    unique_name,
+)
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -70,6 +77,7 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
         proxied=proxied_url(
             url, 6379, {"stream": stream, "connect-timeout": "1s", "socket-timeout": "2s"}
         ),
+        with_secret=lambda options: {**options, "password": SECRET},
     )
 
 

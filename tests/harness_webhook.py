@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from webhook_receiver import WebhookReceiver
 
-from dask_eventbus.testing import Target, proxied_url
+from dask_eventbus.testing import SECRET, Target, proxied_url
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
         "webhook",
         {"url": receiver.url},
         bad_options=[
-            ({"url": "ftp://127.0.0.1/x"}, "url must be an http:// or https:// URL"),
+            ({"url": "ftp://127.0.0.1/x"}, "url must start with http:// or https:// (TLS)"),
             ({"timeout": 0}, "timeout"),
             ({"max-batch-bytes": 0}, "max-batch-bytes"),
             ({"secret": "whsec_not base64!"}, "secret must be a Standard Webhooks secret"),
@@ -38,6 +38,7 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
         ],
         proxied=proxied_url(receiver.url, 80, {"timeout": "2s"}),
         read_back=receiver.subscribe,
+        with_secret=lambda options: {**options, "headers": {"Authorization": f"Bearer {SECRET}"}},
     )
 
 

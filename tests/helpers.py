@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -26,6 +27,14 @@ IN_CI = bool(os.environ.get("CI"))
 # releases without activating it).
 DASK = str(Path(sys.executable).parent / "dask")
 FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
+
+
+def with_url_password(options: dict[str, Any], password: str) -> dict[str, Any]:
+    """``options`` whose ``url`` carries ``password`` (for Target.with_secret)."""
+    parts = urlsplit(options["url"])
+    user = parts.username or "guest"
+    netloc = f"{user}:{password}@{parts.hostname}:{parts.port}"
+    return {**options, "url": urlunsplit(parts._replace(netloc=netloc))}
 
 
 def require_broker(available: bool, what: str) -> None:

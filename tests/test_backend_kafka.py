@@ -383,7 +383,7 @@ async def test_outage_every_event_emitted_during_it_arrives(tansu: TansuBroker) 
         assert await gated == 2
         await wait_until(lambda: plugin.stats()["publish_errors"] > 0)
         assert plugin.stats()["queued"] > 0
-        assert "cannot reach Kafka" in plugin.stats()["last_error"]
+        assert "cannot connect to Kafka" in plugin.stats()["last_error"]
 
         tansu.start()
         await wait_until(lambda: plugin.stats()["queued"] == 0, timeout=60)
@@ -453,7 +453,7 @@ def test_publish_is_bounded_and_explained_when_unreachable() -> None:
     assert time.monotonic() - start < 15
     backend.close()
     explanation = backend.explain(info.value)
-    assert f"cannot reach Kafka at 127.0.0.1:{port}" in explanation
+    assert f"cannot connect to Kafka at 127.0.0.1:{port}" in explanation
     assert "Connection refused" in explanation
     shown = [explanation, str(info.value), backend.describe(), repr(backend), repr(backend.options)]
     assert not any("hunter2" in text for text in shown), shown
@@ -474,7 +474,7 @@ def test_broker_restart_needs_a_new_producer_and_gets_one(tansu: TansuBroker) ->
         tansu.stop()
         with pytest.raises(Exception) as info:
             backend.publish(messages[20:])
-        assert "cannot reach Kafka" in backend.explain(info.value)
+        assert "cannot connect to Kafka" in backend.explain(info.value)
         backend.close()
         tansu.start()
         # As the pipeline does: reopen and publish the same batch again. The

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 import threading
 import time
@@ -418,7 +417,9 @@ def test_a_nacked_batch_raises(amqp: dict[str, Any]) -> None:
     try:
         with pytest.raises(MessageNacked, match="nacked 5 of 10"):
             backend.publish(synthetic_messages(10))
-        assert "refused (nacked)" in backend.explain(MessageNacked("nacked 5 of 10"))
+        assert "refused a published message (nacked)" in backend.explain(
+            MessageNacked("nacked 5 of 10")
+        )
     finally:
         backend.close()
 
@@ -474,22 +475,12 @@ def test_secrets_stay_out_of_describe_repr_and_explain(kombu_rabbitmq_url: str) 
     error = call_bounded(backend.open)
     assert error is not None
     explained = backend.explain(error)
-    assert "refused access for user 'guest'" in explained
+    assert "refused authentication for user 'guest'" in explained
     for text in (explained, backend.describe(), repr(backend)):
         assert secret not in text
     with pytest.raises(ConfigError) as info:
         create_backend("kombu", {"url": f"nosuch://guest:{secret}@host"})
     assert secret not in str(info.value)
-
-
-def test_explain_names_an_unreachable_broker() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as unused:
-        port = unused.getsockname()[1]
-    backend = create_backend("kombu", {"url": f"amqp://guest:guest@127.0.0.1:{port}//"})
-    error = call_bounded(backend.open)
-    assert error is not None
-    assert f"cannot connect to amqp://127.0.0.1:{port}" in backend.explain(error)
-    backend.close()
 
 
 def test_missing_transport_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,6 @@ from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, su
 from dask_eventbus.backends.redis import RedisBackend
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
-    free_port,
     is_closing,
     read_events,
     run_workload,
@@ -290,7 +289,7 @@ def test_subscriber_waits_out_a_redis_restart_like_every_subscriber(
         rest = read_events(events, count=5)
     assert [e.id for e in first + rest] == [m.id for m in messages]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert sum("lost Redis while reading events" in w for w in warnings) == 1, warnings
+    assert sum("lost the Redis consumer connection" in w for w in warnings) == 1, warnings
     assert sum("cannot reconnect the Redis consumer yet" in w for w in warnings) == 1, warnings
     assert sum("the Redis consumer is connected again" in w for w in warnings) == 1, warnings
 
@@ -324,16 +323,6 @@ def test_a_refused_xadd_raises_and_explains(
     finally:
         backend.close()
     assert rclient.xlen(stream) == 3
-
-
-def test_no_server_is_explained_with_host_and_port() -> None:
-    port = free_port()
-    backend = create_backend("redis", {"url": f"redis://127.0.0.1:{port}/0"})
-    with pytest.raises(redis.ConnectionError) as info:
-        backend.open()
-    assert backend.explain(info.value).startswith(f"cannot connect to Redis at 127.0.0.1:{port}")
-    backend.close()
-    backend.close()
 
 
 def test_authentication_is_explained_and_secrets_stay_hidden(

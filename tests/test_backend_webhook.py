@@ -337,7 +337,7 @@ def test_a_stalled_receiver_times_out_and_is_retried(
         try:
             with pytest.raises(Exception) as info:
                 backend.send(messages)
-            assert "did not answer within 0.3s" in backend.explain(info.value)
+            assert "did not answer in time (timeout 0.3s)" in backend.explain(info.value)
         finally:
             backend.close()
         receiver.stalled.clear()

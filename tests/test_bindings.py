@@ -10,7 +10,7 @@ import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, from_structured
 from cloudevents.core.formats.json import JSONFormat
 
-from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, in_content_mode
+from dask_eventbus.backends import BATCH_CONTENT_TYPE, Message, decode_delivery, in_content_mode
 from dask_eventbus.bindings import amqp, kafka, nats, redis
 from dask_eventbus.events import DROPPED, Event
 from dask_eventbus.messages import build_messages
@@ -157,16 +157,17 @@ def test_nats_records_read_back_as_the_events() -> None:
     messages = varied_messages()
     for message in messages:
         record = nats.to_record(message, "p")
-        assert nats.events_of(record.payload, record.headers) == [Event.from_json(message.body)]
+        delivery = nats.delivery_of(record.payload, record.headers)
+        assert decode_delivery(delivery) == [Event.from_json(message.body)]
     (batch,) = in_content_mode(messages, "batched")
     record = nats.to_record(batch, "p")
     assert record.subject == "p.dask.eventbus.batch"
     assert record.headers["Content-Type"] == BATCH_CONTENT_TYPE
-    assert nats.events_of(record.payload, record.headers) == [
+    assert decode_delivery(nats.delivery_of(record.payload, record.headers)) == [
         Event.from_json(m.body) for m in messages
     ]
     with pytest.raises(ValueError, match="not a CloudEvent"):
-        nats.events_of(b"{}", {"Content-Type": "text/plain"})
+        decode_delivery(nats.delivery_of(b"{}", {"Content-Type": "text/plain"}))
 
 
 def test_nats_subject_filters_from_types() -> None:
@@ -187,3 +188,20 @@ def test_nats_subject_filters_from_types() -> None:
 def test_nats_bad_subject_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="subject-prefix"):
         nats.check_subject_prefix(prefix)
+
+
+def test_publisher_confirms_settle_in_any_order_and_count_refusals() -> None:
+    confirms = amqp.PublisherConfirms()
+    confirms.expect(6)
+    confirms.settle(2, multiple=False)
+    confirms.settle(4, multiple=False, refused=True)
+    assert (confirms.unsettled, confirms.nacked) == (4, 1)
+    confirms.settle(1, multiple=False)  # 1 and 2 settled: contiguous now
+    assert confirms.unsettled == 3
+    confirms.settle(5, multiple=True, refused=True)  # 3 and 5; 4 was refused before
+    assert (confirms.unsettled, confirms.nacked) == (1, 3)
+    confirms.settle(6, multiple=True)
+    confirms.settle(6, multiple=False)  # settled twice counts once
+    assert (confirms.unsettled, confirms.nacked) == (0, 3)
+    confirms.expect(2)
+    assert confirms.unsettled == 2

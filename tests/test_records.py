@@ -12,7 +12,7 @@ import pytest
 
 from dask_eventbus.events import EVENT_TYPES, OVERSIZED
 from dask_eventbus.normalize import Normalizer
-from dask_eventbus.process import _Batch, _decode_parent_frame, _pack, _parent_frames
+from dask_eventbus.process.frames import BatchFrame, decode_parent_frame, pack, parent_frames
 from dask_eventbus.records import (
     RECORD_TYPES,
     AnyRecord,
@@ -114,8 +114,8 @@ def test_a_record_travels_to_the_publisher_process_as_an_array() -> None:
 def test_the_publisher_process_normalizes_a_record_as_this_process_does(record: Record) -> None:
     """A batch frame decodes into the same record types, and gives the same event
     (tuple keys come back as lists; integers beyond 64 bits as text)."""
-    frame = _parent_frames.decode(_pack(_Batch(7, [record])))  # type: ignore[list-item]
-    assert isinstance(frame, _Batch) and frame.batch_id == 7
+    frame = parent_frames.decode(pack(BatchFrame(7, [record])))  # type: ignore[list-item]
+    assert isinstance(frame, BatchFrame) and frame.batch_id == 7
     (decoded,) = frame.records
     assert type(decoded) is type(record)
     normalizer = Normalizer("dask://test/records", "run")
@@ -129,8 +129,8 @@ def test_the_publisher_process_normalizes_a_record_as_this_process_does(record: 
 def test_a_record_the_publisher_process_cannot_decode_costs_only_that_event() -> None:
     bad = ["dask.task.transition", 1, NOW, "k", 5, "memory"]  # a start state that is no string
     good = ["dask.log", 2, NOW, "topic", {"x": 1}]
-    frame = _decode_parent_frame(msgspec.msgpack.encode(["batch", 3, [bad, good]]))
-    assert isinstance(frame, _Batch) and frame.batch_id == 3
+    frame = decode_parent_frame(msgspec.msgpack.encode(["batch", 3, [bad, good]]))
+    assert isinstance(frame, BatchFrame) and frame.batch_id == 3
     error, log = frame.records
     assert isinstance(error, LogRecord) and error.sequence == 1
     assert error.topic == "dask-eventbus.normalization-error"

@@ -3,7 +3,8 @@
 ``contract`` holds what a backend implements (:class:`Backend`,
 :class:`BackendOptions`) and what it receives (:class:`Message`);
 ``subscription`` the runtime for reading events back; ``registry`` finds
-backends by name; ``tls`` the TLS block the network backends share.
+backends by name; ``tls`` the TLS block the network backends share;
+``diagnosis`` the problems ``explain`` words for every backend.
 """
 
 from .contract import (
@@ -17,6 +18,7 @@ from .contract import (
     batch_body,
     in_content_mode,
 )
+from .diagnosis import Problem, ProblemKind
 from .registry import (
     BUILTIN_EXTRAS,
     ENTRY_POINT_GROUP,
@@ -25,7 +27,13 @@ from .registry import (
     get_backend,
     register_backend,
 )
-from .subscription import ConsumerReconnect, Delivery, Subscription, decode_body
+from .subscription import (
+    Delivery,
+    ReconnectingSubscription,
+    Subscription,
+    decode_body,
+    decode_delivery,
+)
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -34,16 +42,19 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "BackendOptions",
-    "ConsumerReconnect",
     "ContentMode",
     "Delivery",
     "Message",
+    "Problem",
+    "ProblemKind",
+    "ReconnectingSubscription",
     "Refused",
     "Subscription",
     "available_backends",
     "batch_body",
     "create_backend",
     "decode_body",
+    "decode_delivery",
     "get_backend",
     "in_content_mode",
     "register_backend",

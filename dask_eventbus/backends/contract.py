@@ -16,6 +16,7 @@ import msgspec
 
 from ..config import ConfigError, convert, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
+from .diagnosis import Problem, Wording, network_problem, word
 
 if TYPE_CHECKING:
     from .subscription import Subscription
@@ -88,6 +89,17 @@ class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknow
         return mask_secrets(text, secret_values("", msgspec.to_builtins(self, enc_hook=float)))
 
 
+def url_scheme(url: str, schemes: Sequence[str], tls: Sequence[str] = ()) -> str:
+    """The scheme of ``url``, lower case; ValueError unless it is one of
+    ``schemes`` (those in ``tls`` are named as the TLS ones)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in schemes:
+        allowed = [f"{s}://" + (" (TLS)" if s in tls else "") for s in schemes]
+        listed = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise ValueError(f"url must start with {listed}, got {redact_url(url)!r}")
+    return scheme
+
+
 class Backend:
     """Base class of all backends.
 
@@ -96,7 +108,8 @@ class Backend:
     :meth:`publish` (plus :meth:`open` and :meth:`close` when the backend
     holds a connection). Optional capabilities: :meth:`subscribe` to read
     events back (a backend without it is publish-only, see :attr:`readable`)
-    and :meth:`explain` to diagnose its client library's errors.
+    and :meth:`classify` to sort its client library's errors into the
+    problems :meth:`explain` words.
     Producer methods are called from one publisher thread only.
     """
 
@@ -106,6 +119,10 @@ class Backend:
     """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
     readable: ClassVar[bool] = False
     """Whether events can be read back: the class implements :meth:`subscribe`."""
+    timeout_options: ClassVar[tuple[str, ...]] = ()
+    """The options that bound a wait for the broker, named when it did not answer."""
+    provisioning_option: ClassVar[str | None] = None
+    """The option that makes the backend create what events go to when missing."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -168,15 +185,51 @@ class Backend:
         """Where events go, for people: no secrets."""
         return self.name
 
+    def classify(self, exc: BaseException) -> Problem | None:
+        """The kind of problem ``exc`` is, for :meth:`explain` to word (optional).
+
+        Backends sort their client library's errors into the shared kinds
+        (authentication, permission, TLS, cannot connect, timeout, missing,
+        too large, lost, refused); return None for what they do not know, and
+        the operating-system error under it, if any, is worded instead.
+        """
+        return None
+
+    def broker(self) -> str:
+        """The broker as explanations name it (``Redis at host:6379``)."""
+        return self.destination()
+
     def explain(self, exc: BaseException) -> str:
         """What went wrong, for people: names the cause and how to fix it.
 
-        Used in logs, statistics and ``dask-eventbus check``. Backends
-        override this to turn their client library's errors into a diagnosis
-        (cannot connect to host:port, authentication refused, ...). Must not
-        reveal secrets: pass what the client library said through :meth:`mask`.
+        Used in logs, statistics and ``dask-eventbus check``. The backend
+        classifies (:meth:`classify`); this words the problem the same way for
+        every backend, names the options, and masks the secrets of the
+        options in the whole answer.
         """
-        return self.mask(f"{type(exc).__name__}: {exc}")
+        try:
+            problem = self.classify(exc)
+            if problem is None or problem.kind == "connect":
+                # The operating-system error under it says more precisely why;
+                # the backend's advice still holds for a connection it names.
+                found = network_problem(exc)
+                if found is not None and problem is not None and found.kind == problem.kind:
+                    found = found._replace(fix=problem.fix)
+                problem = found or problem
+            if problem is None:
+                text = f"{type(exc).__name__}: {exc}"
+            else:
+                text = word(problem, self._wording())
+        except Exception:
+            text = f"{type(exc).__name__}: {exc}"
+        return self.mask(text)
+
+    def _wording(self) -> Wording:
+        bounds = ", ".join(
+            f"{name} {getattr(self.options, name.replace('-', '_')):g}s"
+            for name in self.timeout_options
+        )
+        return Wording(self.broker(), self.name, bounds, self.provisioning_option)
 
     def mask(self, text: str) -> str:
         """``text`` with every secret of this backend's options shown as ``***``."""

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -46,7 +46,8 @@ from ..config import (
     PositiveDuration,
     redact_url,
 )
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import Backend, BackendOptions, Delivery, Message, Problem, Subscription
+from .clientlog import ClientLog
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
@@ -324,25 +325,10 @@ class KafkaPublishError(Exception):
         self.buffer_full = buffer_full
 
 
-class _ClientLog:
-    """Takes librdkafka's log lines into this module's logger.
-
-    Connection failures are repeated by librdkafka every few seconds while a
-    broker is down; the pipeline already reports them once, with a diagnosis,
-    so they go to DEBUG. Configuration warnings and fatal errors stay visible.
-    """
-
-    def __init__(self, scrub: Callable[[str], str]) -> None:
-        self.mask = scrub
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        try:
-            text = self.mask(msg % args if args else msg)
-        except Exception:
-            return
-        facility = str(args[0]) if args else ""
-        visible = level >= logging.WARNING and facility in ("CONFWARN", "FATAL")
-        logger.log(logging.WARNING if visible else logging.DEBUG, "librdkafka: %s", text)
+def _configuration_trouble(level: int, args: tuple[Any, ...]) -> bool:
+    """Whether a librdkafka log line is a configuration warning or a fatal
+    error, which stay visible; the facility is its first argument."""
+    return bool(args) and str(args[0]) in ("CONFWARN", "FATAL")
 
 
 class KafkaBackend(Backend):
@@ -351,6 +337,8 @@ class KafkaBackend(Backend):
     name = "kafka"
     Options = KafkaOptions
     options: KafkaOptions
+    timeout_options = ("timeout",)
+    provisioning_option = "create-topic"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -389,7 +377,9 @@ class KafkaBackend(Backend):
             config.update(_tls_config(self.options.tls, config.get("security.protocol", "")))
         if not _has_any(config, BOOTSTRAP):
             config["bootstrap.servers"] = DEFAULT_BOOTSTRAP
-        config.setdefault("logger", _ClientLog(self.mask))
+        config.setdefault(
+            "logger", ClientLog(logger, "librdkafka", self.mask, _configuration_trouble)
+        )
         config.update(extra)
         user_error_cb = self.options.config.get("error_cb")
 
@@ -720,82 +710,77 @@ class KafkaBackend(Backend):
     def describe(self) -> str:
         return f"Kafka topic {self.options.topic!r} at {self.bootstrap_servers}"
 
-    def explain(self, exc: BaseException) -> str:
-        try:
-            text = self._explain(exc)
-        except Exception:
-            text = f"{type(exc).__name__}: {exc}"
-        return self.mask(text)
+    def broker(self) -> str:
+        return f"Kafka at {self.bootstrap_servers}"
 
-    def _explain(self, exc: BaseException) -> str:
+    def explain(self, exc: BaseException) -> str:
+        if not isinstance(exc, KafkaPublishError):
+            return super().explain(exc)
+        unacknowledged = f" ({exc.owed} of {exc.attempted} records of the batch unacknowledged)"
+        return super().explain(exc) + unacknowledged
+
+    def classify(self, exc: BaseException) -> Problem | None:
         options = self.options
-        where = self.bootstrap_servers
-        topic = options.topic
-        error = _error_of(exc)
-        cause = exc.cause if isinstance(exc, KafkaPublishError) else self._last_client_error
-        suffix = (
-            f" ({exc.owed} of {exc.attempted} records of the batch unacknowledged)"
-            if isinstance(exc, KafkaPublishError)
-            else ""
-        )
+        topic = f"topic {options.topic!r}"
         if isinstance(exc, BufferError) or (isinstance(exc, KafkaPublishError) and exc.buffer_full):
-            return (
+            return Problem(
+                "said",
                 f"the local Kafka producer queue stayed full for {self.delivery_timeout:.0f}s "
-                f"while publishing to {where}: the broker is too slow or unreachable{suffix}"
+                f"while publishing to {self.bootstrap_servers}: the broker is too slow or "
+                "unreachable",
             )
+        error = _error_of(exc)
         if error is None:
-            return f"{type(exc).__name__}: {exc}"
+            return None
         code = error.code()
+        cause = exc.cause if isinstance(exc, KafkaPublishError) else self._last_client_error
         # A record that timed out says nothing about why; the client's last
         # connection-level error usually does.
         if code in _UNREACHABLE and cause is not None and cause.code() not in _UNREACHABLE:
             error, code = cause, cause.code()
         if code in _AUTHENTICATION:
             user = _setting(options.config, ("sasl.username",))
-            who = f" for user {user!r}" if user else ""
-            return (
-                f"Kafka at {where} refused authentication{who}: {error.str()}. Check "
-                f"sasl.mechanism, sasl.username and sasl.password in "
-                f"eventbus.backends.kafka.config{suffix}"
+            fix = (
+                "check sasl.mechanism, sasl.username and sasl.password in "
+                "eventbus.backends.kafka.config"
             )
+            return Problem("authentication", error.str(), f"user {user!r}" if user else "", fix)
         if code == KafkaError._SSL:
-            return (
-                f"TLS with Kafka at {where} failed: {error.str()}. Check security.protocol "
-                f"and the ssl.* settings in eventbus.backends.kafka.config{suffix}"
-            )
+            fix = "check security.protocol and the tls block or the ssl.* settings"
+            return Problem("tls", error.str(), fix=fix)
         if code in _AUTHORIZATION:
-            hint = (
-                " (an idempotent producer on an old broker also needs IDEMPOTENT_WRITE on "
-                "the cluster; or set enable.idempotence: false)"
-                if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED
-                else ""
-            )
-            return (
-                f"not allowed to write to Kafka topic {topic!r} at {where}: {error.str()}. "
-                f"Grant WRITE and DESCRIBE on the topic{hint}{suffix}"
-            )
+            fix = "grant WRITE and DESCRIBE on the topic"
+            if code == KafkaError.CLUSTER_AUTHORIZATION_FAILED:
+                fix += (
+                    " (an idempotent producer on an old broker also needs IDEMPOTENT_WRITE "
+                    "on the cluster; or set enable.idempotence: false)"
+                )
+            return Problem("permission", error.str(), topic, fix)
         if code in _NOT_FOUND:
-            return (
-                f"Kafka topic {topic!r} does not exist at {where}: create it, or set "
-                f"eventbus.backends.kafka.create-topic: true{suffix}"
-            )
+            return Problem("missing", about=topic)
         if code in _TOO_LARGE:
-            return (
-                f"an event is larger than Kafka at {where} accepts: {error.str()}. Raise "
-                "message.max.bytes (producer) and max.message.bytes (topic), or lower "
-                f"eventbus.events.max-event-bytes below them{suffix}"
+            fix = (
+                "raise message.max.bytes (producer) and max.message.bytes (topic), or lower "
+                "eventbus.events.max-event-bytes below them"
             )
+            return Problem("too-large", error.str(), fix=fix)
         if code == KafkaError._INVALID_ARG:
-            return f"invalid setting in eventbus.backends.kafka.config: {error.str()}"
-        if code in _UNREACHABLE:
-            detail = f"; last connection error: {cause.str()}" if cause is not None else ""
-            return f"cannot reach Kafka at {where} (topic {topic!r}): {error.str()}{detail}{suffix}"
-        if error.fatal():
-            return (
-                f"the Kafka producer failed fatally: {error.str()}. A new producer is made "
-                f"for the retry{suffix}"
+            return Problem(
+                "said", f"invalid setting in eventbus.backends.kafka.config: {error.str()}"
             )
-        return f"Kafka error {error.name()} at {where} (topic {topic!r}): {error.str()}{suffix}"
+        if code in _UNREACHABLE:
+            detail = error.str()
+            if cause is not None and cause is not error:
+                detail += f"; last connection error: {cause.str()}"
+            fix = "is it running there, and bootstrap.servers right?"
+            return Problem("connect", detail, fix=fix)
+        if error.fatal():
+            return Problem(
+                "said",
+                f"the Kafka producer failed fatally: {error.str()}. A new producer is made "
+                "for the retry",
+            )
+        return Problem("refused", f"{error.name()}: {error.str()}", f"a request on {topic}")
 
 
 def _discard_producer(producer: Producer) -> None:

@@ -21,6 +21,7 @@ batch and then waits for its confirms once, as the ``rabbitmq`` backend does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -36,18 +37,16 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
-from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
-from ..config import ConfigError, PositiveDuration
-from . import (
-    BATCH_CONTENT_TYPE,
-    Backend,
-    BackendOptions,
-    ConsumerReconnect,
-    Delivery,
-    Message,
-    Subscription,
+from ..bindings.amqp import (
+    PublisherConfirms,
+    check_routing_key,
+    properties_of,
+    routing_key_function,
 )
-from .diagnosis import explain_network
+from ..config import ConfigError, PositiveDuration
+from .contract import BATCH_CONTENT_TYPE, Backend, BackendOptions, Message
+from .diagnosis import Problem, network_problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -134,6 +133,7 @@ class KombuBackend(Backend):
     name = "kombu"
     Options = KombuOptions
     options: KombuOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -163,12 +163,10 @@ class KombuBackend(Backend):
         self._batching = False
         self._healthy = False
         # py-amqp publisher confirms, awaited per batch (see _await_confirms).
-        self._confirms = self._driver == "amqp" and bool(
+        self._confirming = self._driver == "amqp" and bool(
             o.transport_options.get("confirm_publish", True)
         )
-        self._sent = 0
-        self._unconfirmed: set[int] = set()
-        self._nacked = 0
+        self._confirms = PublisherConfirms()
 
     # ------------------------------------------------------------ connections
 
@@ -255,11 +253,11 @@ class KombuBackend(Backend):
                 queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
                 queue(channel).declare()
             producer = Producer(channel, exchange=exchange, auto_declare=False)
-            if self._confirms:
+            if self._confirming:
                 channel.confirm_select()
-                channel.events["basic_ack"].add(self._on_ack)
-                channel.events["basic_nack"].add(self._on_nack)
-                self._sent, self._unconfirmed, self._nacked = 0, set(), 0
+                confirms = self._confirms = PublisherConfirms()
+                channel.events["basic_ack"].add(confirms.settle)
+                channel.events["basic_nack"].add(functools.partial(confirms.settle, refused=True))
         except BaseException:
             _drop(conn)
             raise
@@ -273,36 +271,17 @@ class KombuBackend(Backend):
         if producer is None:
             raise RuntimeError("the kombu backend is not open")
         self._healthy = False
-        if self._confirms:
+        if self._confirming:
             # Before publishing: py-amqp may read confirms while it writes.
-            self._expect_confirms(len(messages))
+            self._confirms.expect(len(messages))
         if self._batching:
             with producer.batch(max_size=max(1000, 2 * len(messages))):
                 self._publish_each(producer, messages)
         else:
             self._publish_each(producer, messages)
-        if self._confirms:
+        if self._confirming:
             self._await_confirms(len(messages))
         self._healthy = True
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        if multiple:
-            self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
-        else:
-            self._unconfirmed.discard(delivery_tag)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        before = len(self._unconfirmed)
-        self._on_ack(delivery_tag, multiple)
-        self._nacked += before - len(self._unconfirmed)
-
-    def _expect_confirms(self, count: int) -> None:
-        """Note the delivery tags of the next ``count`` publishes as unconfirmed.
-
-        Tags count the channel's publishes from 1 (reset by ``open``).
-        """
-        first, self._sent = self._sent + 1, self._sent + count
-        self._unconfirmed.update(range(first, self._sent + 1))
 
     def _await_confirms(self, count: int) -> None:
         """Wait until the broker confirmed the ``count`` messages just published.
@@ -313,17 +292,18 @@ class KombuBackend(Backend):
         timeout = self.options.publish_timeout
         deadline = time.monotonic() + timeout
         assert self._conn is not None
-        while self._unconfirmed:
+        confirms = self._confirms
+        while confirms.unsettled:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(
-                    f"the broker confirmed {count - len(self._unconfirmed)} of {count} "
+                    f"the broker confirmed {count - confirms.unsettled} of {count} "
                     f"messages within publish-timeout ({timeout:g}s)"
                 )
             with contextlib.suppress(socket.timeout):
                 self._conn.drain_events(timeout=remaining)
-        if self._nacked:
-            nacked, self._nacked = self._nacked, 0
+        if confirms.nacked:
+            nacked, confirms.nacked = confirms.nacked, 0
             raise MessageNacked(f"the broker nacked {nacked} of {count} messages")
 
     def _publish_each(self, producer: Producer, messages: Sequence[Message]) -> None:
@@ -388,7 +368,9 @@ class KombuBackend(Backend):
         if isinstance(bindings, str):
             bindings = [bindings]
         keys = list(bindings or self.options.bindings)
-        return _KombuSubscription(self, name, keys, prefetch)
+        subscription = _KombuSubscription(self, name, keys, prefetch)
+        subscription.start()
+        return subscription
 
     def _consume(
         self, name: str | None, keys: Sequence[str], prefetch: int, on_message: Any
@@ -435,76 +417,65 @@ class KombuBackend(Backend):
             where += f", queue {o.queue!r}"
         return where
 
-    def explain(self, exc: BaseException) -> str:
-        return self.mask(self._explain(_root_cause(exc)))
+    def broker(self) -> str:
+        return f"{self._alias}://{self._address}"
 
-    def _explain(self, exc: BaseException) -> str:
-        where = f"{self._alias}://{self._address}"
+    def classify(self, exc: BaseException) -> Problem | None:
+        exc = _root_cause(exc)
         o = self.options
         names = {cls.__name__ for cls in type(exc).__mro__}
         module = type(exc).__module__ or ""
         text = str(exc)
         if module.startswith("redis"):
             if "AuthenticationError" in names or "AuthenticationWrongNumberOfArgsError" in names:
-                return (
-                    f"Redis at {where} refused authentication: check the user name and "
-                    f"password in eventbus.backends.kombu.url ({text})"
-                )
+                fix = "check the user name and password in eventbus.backends.kombu.url"
+                return Problem("authentication", text, fix=fix)
             if "TimeoutError" in names:
-                return (
-                    f"Redis at {where} did not answer within publish-timeout "
-                    f"({o.publish_timeout:g}s): {text}"
-                )
+                return Problem("timeout", text)
             if "ConnectionError" in names:
-                return (
-                    f"cannot connect to Redis at {where} ({text}); is it running and "
-                    f"the url in eventbus.backends.kombu.url right?"
-                )
-            return f"Redis at {where} refused a command: {type(exc).__name__}: {text}"
+                return Problem("connect", text)
+            return Problem("refused", f"{type(exc).__name__}: {text}", "a command")
         code = getattr(exc, "reply_code", None)
         if module.startswith("amqp") and code is not None:
             reply = getattr(exc, "reply_text", "") or text
             if code == 403:
-                return (
-                    f"the broker at {where} refused access for user {self._user!r}: "
-                    f"check the user name, password and virtual host in "
-                    f"eventbus.backends.kombu.url ({reply})"
+                fix = (
+                    "check the user name, password and virtual host in eventbus.backends.kombu.url"
                 )
+                return Problem("authentication", reply, f"user {self._user!r}", fix)
             if code == 406:
                 what = f"exchange {o.exchange!r}"
                 if o.queue is not None:
                     what += f" or queue {o.queue!r}"
-                return (
-                    f"the broker at {where} refused to declare {what}: it exists with "
-                    f"other settings; make exchange-type, durable and queue-arguments "
-                    f"match it, or delete it ({reply})"
+                fix = (
+                    "it exists with other settings; make exchange-type, durable and "
+                    "queue-arguments match it, or delete it"
                 )
+                return Problem("refused", reply, f"to declare {what}", fix)
             if code == 530:
-                return (
-                    f"the broker at {where} did not allow this (check the virtual host "
-                    f"in eventbus.backends.kombu.url and the user's permissions): {reply}"
+                fix = (
+                    "check the virtual host in eventbus.backends.kombu.url and the "
+                    "user's permissions"
                 )
+                return Problem("permission", reply, f"user {self._user!r}", fix)
             if code == 404:
-                return f"not found on the broker at {where}: {reply}"
+                return Problem(
+                    "missing", reply, "an exchange or queue it was asked for", "check its name"
+                )
             if code in (320, 541):
-                return f"the broker at {where} closed the connection: {reply}"
-            return f"the broker at {where} answered with AMQP error {code}: {reply}"
+                return Problem("lost", f"the broker closed it: {reply}")
+            return Problem("refused", f"AMQP error {code}: {reply}")
         if "MessageNacked" in names:
-            return f"the broker at {where} refused (nacked) a published message: {text}"
-        if not module.startswith("kombu"):
-            timeouts = (
-                f"connect-timeout {o.connect_timeout:g}s, publish-timeout {o.publish_timeout:g}s"
-            )
-            network = explain_network(exc, where, timeouts)
-            if network is not None:
-                return network
+            return Problem("refused", text, "a published message (nacked)")
         if isinstance(exc, ImportError):
             extra = _TRANSPORT_EXTRAS.get(self._alias, self._alias)
-            return (
+            return Problem(
+                "said",
                 f"the Kombu {self._alias!r} transport needs a library that is not "
-                f"installed ({text}): pip install 'kombu[{extra}]'"
+                f"installed ({text}): pip install 'kombu[{extra}]'",
             )
-        return f"{type(exc).__name__}: {text}"
+        # Under Kombu's wrappers, where the framework does not look.
+        return network_problem(exc)
 
 
 def _check_tls(tls: TLSOptions, alias: str) -> None:
@@ -522,14 +493,7 @@ def _check_tls(tls: TLSOptions, alias: str) -> None:
 def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any]:
     """Kombu's ``ssl`` argument for the transport: py-amqp's or redis-py's names."""
     if alias in ("redis", "rediss"):
-        return {
-            "ssl_ca_certs": tls.ca_file,
-            "ssl_certfile": tls.cert_file,
-            "ssl_keyfile": tls.key_file,
-            "ssl_password": tls.key_password,
-            "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
-            "ssl_check_hostname": tls.verify,
-        }
+        return tls.redis_py()
     if alias in ("amqp", "amqps", "pyamqp"):
         # py-amqp checks the host name only when given one to check.
         host = tls.server_hostname or urlsplit(url.split(";", 1)[0]).hostname
@@ -565,44 +529,43 @@ def _as_bytes(body: Any) -> bytes:
     return body.encode("utf-8") if isinstance(body, str) else bytes(body)
 
 
-class _KombuSubscription(Subscription):
-    """Consumes one queue; reconnects when the broker goes away.
-
-    Deliveries carry the connection's generation: an acknowledgement for a
-    message of a closed connection is void (the broker delivers it again).
-    """
+class _KombuSubscription(ReconnectingSubscription):
+    """Consumes one queue; reconnects when the broker goes away."""
 
     def __init__(
         self, backend: KombuBackend, name: str | None, keys: Sequence[str], prefetch: int
     ) -> None:
-        super().__init__()
+        super().__init__("Kombu", backend.explain, logger)
         self._backend = backend
         self._name = name
         self._keys = keys
         self._limit = max(1, prefetch)
         self._received: list[Any] = []
-        self._generation = 0
-        self._reconnects = ConsumerReconnect(logger, "Kombu", backend.explain)
         self._live: tuple[Connection, Queue, Consumer] | None = None
         self._queue = ""
-        self._connect()
+        transport = Connection(backend.options.url)
+        self.connection_errors = (
+            OSError,
+            *transport.connection_errors,
+            *transport.channel_errors,
+        )
 
     @property
     def queue(self) -> str:
         """The name of the queue being consumed (generated for a queue of its own)."""
         return self._queue
 
+    @property
+    def keeps_events_while_away(self) -> bool:
+        return self._name is not None
+
     def _connect(self) -> None:
         self._live = self._backend._consume(
             self._name, self._keys, self._limit, self._received.append
         )
         self._queue = self._live[1].name
-        self._generation += 1
 
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._live is None and not self._reconnect(deadline):
-            return []
+    def _read(self, timeout: float) -> list[Delivery]:
         assert self._live is not None
         conn = self._live[0]
         received = self._received
@@ -613,31 +576,15 @@ class _KombuSubscription(Subscription):
                 conn.drain_events(timeout=0)
         except TimeoutError:  # socket.timeout: nothing (more) to read
             pass
-        except conn.connection_errors + conn.channel_errors as exc:
-            kept = "" if self._name else "; events published meanwhile are missed"
-            logger.warning(
-                "dask-eventbus: lost the Kombu consumer connection: %s; reconnecting%s",
-                self._backend.explain(exc),
-                kept,
-            )
-            self._disconnect()
-            self._reconnect(deadline)
-            return []
-        generation = self._generation
-        found = [Delivery(_as_bytes(m.body), (generation, m)) for m in received]
+        found = [Delivery(_as_bytes(m.body), m) for m in received]
         received.clear()
         return found
 
-    def _reconnect(self, deadline: float) -> bool:
-        return self._reconnects.attempt(self._connect, deadline)
-
-    def ack(self, token: Any) -> None:
-        generation, message = token
-        if generation != self._generation or self._live is None:
-            return
+    def _acknowledge(self, token: Any) -> None:
+        assert self._live is not None
         conn = self._live[0]
         with contextlib.suppress(*conn.connection_errors, *conn.channel_errors):
-            message.ack()
+            token.ack()
 
     def _disconnect(self) -> None:
         live, self._live = self._live, None

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -37,12 +35,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from ..bindings.nats import check_subject_prefix, events_of, subject_filters, to_record
+from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
-from ..events import Event
-from . import Backend, BackendOptions, ConsumerReconnect, Delivery, Message, Subscription
-from .diagnosis import explain_network
+from .clientlog import ClientLog
+from .contract import Backend, BackendOptions, Message, url_scheme
+from .diagnosis import Problem
 from .loop import LoopThread
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
 
 logger = logging.getLogger("distributed.eventbus")
@@ -52,6 +51,8 @@ SCHEMES = ("nats", "tls")
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
 _JETSTREAM_NOT_ENABLED = (10039, 10076)
+# Longest wait for a subscriber to connect again, in seconds.
+RECONNECT_BOUND = 6.0
 
 
 class NatsOptions(BackendOptions):
@@ -90,11 +91,7 @@ class NatsOptions(BackendOptions):
             raise ValueError("url must name at least one server, e.g. nats://localhost:4222")
         in_url_user = False
         for server in servers:
-            scheme = server.partition("://")[0].lower() if "://" in server else ""
-            if scheme not in SCHEMES:
-                raise ValueError(
-                    f"url must use nats:// or tls:// (TLS), got {redact_url(server)!r}"
-                )
+            url_scheme(server, SCHEMES, tls=("tls",))
             try:
                 parsed = urlsplit(server)
                 parsed.port  # noqa: B018 - raises for a port that is no number
@@ -135,6 +132,8 @@ class NatsBackend(Backend):
     name = "nats"
     Options = NatsOptions
     options: NatsOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
+    provisioning_option = "create-stream"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -228,9 +227,11 @@ class NatsBackend(Backend):
         errors: list[BaseException] = []
         client = _TLSOnlyClient() if options.wants_tls() else NATSClient()
 
+        client_log = ClientLog(logger, "nats-py", self.mask)
+
         async def error_cb(exc: Exception) -> None:
             errors.append(exc)
-            logger.debug("dask-eventbus: NATS: %s", self.mask(repr(exc)))
+            client_log.log(logging.ERROR, repr(exc))
 
         async def closed_cb() -> None:
             if not gone.done():
@@ -351,59 +352,54 @@ class NatsBackend(Backend):
             f"{self.options.subject_prefix}.>) at {self._where}"
         )
 
-    def explain(self, exc: BaseException) -> str:
-        where, stream = f"NATS at {self._where}", self.options.stream
-        detail = self.mask(f"{type(exc).__name__}: {exc}")
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
+    def broker(self) -> str:
+        return f"NATS at {self._where}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
+        stream, prefix = self.options.stream, self.options.subject_prefix
+        detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, nats.errors.NoServersError):
-            network = explain_network(cause, where, "connect-timeout")
-            return network or f"no server available at {where}: is nats-server running there?"
+            return Problem("connect", "no server available")
         if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in detail.lower():
-            return (
-                f"{where} refused the credentials: check user/password, token, creds-file "
-                f"or nkey-seed-file ({detail})"
-            )
+            fix = "check user/password, token, creds-file or nkey-seed-file"
+            return Problem("authentication", detail, fix=fix)
         if isinstance(exc, nats.errors.SecureConnWantedError):
-            return (
-                f"{where} does not offer TLS, and TLS was asked for (tls:// url or the tls "
-                "block): enable TLS on the server or use nats://"
+            return Problem(
+                "tls",
+                "the server does not offer TLS, and TLS was asked for (a tls:// url or "
+                "the tls block)",
+                fix="enable TLS on the server or use nats://",
             )
         if isinstance(exc, nats.errors.SecureConnRequiredError):
-            return f"{where} requires TLS: use a tls:// url or the tls block"
+            return Problem(
+                "tls", "the server requires TLS", fix="use a tls:// url or the tls block"
+            )
         if isinstance(exc, NoStreamResponseError):
-            return (
-                f"no JetStream stream stores subject {self.options.subject_prefix}.* at "
-                f"{where}: is JetStream enabled (nats-server -js) and does stream {stream!r} "
-                "take these subjects?"
+            fix = (
+                f"is JetStream enabled (nats-server -js) and does stream {stream!r} take "
+                "these subjects?"
             )
+            return Problem("missing", detail, f"a stream for subjects {prefix}.*", fix)
         if isinstance(exc, NotFoundError):
-            return (
-                f"stream {stream!r} does not exist at {where} and create-stream is false: "
-                "create it, or set eventbus.backends.nats.create-stream to true"
-            )
+            return Problem("missing", detail, f"stream {stream!r}")
         if isinstance(exc, APIError):
             if exc.err_code == _SUBJECTS_OVERLAP:
-                return (
-                    f"stream {stream!r} cannot be made at {where}: another stream already "
-                    f"takes subjects under {self.options.subject_prefix}.>; choose another "
+                fix = (
+                    f"another stream already takes subjects under {prefix}.>; choose another "
                     "subject-prefix, or name that stream as stream"
                 )
+                return Problem("refused", detail, f"to make stream {stream!r}", fix)
             if exc.err_code in _JETSTREAM_NOT_ENABLED:
-                return f"JetStream is not enabled at {where}: start nats-server with -js"
-            return f"JetStream at {where} refused a request on stream {stream!r}: {detail}"
+                fix = "JetStream is not enabled: start nats-server with -js"
+                return Problem("refused", detail, "JetStream requests", fix)
+            return Problem("refused", detail, f"a request on stream {stream!r}")
         if isinstance(exc, asyncio.CancelledError):
-            return f"the publish to {where} was aborted"
+            return Problem("said", f"the publish to {self.broker()} was aborted")
         if isinstance(exc, (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)):
-            return (
-                f"{where} did not acknowledge in time (connect-timeout "
-                f"{self.options.connect_timeout:g}s, publish-timeout "
-                f"{self.options.publish_timeout:g}s): is the server overloaded or stalled?"
-            )
+            return Problem("timeout", detail)
         if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError)):
-            why = f": {self.mask(repr(exc.__cause__))}" if exc.__cause__ is not None else ""
-            return f"lost the connection to {where}{why}"
-        network = explain_network(cause, where, "connect-timeout")
-        return network or super().explain(exc)
+            return Problem("lost", repr(exc.__cause__) if exc.__cause__ is not None else "")
+        return None
 
 
 class _TLSOnlyClient(NATSClient):
@@ -418,8 +414,10 @@ class _TLSOnlyClient(NATSClient):
         return command
 
 
-class _JetStreamReader(Subscription):
+class _JetStreamReader(ReconnectingSubscription):
     """A pull consumer on a connection of its own, on a loop of its own."""
+
+    connection_errors = (nats.errors.Error, APIError, OSError)
 
     def __init__(
         self,
@@ -429,7 +427,7 @@ class _JetStreamReader(Subscription):
         filters: list[str] | None,
         count: int,
     ) -> None:
-        super().__init__()
+        super().__init__("NATS", backend.explain)
         self._backend = backend
         self._options = backend.options
         self._from_beginning = from_beginning
@@ -445,10 +443,13 @@ class _JetStreamReader(Subscription):
         self._last_sequence: int | None = None
         # Reply subjects of deliveries not acknowledged, in the order received.
         self._outstanding: dict[str, None] = {}
-        self._reconnects = ConsumerReconnect(logger, "NATS", backend.explain)
 
-    def start(self) -> None:
-        bound = self._backend._connect_bound() + self._options.publish_timeout
+    def _connect(self) -> None:
+        if self._consumer is None:
+            bound = self._backend._connect_bound() + self._options.publish_timeout
+        else:
+            # Reconnecting within a fetch: bounded near the caller's wait.
+            bound = RECONNECT_BOUND
         self._loop.run(self._attach(), bound)
 
     async def _attach(self) -> None:
@@ -491,54 +492,26 @@ class _JetStreamReader(Subscription):
             config.filter_subjects = self._filters
         return config
 
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._client is None and not self._reconnects.attempt(
-            lambda: self._loop.run(self._attach(), max(deadline - time.monotonic(), 0.5) + 5),
-            deadline,
-        ):
-            return []
-        pull = self._pull
-        assert pull is not None and self._client is not None
+    def _read(self, timeout: float) -> list[Delivery]:
+        pull, client = self._pull, self._client
+        assert pull is not None and client is not None
         try:
             messages = self._loop.run(
                 pull.fetch(self._count, timeout=max(timeout, 0.05)), timeout + 5
             )
         except (nats.errors.TimeoutError, TimeoutError):
             # Nothing arrived in time, or the connection is gone.
-            if self._client.is_closed:
-                self._lost(None)
-            return []
-        except (nats.errors.Error, APIError, OSError) as exc:
-            self._lost(exc)
+            if client.is_closed:
+                raise nats.errors.ConnectionClosedError() from None
             return []
         deliveries = []
         for message in messages:
             self._last_sequence = message.metadata.sequence.stream
             self._outstanding[message.reply] = None
-            deliveries.append(Delivery(message.data, message))
+            deliveries.append(delivery_of(message.data, message.headers, message))
         return deliveries
 
-    def _decode(self, delivery: Delivery) -> list[Event]:
-        message: Msg = delivery.token
-        try:
-            events = events_of(message.data, message.headers)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            logger.warning("Skipping a message that is not a dask-eventbus CloudEvent: %s", exc)
-            return []
-        if self._types is None:
-            return events
-        return [e for e in events if any(fnmatch.fnmatchcase(e.type, p) for p in self._types)]
-
-    def _lost(self, exc: BaseException | None) -> None:
-        logger.warning(
-            "dask-eventbus: lost NATS while reading stream %s (%s); reconnecting",
-            self._options.stream,
-            self._backend.explain(exc) if exc is not None else "connection closed",
-        )
-        self._drop()
-
-    def _drop(self) -> None:
+    def _disconnect(self) -> None:
         client, self._client, self._pull = self._client, None, None
         self._outstanding.clear()  # the server delivers them again
         if client is not None:
@@ -547,11 +520,11 @@ class _JetStreamReader(Subscription):
             except BaseException:
                 logger.debug("dask-eventbus: closing the NATS subscriber failed", exc_info=True)
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         message: Msg = token
         client = self._client
         if client is None or message.reply not in self._outstanding:
-            return  # from a connection that is gone: delivered again anyway
+            return
         del self._outstanding[message.reply]
         self._loop.submit(_send(client, message.reply, b"+ACK"))
 
@@ -568,7 +541,7 @@ class _JetStreamReader(Subscription):
         except BaseException:
             logger.debug("dask-eventbus: releasing the NATS consumer failed", exc_info=True)
         finally:
-            self._drop()
+            self._disconnect()
             self._loop.stop()
 
     async def _delete_consumer(self, client: NATSClient) -> None:

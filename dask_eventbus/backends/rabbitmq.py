@@ -15,13 +15,11 @@ or a named durable one, bound to the exchange with routing-key patterns.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -34,67 +32,25 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from ..bindings.amqp import check_routing_key, properties_of, routing_key_function
-from ..config import Duration, PositiveDuration, redact_url
-from . import (
-    Backend,
-    BackendOptions,
-    ConsumerReconnect,
-    Delivery,
-    Message,
-    Subscription,
+from ..bindings.amqp import (
+    PublisherConfirms,
+    check_routing_key,
+    properties_of,
+    routing_key_function,
 )
-from .diagnosis import explain_network
+from ..config import Duration, PositiveDuration, redact_url
+from .clientlog import QuietLibrary
+from .contract import Backend, BackendOptions, Message, url_scheme
+from .diagnosis import Problem, network_problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.rabbitmq")
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-_inside = threading.local()
-
-
-class _QuietPika(logging.Filter):
-    """Keeps pika's own messages about this backend's connections at DEBUG.
-
-    pika logs one failed connection attempt as half a dozen ERROR records
-    (with tracebacks for TLS errors); the pipeline already reports each
-    failure once, explained, and summarises repeats. Records pika emits while
-    this backend is calling it are dropped, or relabelled DEBUG when the
-    ``pika`` logger is enabled for DEBUG; pika used elsewhere is untouched.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(_inside, "depth", 0) or record.levelno <= logging.DEBUG:
-            return True
-        if not logging.getLogger("pika").isEnabledFor(logging.DEBUG):
-            return False
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
-
-
-_QUIET_PIKA = _QuietPika()
-for _name in list(logging.root.manager.loggerDict):
-    if _name == "pika" or _name.startswith("pika."):
-        logging.getLogger(_name).addFilter(_QUIET_PIKA)
-
-
-@contextlib.contextmanager
-def _quiet_pika() -> Iterator[None]:
-    _inside.depth = getattr(_inside, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _inside.depth -= 1
-
-
-def _quiet(method: _F) -> _F:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _quiet_pika():
-            return method(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+# pika logs one failed connection attempt as half a dozen ERROR records
+# (with tracebacks for TLS errors).
+_quiet = QuietLibrary("pika")
 
 
 # How long close() waits for the broker to answer Connection.Close before it
@@ -130,9 +86,7 @@ class RabbitMQOptions(BackendOptions):
     tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
-        scheme = self.url.partition("://")[0].lower()
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError("url must start with amqp:// or amqps://")
+        scheme = url_scheme(self.url, ("amqp", "amqps"), tls=("amqps",))
         try:
             pika.URLParameters(self.url)
         except Exception as exc:
@@ -177,6 +131,8 @@ class RabbitMQBackend(Backend):
     name = "rabbitmq"
     Options = RabbitMQOptions
     options: RabbitMQOptions
+    timeout_options = ("connect-timeout", "publish-timeout")
+    provisioning_option = "declare"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -186,10 +142,7 @@ class RabbitMQBackend(Backend):
         self._channel: Any = None
         self._failure: BaseException | None = None
         self._blocked: str | None = None
-        self._published = 0  # delivery tags are 1, 2, ... per channel
-        self._acked_through = 0
-        self._acked_above: set[int] = set()
-        self._nacked = 0
+        self._confirms = PublisherConfirms()
         self._returned: list[tuple[int, str, str]] = []
 
     # ---------------------------------------------------------------- helpers
@@ -235,8 +188,7 @@ class RabbitMQBackend(Backend):
         deadline = time.monotonic() + options.connect_timeout
         self._failure = None
         self._blocked = None
-        self._published = self._acked_through = self._nacked = 0
-        self._acked_above = set()
+        self._confirms = PublisherConfirms()
         self._returned = []
         ioloop = self._ioloop = IOLoop()
         ioloop.activate_poller()
@@ -343,16 +295,16 @@ class RabbitMQBackend(Backend):
                 ),
                 mandatory,
             )
-        self._published += len(messages)
-        last = self._published
+        confirms = self._confirms
+        confirms.expect(len(messages))
         if options.confirm:
             self._wait(
-                lambda: self._acked_through >= last or bool(self._nacked or self._returned),
+                lambda: not confirms.unsettled or bool(confirms.nacked or self._returned),
                 deadline,
                 f"waiting for the broker to confirm {len(messages)} events",
                 limit,
             )
-            if self._nacked or self._returned:
+            if confirms.nacked or self._returned:
                 raise self._rejection(len(messages))
         else:
             connection = self._connection
@@ -364,9 +316,9 @@ class RabbitMQBackend(Backend):
             )
 
     def _rejection(self, count: int) -> RabbitMQError:
-        if self._nacked:
+        if self._confirms.nacked:
             return RabbitMQError(
-                f"the broker rejected {self._nacked} of {count} events (basic.nack): "
+                f"the broker rejected {self._confirms.nacked} of {count} events (basic.nack): "
                 "a queue refused them (x-overflow reject-publish at its max-length) or "
                 "the broker had an internal error; retrying"
             )
@@ -479,95 +431,54 @@ class RabbitMQBackend(Backend):
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        tag = method.delivery_tag
-        if isinstance(method, pika.spec.Basic.Nack):
-            above = self._acked_above
-            if method.multiple:
-                settled = sum(1 for t in above if t <= tag)
-                self._nacked += max(1, tag - self._acked_through - settled)
-            elif tag > self._acked_through and tag not in above:
-                self._nacked += 1
-            # A nacked tag is settled too: a later multiple nack must not count it again.
-        if method.multiple or tag == self._acked_through + 1:
-            self._acked_through = max(self._acked_through, tag)
-            above = self._acked_above
-            while above and self._acked_through + 1 in above:
-                self._acked_through += 1
-                above.discard(self._acked_through)
-            if above and min(above) <= self._acked_through:
-                above.difference_update([t for t in above if t <= self._acked_through])
-        else:
-            self._acked_above.add(tag)
+        refused = isinstance(method, pika.spec.Basic.Nack)
+        self._confirms.settle(method.delivery_tag, method.multiple, refused=refused)
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._returned.append((method.reply_code, method.reply_text, method.routing_key))
 
     # ---------------------------------------------------------------- diagnosis
 
-    def explain(self, exc: BaseException) -> str:
-        return self.mask(self._explain(exc))
+    def broker(self) -> str:
+        return f"RabbitMQ at {self.location()}"
 
-    def _explain(self, exc: BaseException) -> str:
-        where = f"RabbitMQ at {self.location()}"
+    def classify(self, exc: BaseException) -> Problem | None:
         cause = _root_cause(exc)
-        user = getattr(pika.URLParameters(self.options.url).credentials, "username", "?")
+        credentials = pika.URLParameters(self.options.url).credentials
+        user = f"user {getattr(credentials, 'username', '?')!r}"
         if isinstance(cause, RabbitMQError):
-            return str(cause)
+            return Problem("said", str(cause))
         if isinstance(cause, pe.ProbableAuthenticationError | pe.AuthenticationError):
-            return (
-                f"{where}: authentication refused for user {user!r}; check the user "
-                "name and password in the url"
+            return Problem(
+                "authentication", "", user, "check the user name and password in the url"
             )
         if isinstance(cause, pe.ProbableAccessDeniedError):
-            return (
-                f"{where}: access to the virtual host refused for user {user!r} "
-                f"({_reply(cause)}); create the vhost or grant the user permissions on it"
+            fix = (
+                "access to the virtual host was refused: create the vhost or grant the "
+                "user permissions on it"
             )
+            return Problem("permission", _reply(cause), user, fix)
         if isinstance(cause, AMQPConnectorStackTimeout):
-            cause = TimeoutError(str(cause))
-        network = explain_network(cause, where, "connect-timeout")
-        if network is not None:
-            return network
+            return Problem("timeout", str(cause))
         if isinstance(cause, pe.ConnectionBlockedTimeout):
-            return (
-                f"{where} blocked publishing for longer than blocked_connection_timeout: "
-                "it is short of memory or disk, see its resource alarms"
+            fix = (
+                "it blocked publishing for longer than blocked_connection_timeout: it is "
+                "short of memory or disk, see its resource alarms"
             )
+            return Problem("refused", "", "to take events", fix)
         if isinstance(cause, pe.AMQPHeartbeatTimeout):
-            return f"{where} stopped sending heartbeats; the connection was dropped"
+            return Problem("lost", "it stopped sending heartbeats")
         if isinstance(cause, pe.ChannelClosedByBroker):
-            return self._explain_channel(cause, where)
+            return _channel_problem(cause)
         if isinstance(cause, pe.ConnectionClosedByBroker):
-            return (
-                f"{where} closed the connection ({_reply(cause)}): the broker is restarting "
-                "or an operator closed it; reconnecting"
-            )
+            why = f"it closed the connection ({_reply(cause)})"
+            return Problem("lost", f"{why}: the broker is restarting or an operator closed it")
         if isinstance(cause, pe.StreamLostError):
-            return f"lost the connection to {where}: {cause}"
+            return Problem("lost", str(cause))
         if isinstance(cause, pe.AMQPError):
-            return f"{where}: {type(cause).__name__}: {cause!r}"
-        return f"{where}: {type(cause).__name__}: {cause}"
-
-    def _explain_channel(self, cause: pe.ChannelClosedByBroker, where: str) -> str:
-        text = cause.reply_text
-        if cause.reply_code == 404:
-            missing = re.search(r"no (exchange|queue) '([^']*)'", text)
-            if missing and missing.group(1) == "exchange":
-                return (
-                    f"{where}: exchange {missing.group(2)!r} does not exist; create it or "
-                    "set declare: true"
-                )
-            if missing:
-                return f"{where}: queue {missing.group(2)!r} does not exist ({_reply(cause)})"
-        if cause.reply_code == 406:
-            return (
-                f"{where}: {_reply(cause)}; an exchange or queue of that name exists with "
-                "other settings: match exchange-type, durable and the queue options, or "
-                "delete it"
-            )
-        if cause.reply_code == 403:
-            return f"{where}: permission denied ({_reply(cause)}); grant the user access"
-        return f"{where}: the channel was closed ({_reply(cause)})"
+            return Problem("refused", f"{type(cause).__name__}: {cause!r}")
+        # Under pika's connection-workflow wrappers, where the framework does not look.
+        return network_problem(cause)
 
     # ---------------------------------------------------------------- consumer
 
@@ -609,7 +520,31 @@ class RabbitMQBackend(Backend):
             )
         if not self.options.exchange and not self.options.queue:
             raise ValueError("subscribing on the default exchange needs the queue option")
-        return _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        subscription = _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        try:
+            subscription.start()
+        except Exception as exc:
+            raise RabbitMQError(self.explain(exc)) from exc
+        return subscription
+
+
+def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
+    text = cause.reply_text
+    if cause.reply_code == 404:
+        missing = re.search(r"no (exchange|queue) '([^']*)'", text)
+        if missing and missing.group(1) == "exchange":
+            return Problem("missing", about=f"exchange {missing.group(2)!r}")
+        if missing:
+            return Problem("missing", _reply(cause), f"queue {missing.group(2)!r}", "create it")
+    if cause.reply_code == 406:
+        fix = (
+            "an exchange or queue of that name exists with other settings: match "
+            "exchange-type, durable and the queue options, or delete it"
+        )
+        return Problem("refused", _reply(cause), fix=fix)
+    if cause.reply_code == 403:
+        return Problem("permission", _reply(cause), fix="grant the user access")
+    return Problem("refused", _reply(cause), "the channel (closed it)")
 
 
 def _reply(error: pe.ConnectionClosed | pe.ChannelClosed | BaseException) -> str:
@@ -646,33 +581,32 @@ def _ssl_options(tls: TLSOptions) -> pika.SSLOptions:
     return pika.SSLOptions(tls.context(), server_hostname=tls.server_hostname)
 
 
-class _RabbitMQSubscription(Subscription):
+class _RabbitMQSubscription(ReconnectingSubscription):
     """A consumer on a blocking pika connection, reconnecting after failures."""
 
+    connection_errors = (pe.AMQPError, RabbitMQError, OSError)
+
     def __init__(self, backend: RabbitMQBackend, bindings: list[str], prefetch: int) -> None:
-        super().__init__()
+        super().__init__("RabbitMQ", backend.explain, logger)
         self._backend = backend
         self._bindings = bindings
         self._prefetch = prefetch
         self._connection: Any = None
         self._channel: Any = None
         self._queue = ""
-        self._generation = 0
         self._received: list[Delivery] = []
         self._acks: list[int] = []
         self._acked_through = 0
         self._broken: BaseException | None = None
-        self._reconnects = ConsumerReconnect(logger, "RabbitMQ", backend.explain)
-        try:
-            self._connect()
-        except Exception as exc:
-            self._disconnect()
-            raise RabbitMQError(backend.explain(exc)) from exc
 
     @property
     def queue(self) -> str:
         """The name of the queue being consumed (generated for exclusive queues)."""
         return self._queue
+
+    @property
+    def keeps_events_while_away(self) -> bool:
+        return bool(self._backend.options.queue)
 
     @_quiet
     def _connect(self) -> None:
@@ -682,7 +616,6 @@ class _RabbitMQSubscription(Subscription):
             **params.client_properties,
             "connection_name": f"{options.connection_name} subscriber",
         }
-        self._generation += 1
         self._acks, self._acked_through, self._broken = [], 0, None
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
@@ -705,47 +638,26 @@ class _RabbitMQSubscription(Subscription):
         channel.basic_consume(self._queue, self._on_message)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._received.append(Delivery(body, (self._generation, method.delivery_tag)))
+        self._received.append(Delivery(body, method.delivery_tag))
 
     def _on_cancelled(self, method: Any) -> None:
         self._broken = RabbitMQError(f"the broker cancelled the consumer on queue {self._queue!r}")
 
     @_quiet
-    def fetch(self, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        if self._connection is None and not self._reconnect(deadline):
-            return []
-        try:
-            if self._broken is not None:
-                raise self._broken
-            self._flush_acks()
-            if not self._received:
-                self._connection.process_data_events(time_limit=timeout)
-            if self._broken is not None:
-                raise self._broken
-        except (pe.AMQPError, RabbitMQError, OSError) as exc:
-            kept = "" if self._backend.options.queue else "; events published meanwhile are missed"
-            logger.warning(
-                "dask-eventbus: lost the RabbitMQ consumer connection: %s; reconnecting%s",
-                self._backend.explain(exc),
-                kept,
-            )
-            self._disconnect()
-            self._reconnect(deadline)
+    def _read(self, timeout: float) -> list[Delivery]:
+        if self._broken is not None:
+            raise self._broken
+        self._flush_acks()
+        if not self._received:
+            self._connection.process_data_events(time_limit=timeout)
+        if self._broken is not None:
+            raise self._broken
         received, self._received = self._received, []
         return received
 
-    def _reconnect(self, deadline: float) -> bool:
-        return self._reconnects.attempt(
-            self._connect, deadline, (pe.AMQPError, OSError), self._disconnect
-        )
-
-    def ack(self, token: Any) -> None:
-        generation, tag = token
-        if generation == self._generation:
-            # Sent in one go before the next wait; acks of a closed channel are
-            # void (the broker redelivers those events).
-            self._acks.append(tag)
+    def _acknowledge(self, token: Any) -> None:
+        # Sent in one go before the next wait.
+        self._acks.append(token)
 
     def _flush_acks(self) -> None:
         tags, self._acks = self._acks, []
@@ -759,6 +671,7 @@ class _RabbitMQSubscription(Subscription):
                 self._channel.basic_ack(tag)
         self._acked_through = max(self._acked_through, tags[-1])
 
+    @_quiet
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         self._received = []

@@ -40,14 +40,9 @@ from redis.retry import Retry
 
 from ..bindings.redis import body_of, xadd_commands
 from ..config import PositiveDuration, redact_url
-from . import (
-    Backend,
-    BackendOptions,
-    ConsumerReconnect,
-    Delivery,
-    Message,
-    Subscription,
-)
+from .contract import Backend, BackendOptions, Message, url_scheme
+from .diagnosis import Problem
+from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
 
 logger = logging.getLogger("distributed.eventbus")
@@ -81,12 +76,7 @@ class RedisOptions(BackendOptions):
     ssl_check_hostname: bool | None = None
 
     def __post_init__(self) -> None:
-        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
-        if scheme not in SCHEMES:
-            raise ValueError(
-                f"url must start with redis://, rediss:// (TLS) or unix://, "
-                f"got {redact_url(self.url)!r}"
-            )
+        scheme = url_scheme(self.url, SCHEMES, tls=("rediss",))
         try:
             parsed = parse_url(self.url)
         except ValueError as exc:
@@ -121,6 +111,7 @@ class RedisBackend(Backend):
     name = "redis"
     Options = RedisOptions
     options: RedisOptions
+    timeout_options = ("connect-timeout", "socket-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -260,10 +251,13 @@ class RedisBackend(Backend):
                 else:
                     last: Any = client.xrevrange(stream, "+", "-", count=1)
                     start = _text(last[0][0]) if last else "0-0"
-                return _StreamReader(self, client, start, count)
-            start = "0" if from_beginning else after_id or "$"
-            _create_group(client, stream, group, start)
-            return _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+                reader: _RedisSubscription = _StreamReader(self, client, start, count)
+            else:
+                start = "0" if from_beginning else after_id or "$"
+                _create_group(client, stream, group, start)
+                reader = _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+            reader.start()
+            return reader
         except BaseException:
             client.close()
             raise
@@ -273,69 +267,55 @@ class RedisBackend(Backend):
     def describe(self) -> str:
         return f"Redis stream {self.options.stream!r} at {redact_url(self.options.url)}"
 
-    def explain(self, exc: BaseException) -> str:
-        where, stream = self._where, self.options.stream
-        detail = self.mask(str(exc))
+    def broker(self) -> str:
+        return f"Redis at {self._where}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
+        user, stream = f"user {self._user!r}", self.options.stream
+        detail = str(exc)
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
             exc, "WRONGPASS", "NOAUTH", "AUTH"
         ):
             if not self._has_password or _starts(exc, "NOAUTH"):
-                return (
-                    f"Redis at {where} requires authentication: give a password "
-                    f"in the url or as eventbus.backends.redis.password ({detail})"
+                fix = (
+                    "it requires authentication: give a password in the url or as "
+                    "eventbus.backends.redis.password"
                 )
-            return (
-                f"Redis at {where} refused authentication for user {self._user!r}: check "
-                f"the username and password ({detail})"
-            )
+                return Problem("authentication", detail, fix=fix)
+            return Problem("authentication", detail, user, "check the username and password")
         if isinstance(exc, NoPermissionError) or _starts(exc, "NOPERM"):
             if "client|setname" in detail.lower():
-                return (
-                    f"Redis user {self._user!r} at {where} may not run CLIENT SETNAME: "
-                    f"grant it +client|setname or set eventbus.backends.redis.client-name "
-                    f"to null"
-                )
-            return (
-                f"Redis user {self._user!r} at {where} lacks a permission ({detail}): "
-                f"publishing needs +xadd +ping on ~{stream}"
-            )
+                fix = "grant it +client|setname or set eventbus.backends.redis.client-name to null"
+                return Problem("permission", detail, user, fix)
+            return Problem("permission", detail, user, f"publishing needs +xadd +ping on ~{stream}")
         if isinstance(exc, OutOfMemoryError) or _starts(exc, "OOM"):
-            return (
-                f"Redis at {where} is out of memory (maxmemory) and refuses new entries: "
-                f"lower eventbus.backends.redis.maxlen, trim or delete streams, or raise "
-                f"maxmemory ({detail})"
+            fix = (
+                "it is out of memory (maxmemory): lower eventbus.backends.redis.maxlen, trim "
+                "or delete streams, or raise maxmemory"
             )
+            return Problem("refused", detail, "new entries", fix)
         if isinstance(exc, ReadOnlyError) or _starts(exc, "READONLY"):
-            return f"Redis at {where} is a read-only replica: point the url at the primary"
+            return Problem(
+                "refused",
+                detail,
+                "writes",
+                "it is a read-only replica: point the url at the primary",
+            )
         if _starts(exc, "WRONGTYPE") or "WRONGTYPE" in detail:
-            return (
-                f"the key {stream!r} at {where} exists and is not a stream: choose another "
-                f"eventbus.backends.redis.stream or delete that key"
+            fix = (
+                f"the key {stream!r} exists and is not a stream: choose another "
+                "eventbus.backends.redis.stream or delete that key"
             )
+            return Problem("refused", detail, f"stream {stream!r}", fix)
         if isinstance(exc, BusyLoadingError):
-            return f"Redis at {where} is still loading its data after a restart ({detail})"
+            return Problem("refused", detail, fix="it is still loading its data after a restart")
         if isinstance(exc, RedisTimeoutError):
-            return (
-                f"Redis at {where} did not answer in time (connect-timeout "
-                f"{self.options.connect_timeout:g}s, socket-timeout "
-                f"{self.options.socket_timeout:g}s): is it overloaded or blocked? ({detail})"
-            )
+            return Problem("timeout", detail)
         if isinstance(exc, RedisConnectionError):
-            lowered = detail.lower()
-            if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
-                return (
-                    f"TLS with Redis at {where} failed: check the rediss:// url and the "
-                    f"ssl-* options ({detail})"
-                )
-            if "name or service not known" in lowered or "nodename nor servname" in lowered:
-                return f"cannot resolve the Redis host in {where}: check the url ({detail})"
-            return (
-                f"cannot connect to Redis at {where}: is redis-server running there and "
-                f"the url right? ({detail})"
-            )
+            return Problem("connect", detail)
         if isinstance(exc, ResponseError):
-            return f"Redis at {where} refused a command on stream {stream!r}: {detail}"
-        return super().explain(exc)
+            return Problem("refused", detail, f"a command on stream {stream!r}")
+        return None
 
 
 _DEPRECATED_TLS = (
@@ -349,15 +329,7 @@ _DEPRECATED_TLS = (
 
 def _tls_arguments(options: RedisOptions) -> dict[str, Any]:
     """redis-py's ``ssl_*`` arguments: from the tls block, or the deprecated options."""
-    tls = options.tls or TLSOptions()
-    arguments: dict[str, Any] = {
-        "ssl_ca_certs": tls.ca_file,
-        "ssl_certfile": tls.cert_file,
-        "ssl_keyfile": tls.key_file,
-        "ssl_password": tls.key_password,
-        "ssl_cert_reqs": "required" if tls.verify else "none",
-        "ssl_check_hostname": tls.verify,
-    }
+    arguments = (options.tls or TLSOptions()).redis_py()
     for name in _DEPRECATED_TLS:
         if getattr(options, name) is not None:
             arguments[name] = getattr(options, name)
@@ -430,15 +402,15 @@ def _entries(reply: Any) -> list[Entry]:
     return list(reply[0][1])
 
 
-class _RedisSubscription(Subscription):
+class _RedisSubscription(ReconnectingSubscription):
+    connection_errors = (RedisConnectionError, RedisTimeoutError)
+    acks_outlive_connections = True  # XACK names entries, not deliveries
+
     def __init__(self, backend: RedisBackend, client: redis.Redis, count: int) -> None:
-        super().__init__()
-        self._backend = backend
+        super().__init__("Redis", backend.explain, logger)
         self._client = client
         self._stream = backend.options.stream
         self._count = count
-        self._lost = False
-        self._reconnects = ConsumerReconnect(logger, "Redis", backend.explain)
         self._last_entry_id: str | None = None
 
     @property
@@ -448,34 +420,21 @@ class _RedisSubscription(Subscription):
             return _text(self._unacked.token)
         return self._last_entry_id
 
-    def _read(self, block: float) -> list[Entry]:
-        raise NotImplementedError
+    def _connect(self) -> None:
+        # redis-py reconnects by itself on the next command; a ping tells
+        # when Redis is back.
+        self._client.ping()
 
-    def fetch(self, timeout: float) -> list[Delivery]:
+    def _read(self, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while True:
-            # redis-py reconnects by itself on the next command; a ping tells
-            # when Redis is back, paced and logged as every subscriber does.
-            if self._lost and not self._reconnects.attempt(
-                self._client.ping, deadline, (RedisConnectionError, RedisTimeoutError)
-            ):
-                return []
-            self._lost = False
             remaining = deadline - time.monotonic()
-            try:
-                entries = self._read(min(max(remaining, 0.001), MAX_BLOCK))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                # Keep following through a restart or a killed connection.
-                logger.warning(
-                    "dask-eventbus: lost Redis while reading %s (%s); reconnecting",
-                    self._stream,
-                    self._backend.explain(exc),
-                )
-                self._lost = True
-                continue
-            deliveries = self._deliveries(entries)
+            deliveries = self._deliveries(self._read_entries(min(max(remaining, 0.001), MAX_BLOCK)))
             if deliveries or time.monotonic() >= deadline:
                 return deliveries
+
+    def _read_entries(self, block: float) -> list[Entry]:
+        raise NotImplementedError
 
     def _deliveries(self, entries: list[Entry]) -> list[Delivery]:
         deliveries = []
@@ -483,10 +442,13 @@ class _RedisSubscription(Subscription):
             body = body_of(fields)
             if body is None:
                 # Trimmed away while pending in a group: nothing to deliver.
-                self.ack(entry_id)
+                self._acknowledge(entry_id)
                 continue
             deliveries.append(Delivery(body, entry_id))
         return deliveries
+
+    def _disconnect(self) -> None:
+        self._client.connection_pool.disconnect()
 
     def _close(self) -> None:
         try:
@@ -502,7 +464,7 @@ class _StreamReader(_RedisSubscription):
         super().__init__(backend, client, count)
         self._after = start
 
-    def _read(self, block: float) -> list[Entry]:
+    def _read_entries(self, block: float) -> list[Entry]:
         reply = self._client.xread(
             {self._stream: self._after}, count=self._count, block=max(1, int(block * 1000))
         )
@@ -511,7 +473,7 @@ class _StreamReader(_RedisSubscription):
             self._after = _text(entries[-1][0])
         return entries
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         if token is not None:
             self._last_entry_id = _text(token)
 
@@ -534,7 +496,7 @@ class _GroupReader(_RedisSubscription):
         self._acks: list[bytes] = []
         self._acks_since = 0.0
 
-    def _read(self, block: float) -> list[Entry]:
+    def _read_entries(self, block: float) -> list[Entry]:
         self._flush_acks()
         try:
             if self._pending_after is not None:
@@ -574,7 +536,7 @@ class _GroupReader(_RedisSubscription):
             self._acks.clear()
             return []
 
-    def ack(self, token: Any) -> None:
+    def _acknowledge(self, token: Any) -> None:
         self._last_entry_id = _text(token)
         if not self._acks:
             self._acks_since = time.monotonic()

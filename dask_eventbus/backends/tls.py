@@ -1,8 +1,9 @@
 """One TLS option block, ``tls``, for every network backend.
 
-Each backend maps it to its client library: an ``ssl.SSLContext`` (pika),
-redis-py's ``ssl_*`` arguments, py-amqp's ``ssl`` dict (Kombu), librdkafka's
-``ssl.*`` properties (Kafka). The keys mean the same everywhere; a key a
+Each backend maps it to its client library: an ``ssl.SSLContext`` (pika,
+nats-py, httpx), redis-py's ``ssl_*`` arguments (the redis backend and
+Kombu's redis transport, mapped once here), py-amqp's ``ssl`` dict (Kombu),
+librdkafka's ``ssl.*`` properties (Kafka). The keys mean the same everywhere; a key a
 client library cannot honour is refused when the options are read, naming
 the library.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 import warnings
+from typing import Any
 
 import msgspec
 
@@ -44,6 +46,18 @@ class TLSOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fi
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    def redis_py(self) -> dict[str, Any]:
+        """redis-py's ``ssl_*`` arguments: for the redis backend, and for
+        Kombu's redis transport, which hands them to redis-py."""
+        return {
+            "ssl_ca_certs": self.ca_file,
+            "ssl_certfile": self.cert_file,
+            "ssl_keyfile": self.key_file,
+            "ssl_password": self.key_password,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if self.verify else ssl.CERT_NONE,
+            "ssl_check_hostname": self.verify,
+        }
 
     def refuse(self, library: str, *keys: str) -> None:
         """Raise if any of ``keys`` is set: ``library`` cannot honour them."""

@@ -30,7 +30,8 @@ import msgspec
 
 from ..bindings.http import request, request_end, retry_after, retryable, signing_key
 from ..config import ConfigError, PositiveDuration, redact_url
-from . import Backend, BackendOptions, Message, Refused
+from .contract import Backend, BackendOptions, Message, Refused, url_scheme
+from .diagnosis import Problem
 from .tls import TLSOptions
 
 logger = logging.getLogger("distributed.eventbus")
@@ -62,13 +63,11 @@ class WebhookOptions(BackendOptions):
     tls: TLSOptions | None = None
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"url must be an http:// or https:// URL with a host, got {redact_url(self.url)!r}"
-            )
+        scheme = url_scheme(self.url, ("http", "https"), tls=("https",))
+        if not urlsplit(self.url).hostname:
+            raise ValueError(f"url must name a host, got {redact_url(self.url)!r}")
         if self.tls is not None:
-            if parts.scheme.lower() != "https":
+            if scheme != "https":
                 raise ValueError("tls needs an https:// url")
             self.tls.refuse("httpx", "server-hostname")
         reserved = sorted(name for name in self.headers if name.lower() in RESERVED_HEADERS)
@@ -98,6 +97,7 @@ class WebhookBackend(Backend):
     name = "webhook"
     Options = WebhookOptions
     options: WebhookOptions
+    timeout_options = ("timeout",)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -230,47 +230,37 @@ class WebhookBackend(Backend):
     def describe(self) -> str:
         return f"webhook {redact_url(self.options.url)}"
 
-    def explain(self, exc: BaseException) -> str:
-        where = self._where
-        detail = self.mask(f"{type(exc).__name__}: {exc}")
+    def broker(self) -> str:
+        return f"the webhook receiver at {self._where}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
         if isinstance(exc, Refused):
-            return (
-                f"the webhook receiver refused {len(exc.messages)} events for good "
-                f"(not retried): {self.mask(exc.reason)}"
+            return Problem(
+                "refused", exc.reason, f"{len(exc.messages)} events for good (not retried)"
             )
         if isinstance(exc, WebhookError):
             wait = f" (Retry-After {exc.retry_after:g}s)" if exc.retry_after is not None else ""
             if exc.status == 429:
-                return f"the webhook receiver asks to slow down{wait}: {exc}"
+                return Problem("refused", str(exc), f"the request{wait}", "it asks to slow down")
             if exc.status >= 500:
-                return f"the webhook receiver failed or is unavailable{wait}: {exc}"
-            if exc.status == 408:
-                return f"the webhook receiver timed out reading the request{wait}: {exc}"
-            return (
-                f"the webhook receiver answered with neither success nor an error: {exc}. "
-                f"Point eventbus.backends.webhook.url at the final address (redirects are "
-                f"not followed)"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return (
-                f"the webhook receiver at {where} did not answer within "
-                f"{self.options.timeout:g}s (eventbus.backends.webhook.timeout): is it "
-                f"overloaded or stalled? ({detail})"
-            )
-        if isinstance(exc, httpx.ConnectError):
-            lowered = detail.lower()
-            if "ssl" in lowered or "certificate" in lowered:
-                return (
-                    f"TLS with the webhook receiver at {where} failed: check the https:// "
-                    f"url and the tls block ({detail})"
+                return Problem(
+                    "refused", str(exc), f"the request{wait}", "it failed or is unavailable"
                 )
-            return (
-                f"cannot connect to the webhook receiver at {where}: is it running and "
-                f"the url right? ({detail})"
+            if exc.status == 408:
+                return Problem("timeout", str(exc), fix="it timed out reading the request")
+            fix = (
+                "it answered with neither success nor an error: point "
+                "eventbus.backends.webhook.url at the final address (redirects are not followed)"
             )
+            return Problem("refused", str(exc), fix=fix)
+        detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, httpx.TimeoutException):
+            return Problem("timeout", detail)
+        if isinstance(exc, httpx.ConnectError):
+            return Problem("connect", detail)
         if isinstance(exc, httpx.TransportError):
-            return f"the connection to the webhook receiver at {where} broke ({detail})"
-        return super().explain(exc)
+            return Problem("lost", detail)
+        return None
 
 
 def _answer_text(response: httpx.Response) -> str:

@@ -69,3 +69,43 @@ def properties_of(message: Message) -> dict[str, Any]:
         "timestamp": int(message.time),
         "app_id": APP_ID,
     }
+
+
+class PublisherConfirms:
+    """What the broker has confirmed of one channel's publishes (publisher
+    confirms): delivery tags count the channel's publishes from 1, and each
+    ``basic.ack`` or ``basic.nack`` settles one tag, or every tag up to it
+    (``multiple``), in any order."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        """Tags handed out: the channel's publishes so far."""
+        self.nacked = 0
+        """Publishes the broker refused (``basic.nack``)."""
+        self._through = 0  # every tag up to this one is settled
+        self._above: set[int] = set()  # settled tags beyond it
+
+    def expect(self, count: int) -> None:
+        """``count`` more messages were published on the channel."""
+        self.published += count
+
+    @property
+    def unsettled(self) -> int:
+        """Publishes neither acknowledged nor refused yet."""
+        return self.published - self._through - len(self._above)
+
+    def settle(self, tag: int, multiple: bool, *, refused: bool = False) -> None:
+        """An ack (or, ``refused``, a nack) of ``tag``, or of all up to it."""
+        before = self.unsettled
+        if multiple or tag == self._through + 1:
+            self._through = max(self._through, tag)
+            above = self._above
+            while self._through + 1 in above:
+                self._through += 1
+                above.discard(self._through)
+            if above and min(above) <= self._through:
+                above.difference_update([t for t in above if t <= self._through])
+        elif tag > self._through:
+            self._above.add(tag)
+        if refused:
+            self.nacked += before - self.unsettled

@@ -11,11 +11,11 @@ duplicate window.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..backends.contract import BATCH_ROUTING_KEY, Message
-from ..backends.subscription import decode_body
-from ..events import CONTENT_TYPE, Event
+from ..backends.subscription import Delivery
+from ..events import CONTENT_TYPE
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 CONTENT_TYPE_HEADER = "Content-Type"
@@ -65,16 +65,11 @@ def to_record(message: Message, prefix: str, deduplicate: bool = True) -> NatsRe
     return NatsRecord(subject_of(message, prefix), message.body, headers)
 
 
-def events_of(payload: bytes, headers: Mapping[str, str] | None) -> list[Event]:
-    """The events a NATS message holds: one, or several in batched content mode.
-
-    Raises ``msgspec.DecodeError`` or ``msgspec.ValidationError`` for a
-    payload that is not a dask-eventbus CloudEvent.
-    """
+def delivery_of(payload: bytes, headers: Mapping[str, str] | None, token: Any = None) -> Delivery:
+    """A NATS message as the subscription reads it: its payload, and the
+    content type its header names (structured mode when it names none)."""
     content_type = (headers or {}).get(CONTENT_TYPE_HEADER, CONTENT_TYPE)
-    if not content_type.startswith("application/cloudevents"):
-        raise ValueError(f"not a CloudEvent: Content-Type {content_type!r}")
-    return decode_body(payload)
+    return Delivery(payload, token, content_type)
 
 
 def subject_filters(prefix: str, types: Sequence[str] | None) -> list[str] | None:

@@ -13,12 +13,13 @@ Needs pytest, and the ``test`` extra's jsonschema and cloudevents.
 """
 
 from .broker import BrokerProcess, free_port
-from .conformance import BackendConformance, Target
+from .conformance import SECRET, BackendConformance, Target
 from .faultproxy import FaultProxy, proxied_url
 from .reading import read_events, read_raw, synthetic_messages, unique_name
 from .workload import is_closing, run_workload
 
 __all__ = [
+    "SECRET",
     "BackendConformance",
     "BrokerProcess",
     "FaultProxy",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import json
 import pickle
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -31,7 +33,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from .. import subscribe
 from ..backends import Backend, Message, Subscription, create_backend
 from ..config import ConfigError
-from ..events import EVENT_TYPES, Event, load_shipped_schema
+from ..events import EVENT_TYPES, TASK_TRANSITION, Event, key_to_str, load_shipped_schema
 from ..plugin import EventBusPlugin
 from .faultproxy import FaultProxy
 from .reading import read_events, read_raw, synthetic_messages
@@ -57,6 +59,9 @@ def needed_capabilities(test: Callable[..., Any]) -> frozenset[str]:
     return getattr(test, "eventbus_needs", frozenset())
 
 
+SECRET = "conformance-s3cret-4f9a"
+"""The secret :attr:`Target.with_secret` puts in the options: it must never show."""
+
 # What the shared workload emits: every type but these.
 NOT_IN_WORKLOAD = {"dask.scheduler.restarted", "dask.eventbus.dropped", "dask.eventbus.probe"}
 
@@ -78,6 +83,10 @@ class Target:
     same broker objects through it, with short timeouts (outage tests)."""
     replays: bool = True
     """Whether ``subscribe(from_beginning=True)`` returns events published earlier."""
+    with_secret: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Options with :data:`SECRET` as a credential (a password, a token, a
+    signing key), made from the options given: describe, repr and explain
+    must never show it."""
     read_back: Callable[..., Subscription] | None = None
     """For a publish-only backend: a subscription to where its events arrive
     (say, the test's own HTTP receiver storing them in a memory store), taking
@@ -263,6 +272,8 @@ class BackendConformance:
 
     @gen_test(timeout=120)
     async def test_close_flushes_everything(self, target: Target) -> None:
+        """Every event arrives, in order, and the transitions among them are
+        the scheduler's transition log."""
         _require_read_back(target)
         # Nothing is published before close: the batch never fills and the
         # flush interval never passes while the scheduler runs.
@@ -270,13 +281,20 @@ class BackendConformance:
         with target.subscribe() as events:
             with dask.config.set(slow):
                 plugin = EventBusPlugin(target.create())
-            await run_workload(plugin)
+            transition_log = await run_workload(plugin)
             stats = plugin.stats()
             received = read_events(events, until=is_closing, timeout=self.read_timeout)
         sequences = [e.sequence_number for e in received]
         assert sequences == list(range(1, len(received) + 1))
         assert stats["published"] == len(received)
         assert stats["undelivered"] == 0 and stats["dropped"] == 0
+        transitions = [
+            (e.data["key"], e.data["start"], e.data["finish"], e.data.get("stimulus_id"))
+            for e in received
+            if e.type == TASK_TRANSITION
+        ]
+        expected = [(key_to_str(t.key), t.start, t.finish, t.stimulus_id) for t in transition_log]
+        assert transitions == expected, "not the scheduler's transition log"
 
     @gen_test(timeout=120)
     async def test_a_workload_through_the_spool_arrives_complete_and_in_order(
@@ -323,6 +341,83 @@ class BackendConformance:
                 wanted = {m.id for m in first + second}
                 assert _read_ids(events, wanted, self.read_timeout) >= wanted
 
+    @_needs("connection")
+    def test_explain_names_the_address_it_cannot_reach(self, target: Target) -> None:
+        proxied = _require_proxy(target)
+        with proxied() as (proxy, options):
+            proxy.set_mode("refuse")
+            backend = Target(target.backend, options).create()
+            try:
+                with pytest.raises(Exception) as info:
+                    backend.open()
+                    backend.send(synthetic_messages(1))
+            finally:
+                backend.close()
+            explained = backend.explain(info.value)
+            host, port = proxy.address
+        assert f"{host}:{port}" in explained, explained
+
+    @_needs("connection")
+    def test_a_subscriber_follows_the_broker_through_an_outage(self, target: Target) -> None:
+        proxied = _require_proxy(target)
+        _require_read_back(target)
+        if target.read_back is not None:
+            pytest.skip("the target's events are read back elsewhere, not by the backend")
+        with proxied() as (proxy, options):
+            through_proxy = Target(target.backend, options)
+            with through_proxy.subscribe() as events:
+                self._follow_an_outage(through_proxy, proxy, events)
+
+    def _follow_an_outage(self, target: Target, proxy: FaultProxy, events: Subscription) -> None:
+        before = synthetic_messages(10, run_id="before-outage")
+        self._publish(target, [before])
+        wanted = {m.id for m in before}
+        assert _read_ids(events, wanted, self.read_timeout) >= wanted
+        proxy.set_mode("refuse")
+        proxy.cut()
+        # Waiting for the broker, not failing; nothing was published.
+        assert events.poll(timeout=1.0) is None
+        proxy.set_mode("pass")
+        deadline = time.monotonic() + self.read_timeout
+        for attempt in itertools.count():
+            # Published until some arrive: the subscriber reconnects in its
+            # own time, and where the broker keeps nothing for a subscriber
+            # away, what came before that is not delivered.
+            after = synthetic_messages(5, run_id=f"after-outage-{attempt}")
+            self._publish(target, [after])
+            with contextlib.suppress(AssertionError):
+                read_events(events, until=_one_of({m.id for m in after}), timeout=2.0)
+                break
+            assert time.monotonic() < deadline, "no events arrived after the outage"
+
+    # ------------------------------------------------------------ secrets
+
+    def test_secrets_never_show_in_describe_repr_or_explain(self, target: Target) -> None:
+        if target.with_secret is None:
+            pytest.skip("no options with a secret given (Target.with_secret)")
+        backend = Target(target.backend, target.with_secret(target.options)).create()
+        shown = {
+            "describe": backend.describe(),
+            "destination": backend.destination(),
+            "repr": repr(backend),
+            "repr of the options": repr(backend.options),
+            # What a client library says is shown through explain, masked.
+            "explain": backend.explain(RuntimeError(f"refused password {SECRET!r}")),
+        }
+        if target.proxied is not None:
+            with target.proxied() as (proxy, options):
+                proxy.set_mode("refuse")
+                unreachable = Target(target.backend, target.with_secret(options)).create()
+                try:
+                    unreachable.open()
+                    unreachable.send(synthetic_messages(1))
+                except Exception as exc:
+                    shown["explain of a failure"] = unreachable.explain(exc)
+                finally:
+                    unreachable.close()
+        leaks = [where for where, text in shown.items() if SECRET in text]
+        assert not leaks, f"the secret shows in {leaks}: {shown}"
+
     # ------------------------------------------------------------ helpers
 
     @staticmethod
@@ -341,6 +436,14 @@ def _require_read_back(target: Target) -> None:
         pytest.skip("publish-only backend: it cannot be read back (no subscribe)")
 
 
+def _require_proxy(
+    target: Target,
+) -> Callable[[], AbstractContextManager[tuple[FaultProxy, dict[str, Any]]]]:
+    if target.proxied is None:
+        pytest.skip("no fault proxy given (Target.proxied): the backend has no connection")
+    return target.proxied
+
+
 def _require_replay(target: Target) -> None:
     if not target.replays:
         pytest.skip("this target keeps nothing for subscribers that come later")
@@ -357,6 +460,10 @@ def _publish_retrying(backend: Backend, messages: list[Message], attempts: int =
             with contextlib.suppress(Exception):
                 backend.open()
     raise AssertionError(f"publishing never worked again after {attempts} attempts")
+
+
+def _one_of(ids: set[str]) -> Callable[[Event], bool]:
+    return lambda event: event.id in ids
 
 
 def _read_ids(events: Subscription, wanted: set[str], timeout: float) -> set[str]:

@@ -1,30 +1,6 @@
-"""Process mode: publishing from a supervised child process.
-
-Normalizing, encoding and above all the broker client cost CPU, and a thread
-of the scheduler's process takes that CPU (and the GIL) from the scheduler.
-In process mode the pipeline thread only packs batches of captured records
-with msgpack and writes them to a child process (running :func:`main`),
-which runs the same :class:`~dask_eventbus.publisher.Publisher` and
-acknowledges each batch once the broker has.
-
-The parent keeps every batch until it is acknowledged. When the child dies
-it starts a new one and sends the unacknowledged batches again, in order, so
-delivery stays at least once across a crash. Batches leave the buffer as
-soon as they are packed (compact bytes the garbage collector need not scan,
-unlike the captured tuples), up to ``queue.max-events`` unacknowledged events;
-beyond that the pipeline stops taking records, the buffer fills, and the
-overflow policy applies as in thread mode.
-
-Frames are a 4-byte big-endian length and a msgpack array: parent to child
-``["init", {...}]``, ``["batch", id, records]`` (each record an array
-``[type, sequence, time, *fields]``, decoded into its record type),
-``["deadline", seconds]`` (closing has begun: stop backing off),
-``["close", seconds]``;
-child to parent ``["ready"]``, ``["failed", text]``, ``["ack", id, stats]``,
-``["stats", stats]`` (after a failed attempt, and every 0.25 s while a spool
-drains), ``["log", level, text]`` and
-``["closed", stats]``.
-"""
+"""The parent's side of process mode: ships batches to the publisher process
+and supervises it, starting a new one (with backoff) when it dies and sending
+it every batch not yet acknowledged, in order."""
 
 from __future__ import annotations
 
@@ -34,36 +10,44 @@ import logging
 import os
 import pickle
 import queue
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import IO, Any, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import msgspec
 
-from .backends import Backend
-from .config import PUBLISHER_PROCESS_ENV, Settings, redact_url
-from .events import safe_text
-from .normalize import Normalizer
-from .pacing import Backoff, RateLimitedLog
-from .records import AnyRecord, LogRecord, Record
-from .spooling import make_publisher
-from .stats import DeliveryStats, Histogram
+from ..backends import Backend
+from ..config import PUBLISHER_PROCESS_ENV, Settings, redact_url
+from ..events import safe_text
+from ..pacing import Backoff, RateLimitedLog
+from ..records import AnyRecord, Record
+from ..stats import DeliveryStats
+from .frames import (
+    BatchFrame,
+    Close,
+    Deadline,
+    Init,
+    length_prefixed,
+    merged_stats,
+    pack,
+    read_frame,
+    write_frame,
+)
 
 logger = logging.getLogger("distributed.eventbus")
 
 START_TIMEOUT = 60.0
-PUBLISHER_COMMAND = [sys.executable, "-c", "from dask_eventbus.process import main; main()"]
+PUBLISHER_COMMAND = [
+    sys.executable,
+    "-c",
+    "from dask_eventbus.process.child import main; main()",
+]
 # A child that dies sooner than this after starting counts as a failed start.
 CRASH_WINDOW = 10.0
-_LENGTH = struct.Struct(">I")
-# The publisher process reports its statistics at least this often (seconds)
-# while a spool drains.
-STATS_INTERVAL = 0.25
 
 
 def publisher_environment() -> dict[str, str]:
@@ -71,121 +55,9 @@ def publisher_environment() -> dict[str, str]:
     return {**os.environ, PUBLISHER_PROCESS_ENV: "1"}
 
 
-def _pack_fallback(obj: object) -> object:
-    # Whatever msgpack cannot carry travels as text; the child makes JSON of it.
-    return safe_text(obj)
-
-
-class _ParentFrame(msgspec.Struct, array_like=True, tag_field="kind"):
-    """What the parent sends the publisher process."""
-
-
-class _Init(_ParentFrame, tag="init"):
-    state: dict[str, Any]
-
-
-class _Batch(_ParentFrame, tag="batch"):
-    batch_id: int
-    records: list[AnyRecord]
-
-
-class _Deadline(_ParentFrame, tag="deadline"):
-    seconds: float
-
-
-class _Close(_ParentFrame, tag="close"):
-    seconds: float
-
-
-_encoder = msgspec.msgpack.Encoder(enc_hook=_pack_fallback)
-_decoder = msgspec.msgpack.Decoder()
-_parent_frames = msgspec.msgpack.Decoder(_Init | _Batch | _Deadline | _Close)
-
-
-def write_frame(stream: IO[bytes], message: Any, lock: threading.Lock | None = None) -> None:
-    payload = _encoder.encode(message)
-    data = _LENGTH.pack(len(payload)) + payload
-    if lock is None:
-        stream.write(data)
-        stream.flush()
-    else:
-        with lock:
-            stream.write(data)
-            stream.flush()
-
-
-def read_frame(stream: IO[bytes], decode: Callable[[bytes], Any] = _decoder.decode) -> Any:
-    """The next frame, or None at end of stream."""
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        return None
-    (size,) = _LENGTH.unpack(header)
-    payload = stream.read(size)
-    if len(payload) < size:
-        return None
-    return decode(payload)
-
-
-def _decode_parent_frame(payload: bytes) -> _ParentFrame:
-    try:
-        return _parent_frames.decode(payload)
-    except msgspec.ValidationError:
-        # A field of a type the hooks do not promise (a change in what
-        # distributed passes, say) costs that event, as it would cost its
-        # normalization in thread mode, not the batch and all after it.
-        _, batch_id, records = _decoder.decode(payload)
-        return _Batch(batch_id, [_record_or_error(record) for record in records])
-
-
-def _record_or_error(fields: list[Any]) -> AnyRecord:
-    try:
-        return msgspec.convert(fields, AnyRecord)
-    except msgspec.ValidationError as exc:
-        return LogRecord(
-            fields[1],
-            fields[2],
-            "dask-eventbus.normalization-error",
-            {"type": safe_text(fields[0]), "error": safe_text(exc)[:1000]},
-        )
-
-
-def _stats_state(stats: DeliveryStats) -> dict[str, Any]:
-    return {
-        "published": stats.published,
-        "retries": stats.retries,
-        "publish_errors": stats.publish_errors,
-        "oversized": stats.oversized,
-        "refused": stats.refused,
-        "last_error": stats.last_error,
-        "last_publish_time": stats.last_publish_time,
-        "connected": stats.connected,
-        "publish_seconds": stats.publish_seconds.state(),
-        "delivery_seconds": stats.delivery_seconds.state(),
-        "spool": stats.spool,
-    }
-
-
-# ---------------------------------------------------------------- parent side
-
 # A started publisher process, the thread reading its replies, and where that
 # thread puts the process's first answer.
 _Launched = tuple["subprocess.Popen[bytes]", threading.Thread, "queue.Queue[list[Any] | None]"]
-
-
-def _merged(base: DeliveryStats, state: dict[str, Any]) -> DeliveryStats:
-    """``base`` (children that exited) plus the running child's latest report."""
-    merged = DeliveryStats()
-    for name in ("published", "retries", "publish_errors", "oversized", "refused"):
-        setattr(merged, name, getattr(base, name) + state[name])
-    merged.last_error = state["last_error"] or base.last_error
-    merged.last_publish_time = state["last_publish_time"] or base.last_publish_time
-    merged.connected = state["connected"]
-    merged.spool = state["spool"]
-    for name in ("publish_seconds", "delivery_seconds"):
-        histogram: Histogram = getattr(merged, name)
-        histogram.add(*getattr(base, name).state())
-        histogram.add(*state[name])
-    return merged
 
 
 class ProcessSink:
@@ -256,7 +128,7 @@ class ProcessSink:
         self._deadline = deadline
         self._closing.set()
         # Lets the child cut a retry's backoff short, as thread mode does.
-        self._write(_encoder.encode(_Deadline(max(0.0, deadline - time.monotonic()))))
+        self._write(pack(Deadline(max(0.0, deadline - time.monotonic()))))
         with self._changed:
             self._changed.notify_all()
 
@@ -267,7 +139,7 @@ class ProcessSink:
 
     def send(self, records: Sequence[Record]) -> bool:
         batch_id = next(self._batch_ids)
-        frame = _pack(_Batch(batch_id, cast("list[AnyRecord]", records)))
+        frame = pack(BatchFrame(batch_id, cast("list[AnyRecord]", records)))
         with self._changed:
             while self._unacked and self._in_flight + len(records) > self._window:
                 if not self._wait_for_room():
@@ -291,7 +163,7 @@ class ProcessSink:
         child = self._child
         if child is not None:
             remaining = max(0.0, self._deadline - time.monotonic())
-            self._write_to(child, _encoder.encode(_Close(remaining)))
+            self._write_to(child, pack(Close(remaining)))
             # Still self._child meanwhile: its last acks and stats count.
             _release(child, self._replies, remaining + 0.5)
             self._child = self._replies = None
@@ -367,7 +239,7 @@ class ProcessSink:
                 launched = self._launch()
             child, replies, handshake = launched
             assert child.stdin is not None
-            write_frame(child.stdin, _Init(self._init))
+            write_frame(child.stdin, Init(self._init))
             timeout = min(START_TIMEOUT, max(0.1, self._deadline - time.monotonic()))
             try:
                 answer = handshake.get(timeout=timeout)
@@ -423,7 +295,7 @@ class ProcessSink:
         try:
             with self._write_lock:
                 assert child.stdin is not None
-                child.stdin.write(_LENGTH.pack(len(frame)) + frame)
+                child.stdin.write(length_prefixed(frame))
                 child.stdin.flush()
         except (OSError, ValueError):
             self._mark_dead(child)
@@ -480,32 +352,14 @@ class ProcessSink:
                 if frame[0] == "ack":
                     _, count = self._unacked.pop(frame[1], (b"", 0))
                     self._in_flight -= count
-                    self._stats = _merged(self._finished_stats, frame[2])
+                    self._stats = merged_stats(self._finished_stats, frame[2])
                 elif frame[0] in ("stats", "closed"):
-                    self._stats = _merged(self._finished_stats, frame[1])
+                    self._stats = merged_stats(self._finished_stats, frame[1])
                 self._changed.notify_all()
 
     def _finish_child_stats(self) -> None:
         self._finished_stats = self._stats
         self._finished_stats.connected = False
-
-
-def _pack(message: _ParentFrame) -> bytes:
-    try:
-        return _encoder.encode(message)
-    except (OverflowError, TypeError, ValueError):
-        # Integers beyond 64 bits, say, in a log_event message: as text.
-        return _encoder.encode(_packable(msgspec.to_builtins(message, enc_hook=_pack_fallback)))
-
-
-def _packable(obj: Any) -> Any:
-    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
-        return str(obj)
-    if isinstance(obj, list):
-        return [_packable(item) for item in obj]
-    if isinstance(obj, dict):
-        return {_packable(k): _packable(v) for k, v in obj.items()}
-    return obj
 
 
 def _release(child: subprocess.Popen[bytes], reader: threading.Thread | None, grace: float) -> None:
@@ -544,98 +398,3 @@ def _release(child: subprocess.Popen[bytes], reader: threading.Thread | None, gr
 
 
 # ---------------------------------------------------------------- child side
-
-
-class _ForwardToParent(logging.Handler):
-    def __init__(self, out: IO[bytes], frame_lock: threading.Lock) -> None:
-        super().__init__(logging.INFO)
-        self.out, self.frame_lock = out, frame_lock
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            write_frame(self.out, ["log", record.levelno, record.getMessage()], self.frame_lock)
-
-
-def main() -> None:
-    """Entry point of the publisher process."""
-    code = _child_main()
-    # Everything it opened is closed and its last frame written by now; the
-    # interpreter's teardown of the broker client's modules would only make
-    # the scheduler's close wait longer (30 ms with redis-py).
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
-def _child_main() -> int:
-    # Frames own the real stdout; anything a library prints goes to stderr.
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    try:
-        return _serve(sys.stdin.buffer, out)
-    finally:
-        out.close()
-
-
-def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
-    lock = threading.Lock()
-    log = logging.getLogger("distributed.eventbus")
-    log.handlers[:] = [_ForwardToParent(out, lock)]
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-    frame = read_frame(stdin, _decode_parent_frame)
-    if not isinstance(frame, _Init):
-        return 2
-    init = frame.state
-    try:
-        for path in reversed(init["sys_path"]):
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        backend = pickle.loads(init["backend"])
-        settings = pickle.loads(init["settings"])
-        normalizer = Normalizer.from_settings(init["source"], init["run_id"], settings.events)
-        publisher = make_publisher(backend, normalizer, settings)
-        publisher.on_failure = lambda: write_frame(
-            out, ["stats", _stats_state(publisher.stats)], lock
-        )
-    except Exception as exc:
-        write_frame(out, ["failed", f"{type(exc).__name__}: {safe_text(exc)}"], lock)
-        return 1
-    write_frame(out, ["ready"], lock)
-
-    inbox: queue.Queue[_Batch | None] = queue.Queue()
-
-    def read_parent() -> None:
-        while True:
-            try:
-                message = read_frame(stdin, _decode_parent_frame)
-            except Exception:
-                message = None
-            if message is None or isinstance(message, _Close):
-                timeout = message.seconds if message else 0.0
-                publisher.begin_close(time.monotonic() + timeout)
-                inbox.put(None)
-                return
-            if isinstance(message, _Deadline):
-                publisher.begin_close(time.monotonic() + message.seconds)
-                continue
-            inbox.put(message)
-
-    threading.Thread(target=read_parent, daemon=True).start()
-    while True:
-        try:
-            message = inbox.get(timeout=STATS_INTERVAL)
-        except queue.Empty:
-            if publisher.stats.spool is not None:  # it drains meanwhile: its figures change
-                write_frame(out, ["stats", _stats_state(publisher.stats)], lock)
-            continue
-        if message is None:
-            break
-        if not publisher.send(message.records):
-            break
-        write_frame(out, ["ack", message.batch_id, _stats_state(publisher.stats)], lock)
-    publisher.finish()
-    write_frame(out, ["closed", _stats_state(publisher.stats)], lock)
-    return 0
