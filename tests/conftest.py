@@ -61,6 +61,10 @@ LOCAL_HARNESSES = {"memory", "jsonl"}
 # published earlier (a module's ``NO_REPLAY``); conformance tests that need
 # replay leave them out.
 NO_REPLAY_HARNESSES: set[str] = set()
+# Harnesses without a secret in their options (a module's ``NO_SECRET``), and
+# publish-only ones read back elsewhere (``READ_ELSEWHERE``).
+NO_SECRET_HARNESSES = {"memory", "jsonl"}
+READ_ELSEWHERE_HARNESSES: set[str] = set()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -69,6 +73,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             HARNESSES.update(sys.modules[name].HARNESSES)
             LOCAL_HARNESSES.update(getattr(sys.modules[name], "LOCAL", ()))
             NO_REPLAY_HARNESSES.update(getattr(sys.modules[name], "NO_REPLAY", ()))
+            NO_SECRET_HARNESSES.update(getattr(sys.modules[name], "NO_SECRET", ()))
+            READ_ELSEWHERE_HARNESSES.update(getattr(sys.modules[name], "READ_ELSEWHERE", ()))
         # Configurations that cannot apply are not generated rather than skipped.
         needs = needed_capabilities(metafunc.function)
         names = list(HARNESSES)
@@ -76,6 +82,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             names = [name for name in names if name not in LOCAL_HARNESSES]
         if "replay" in needs:
             names = [name for name in names if name not in NO_REPLAY_HARNESSES]
+        if "secret" in needs:
+            names = [name for name in names if name not in NO_SECRET_HARNESSES]
+        if "subscription" in needs:
+            names = [name for name in names if name not in READ_ELSEWHERE_HARNESSES]
         metafunc.parametrize("harness", names, indirect=True)
 
 

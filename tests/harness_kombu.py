@@ -167,6 +167,7 @@ def kombu_memory_harness(request: pytest.FixtureRequest) -> Target:
 
 LOCAL = {"kombu-memory"}  # memory:// has no connection to break
 NO_REPLAY = {"kombu-memory"}  # memory:// keeps nothing for late subscribers
+NO_SECRET = {"kombu-memory"}  # memory:// has no credentials
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
     "kombu-amqp": kombu_amqp_harness,
     "kombu-redis": kombu_redis_harness,

@@ -42,4 +42,5 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
     )
 
 
+READ_ELSEWHERE = {"webhook"}  # publish-only: read back from the test receiver
 HARNESSES = {"webhook": webhook_harness}

@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from ..config import PositiveDuration, redact_url
 from . import Backend, BackendOptions, Message, Refused
+from .diagnosis import Problem
 from .tls import TLSOptions
 
 logger = logging.getLogger("distributed.eventbus")
@@ -132,22 +134,27 @@ class OtlpBackend(Backend):
         settings = self.options.export_settings()
         return f"otlp {redact_url(settings.traces_endpoint)}"
 
-    def explain(self, exc: BaseException) -> str:
+    def broker(self) -> str:
+        parts = urlsplit(self.options.export_settings().traces_endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"the OTLP receiver at {parts.hostname}:{port}"
+
+    def classify(self, exc: BaseException) -> Problem | None:
         from ..otel.export import OtlpRetry
 
         if isinstance(exc, Refused):
-            return f"the OTLP receiver refused a request for good (not retried): {exc.reason}"
+            return Problem(
+                "refused", exc.reason, f"{len(exc.messages)} events for good (not retried)"
+            )
         if isinstance(exc, OtlpRetry):
             wait = f" (Retry-After {exc.retry_after:g}s)" if exc.retry_after is not None else ""
-            return f"the OTLP receiver is busy or unavailable{wait}: {self.mask(str(exc))}"
+            return Problem("refused", str(exc), f"the request{wait}", "it is busy or unavailable")
+        detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, httpx.TimeoutException):
-            return (
-                f"the OTLP receiver at {self.destination()} did not answer in time "
-                "(eventbus.backends.otlp.timeout)"
-            )
+            return Problem("timeout", detail, fix="raise eventbus.backends.otlp.timeout?")
+        if isinstance(exc, httpx.ConnectError):
+            fix = "is the collector running, and the endpoint its OTLP/HTTP port (4318)?"
+            return Problem("connect", detail, fix=fix)
         if isinstance(exc, httpx.TransportError):
-            return (
-                f"cannot reach the OTLP receiver at {self.destination()}: is the collector "
-                f"running and the endpoint right? ({self.mask(f'{type(exc).__name__}: {exc}')})"
-            )
-        return super().explain(exc)
+            return Problem("lost", detail)
+        return None

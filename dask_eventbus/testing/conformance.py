@@ -44,8 +44,10 @@ _Test = TypeVar("_Test", bound=Callable[..., Any])
 
 def _needs(*capabilities: str) -> Callable[[_Test], _Test]:
     """Notes what of the target a test needs beyond publishing: ``replay``
-    (from_beginning), ``connection`` (a broker to cut). The test checks it
-    itself; a project's own conftest may read it to leave such tests out."""
+    (from_beginning), ``connection`` (a broker to cut), ``secret`` (options
+    with a secret, :attr:`Target.with_secret`), ``subscription`` (the backend
+    reads its own events back). The test checks it itself and skips without
+    it; a project's own conftest may read it to leave such tests out."""
 
     def mark(test: _Test) -> _Test:
         test.eventbus_needs = frozenset(capabilities)  # type: ignore[attr-defined]
@@ -357,7 +359,7 @@ class BackendConformance:
             host, port = proxy.address
         assert f"{host}:{port}" in explained, explained
 
-    @_needs("connection")
+    @_needs("connection", "subscription")
     def test_a_subscriber_follows_the_broker_through_an_outage(self, target: Target) -> None:
         proxied = _require_proxy(target)
         _require_read_back(target)
@@ -392,6 +394,7 @@ class BackendConformance:
 
     # ------------------------------------------------------------ secrets
 
+    @_needs("secret")
     def test_secrets_never_show_in_describe_repr_or_explain(self, target: Target) -> None:
         if target.with_secret is None:
             pytest.skip("no options with a secret given (Target.with_secret)")
