@@ -5,6 +5,7 @@ and delivery through 503, 400, partial success and an outage."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -299,7 +300,8 @@ def test_a_huge_graph_keeps_its_errors_and_slowest_within_the_budget() -> None:
     from dask_eventbus.records import GraphRecord, TransitionRecord
 
     normalizer = Normalizer("dask://huge", "run1")
-    records: list[Any] = [GraphRecord(1, 100.0, "client-1", 2000, ["x"], 2000, "update-graph-1")]
+    work = [f"work-{i}" for i in range(2000)]
+    records: list[Any] = [GraphRecord(1, 100.0, "client-1", work, work, 2000, "update-graph-1")]
     for i in range(2000):
         key = f"work-{i}"
         records.append(TransitionRecord(len(records) + 1, 100.0, key, "released", "waiting"))
@@ -343,6 +345,7 @@ def test_a_huge_graph_keeps_its_errors_and_slowest_within_the_budget() -> None:
     assert {"work-0", "work-500", "work-1000"} <= keys  # the slowest of the prefix
     (summary,) = [s for s in spans if attribute_dict(s.attributes).get("dask.summary")]
     (root,) = [s for s in spans if s.name.startswith("dask.graph")]
+    assert root.name == "dask.graph work"
     root_attributes = attribute_dict(root.attributes)
     kept = root_attributes["dask.task_spans_kept"]
     assert root_attributes["dask.task_runs"] == 2000
@@ -498,3 +501,52 @@ def test_the_otlp_backend_under_a_scheduler_sends_its_traces() -> None:
         *(f"inc-{i}" for i in range(10)),
         "add-0",
     }
+
+
+def test_logs_and_status_changes_become_log_records_with_their_tasks_ids() -> None:
+    from dask_eventbus.messages import build_messages
+    from dask_eventbus.records import (
+        GraphRecord,
+        LogRecord,
+        TransitionRecord,
+        WorkerStatusRecord,
+    )
+
+    startstops = [{"action": "compute", "start": 101.0, "stop": 102.0}]
+    records: list[Any] = [
+        GraphRecord(1, 100.0, "client-1", ["k-1"], ["k-1"], 1, "update-graph-1"),
+        TransitionRecord(2, 100.0, "k-1", "released", "waiting"),
+        TransitionRecord(3, 100.5, "k-1", "waiting", "processing", worker="tcp://w:1"),
+        LogRecord(4, 101.5, "progress", {"key": "k-1", "done": 0.5}),
+        LogRecord(5, 101.6, "progress", {"note": "no task named"}),
+        WorkerStatusRecord(6, 101.7, "tcp://w:1", "paused", "running", "worker-status-change"),
+        TransitionRecord(
+            7,
+            102.5,
+            "k-1",
+            "processing",
+            "memory",
+            worker="tcp://w:1",
+            extra={"worker": "tcp://w:1", "startstops": startstops, "nbytes": 8},
+        ),
+    ]
+    messages = build_messages(Normalizer("dask://logs", "run1"), records)
+    with OtlpReceiver() as receiver:
+        export = OtelExport(settings_from_environment(endpoint=receiver.endpoint))
+        for message in messages:
+            export.take(message.body)
+        export.finish()
+        export.flush()
+        export.close()
+    (task_span,) = [
+        s for _, s in receiver.spans() if attribute_dict(s.attributes).get("dask.key") == "k-1"
+    ]
+    named, unnamed, status = receiver.log_records()
+    assert json.loads(named.body.string_value) == {"key": "k-1", "done": 0.5}
+    assert (named.trace_id, named.span_id) == (task_span.trace_id, task_span.span_id)
+    assert attribute_dict(named.attributes) == {"event.name": "dask.log", "dask.topic": "progress"}
+    assert named.time_unix_nano == int(101.5e9)
+    assert (unnamed.trace_id, unnamed.span_id) == (b"", b"")
+    assert status.severity_text == "WARN" and "running -> paused" in status.body.string_value
+    assert attribute_dict(status.attributes)["dask.status"] == "paused"
+    assert export.counts.logs == 3

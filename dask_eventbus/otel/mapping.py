@@ -617,9 +617,10 @@ def _log_record(
         severity_number=SEVERITY_WARN if warn else SEVERITY_INFO,
         severity_text="WARN" if warn else "INFO",
         body=AnyValue(string_value=body),
-        event_name=event_name,
     )
-    add_attributes(record.attributes, pairs)
+    # The event.name attribute rather than LogRecord.event_name: the field is
+    # missing from the opentelemetry-proto releases this package supports.
+    add_attributes(record.attributes, {"event.name": event_name, **pairs})
     return record
 
 
