@@ -424,6 +424,15 @@ def test_400_is_refused_announced_and_not_retried(
         assert sending.stats.refused == len(events)
         assert "HTTP 400" in caplog.text and "bad span" in caplog.text
         assert "s3cret" not in caplog.text + repr(backend) + repr(backend.options)
+        # The refusal is announced where the traces go, as a log record.
+        (announced,) = [
+            r
+            for r in receiver.log_records()
+            if attribute_dict(r.attributes).get("event.name") == "dask.eventbus.dropped"
+        ]
+        said = attribute_dict(announced.attributes)
+        assert (said["count"], said["policy"]) == (len(events), "refused")
+        assert announced.severity_text == "WARN"
 
 
 def test_a_partial_success_is_counted_and_logged(

@@ -69,8 +69,14 @@ class EventReader:
         self.other_sources: Counter[str] = Counter()
         self.sequences: dict[str, dict[str, SequenceTracker]] = {}
 
-    def events(self, body: bytes | str) -> list[Event]:
-        """The new events in one JSON Lines line or broker message."""
+    def events(
+        self, body: bytes | str, refolded: Callable[[Event], bool] | None = None
+    ) -> list[Event]:
+        """The new events in one JSON Lines line or broker message.
+
+        ``refolded`` names events to give even when their sequence number was
+        seen before (counted as read all the same).
+        """
         try:
             decoded = decode_body(body.encode() if isinstance(body, str) else body)
         except msgspec.ValidationError as exc:
@@ -81,7 +87,12 @@ class EventReader:
             self.read += 1
             self.skip("not_json", str(exc))
             return []
-        return [event for event in decoded if self.accept(event)]
+        return [
+            event
+            for event in decoded
+            if self.accept(event)
+            or (refolded is not None and event.source in self.sequences and refolded(event))
+        ]
 
     def accept(self, event: Event) -> bool:
         """Whether a decoded event is new, known and wanted; counts it either way."""

@@ -32,9 +32,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from ..consume.state import NO_OUTCOME, PROCESSING, SourceState, Task, WorkerSpell
 from ..events import (
+    DROPPED,
     GRAPH_TASKS,
     GRAPH_UPDATED,
     LOG,
+    OVERSIZED,
     SCHEDULER_CLOSING,
     WORKER_STATUS,
     Event,
@@ -195,6 +197,8 @@ class TraceMapper(SourceState):
             self._log_record(data, when)
         elif type_ == WORKER_STATUS:
             self._status_record(data, when)
+        elif type_ in (DROPPED, OVERSIZED):
+            self._loss_record(type_, data, when)
         elif type_ == SCHEDULER_CLOSING:
             self.finish(when)
 
@@ -568,6 +572,25 @@ class TraceMapper(SourceState):
                     "dask.previous_status": data.get("previous"),
                 },
                 warn=status == "paused",
+            )
+        )
+
+    def _loss_record(self, type_: str, data: dict[str, Any], when: float) -> None:
+        """Events the bus lost or replaced: a trace may lack what they said."""
+        if type_ == DROPPED:
+            body = (
+                f"dask-eventbus lost {data.get('count')} events of this scheduler "
+                f"(sequence {data.get('first_sequence')}-{data.get('last_sequence')}, "
+                f"{data.get('policy')}): traces may miss their spans"
+            )
+        else:
+            body = (
+                f"dask-eventbus replaced a {data.get('type')} event of {data.get('size')} "
+                f"bytes, over its limit of {data.get('limit')}"
+            )
+        self.logs.append(
+            _log_record(
+                when, type_, body, {k: v for k, v in data.items() if k != "time"}, warn=True
             )
         )
 

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..consume.reader import EventReader, run_of
-from ..events import Event
+from ..events import DROPPED, Event
 from .export import (
     ExportSettings,
     OtlpRefused,
@@ -29,6 +29,17 @@ from .export import (
 from .mapping import TraceMapper, TraceSettings
 
 logger = logging.getLogger("distributed.eventbus")
+
+
+def _refusal(event: Event) -> bool:
+    # The pipeline announces events the receiver refused under the number of
+    # the last of them, which this export has read already: shown all the same.
+    return (
+        event.type == DROPPED
+        and isinstance(event.data, dict)
+        and (event.data.get("policy") == "refused")
+    )
+
 
 SPANS_PER_REQUEST = 2000
 """Spans (or log records) per OTLP request at most, as the OTel SDK batches them."""
@@ -71,7 +82,7 @@ class OtelExport:
 
     def take(self, body: bytes) -> None:
         """Fold one message body (an event or a batch of them)."""
-        for event in self.reader.events(body):
+        for event in self.reader.events(body, refolded=_refusal):
             self.take_event(event)
 
     def take_event(self, event: Event) -> None:
