@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import dask.config
@@ -30,6 +30,9 @@ from .messages import build_messages
 from .normalize import Normalizer
 from .preload import parse_option_pairs
 from .records import ProbeRecord
+
+if TYPE_CHECKING:
+    from .consume.inputs import EventsInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -425,6 +428,43 @@ class Moment(click.ParamType):
             )
 
 
+def _events_input(
+    input_file: str | None,
+    backend: str | None,
+    options: tuple[str, ...],
+    *,
+    follow: bool = False,
+    from_beginning: bool = True,
+    idle_timeout: float | None = None,
+    window: dict[str, Any] | None = None,
+) -> tuple[EventsInput, str | None]:
+    """Where a consumer command reads: SOURCE (a file, '-', or with ``window``
+    a history database), else the configured or given backend (a ``jsonl``
+    backend as its file). Returns the input and the file or URL read, if any."""
+    from .consume.inputs import BackendInput, FileInput
+    from .history.database import is_database_url
+    from .history.queries import HistoryInput
+
+    if input_file is not None and (backend or options):
+        raise click.UsageError("give either SOURCE or --backend/--option, not both")
+    if input_file is None:
+        name, backend_options = _chosen_backend(backend, options)
+        instance = create_backend(name, backend_options, load_settings().backends)
+        if not isinstance(instance, JsonLinesBackend):
+            reading = BackendInput(
+                instance, from_beginning=from_beginning, idle_timeout=idle_timeout
+            )
+            return reading, None
+        input_file = instance.path
+    if is_database_url(input_file):
+        if window is None:
+            raise click.UsageError("SOURCE must be an events file here, not a database")
+        return HistoryInput(input_file, **window), input_file
+    if input_file != "-" and not os.path.isfile(input_file):
+        raise click.ClickException(f"no such events file: {input_file}")
+    return FileInput(input_file, follow=follow), input_file
+
+
 @main.command()
 @click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
 @click.option(
@@ -493,9 +533,7 @@ def report(
       dask-eventbus report -b redis --option url=redis://localhost:6379/0 -o run.html
       dask-eventbus report sqlite:///history.db --source tcp://10.0.0.5:8786 -o run.html
     """
-    from .consume.inputs import BackendInput, EventsInput, FileInput, bodies, describe_size
-    from .history.database import is_database_url
-    from .history.queries import HistoryInput
+    from .consume.inputs import FileInput, bodies, describe_size
     from .report import ReportBuilder
     from .report.progress import Progress
 
@@ -506,24 +544,14 @@ def report(
             require_bokeh()
         except ImportError as exc:
             raise click.ClickException(str(exc)) from None
-    if input_file is not None and (backend or options):
-        raise click.UsageError("give either SOURCE or --backend/--option, not both")
-    size: int | None = None
-    if input_file is None:
-        name, backend_options = _chosen_backend(backend, options)
-        instance = create_backend(name, backend_options, load_settings().backends)
-        if isinstance(instance, JsonLinesBackend):
-            input_file = instance.path
-    events_input: EventsInput
-    if input_file is not None and is_database_url(input_file):
-        events_input = HistoryInput(input_file, since=since, until=until, source=source)
-    elif input_file is not None:
-        if input_file != "-" and not os.path.isfile(input_file):
-            raise click.ClickException(f"no such events file: {input_file}")
-        size = describe_size(input_file)
-        events_input = FileInput(input_file)
-    else:
-        events_input = BackendInput(instance, from_beginning=True, idle_timeout=idle_timeout)
+    events_input, read = _events_input(
+        input_file,
+        backend,
+        options,
+        idle_timeout=idle_timeout,
+        window={"since": since, "until": until, "source": source},
+    )
+    size = describe_size(read) if read is not None and isinstance(events_input, FileInput) else None
 
     def warn(message: str) -> None:
         # Over the progress line, which is redrawn below it.
@@ -619,26 +647,13 @@ def archive(
       dask-eventbus archive --to postgresql://dask@db:5432/history -b redis --from-beginning
       gunzip -c monday.jsonl.gz | dask-eventbus archive - --to sqlite:///history.db
     """
-    from .consume.inputs import BackendInput, EventsInput, FileInput
     from .history.archiver import Archiver, input_name
     from .history.database import ArchiveLocked, DatabaseRefused, connect
 
-    if input_file is not None and (backend or options):
-        raise click.UsageError("give either SOURCE or --backend/--option, not both")
-    events_input: EventsInput
-    name: str | None = None
-    if input_file is None:
-        backend_name, backend_options = _chosen_backend(backend, options)
-        instance = create_backend(backend_name, backend_options, load_settings().backends)
-        if isinstance(instance, JsonLinesBackend):
-            input_file = instance.path
-    if input_file is not None:
-        if input_file != "-" and not os.path.isfile(input_file):
-            raise click.ClickException(f"no such events file: {input_file}")
-        events_input = FileInput(input_file, follow=follow)
-        name = input_name(input_file)
-    else:
-        events_input = BackendInput(instance, from_beginning=from_beginning, idle_timeout=None)
+    events_input, read = _events_input(
+        input_file, backend, options, follow=follow, from_beginning=from_beginning
+    )
+    name = None if read is None else input_name(read)
 
     def warn(message: str) -> None:
         click.echo(f"Warning: {message}", err=True)
@@ -799,31 +814,20 @@ def otel(
       OTEL_EXPORTER_OTLP_HEADERS=x-honeycomb-team=KEY dask-eventbus otel dask-events.jsonl \\
           --endpoint https://api.honeycomb.io
     """
-    from .consume.inputs import BackendInput, EventsInput, FileInput, bodies
+    from .consume.inputs import bodies
     from .consume.reader import EventReader
-    from .history.database import is_database_url
-    from .history.queries import HistoryInput
     from .otel.export import OtlpRetry, settings_from_environment
     from .otel.mapping import TraceSettings
     from .otel.pipeline import OtelExport
     from .pacing import Backoff
 
-    if input_file is not None and (backend or options):
-        raise click.UsageError("give either SOURCE or --backend/--option, not both")
-    events_input: EventsInput
-    if input_file is None:
-        name, backend_options = _chosen_backend(backend, options)
-        instance = create_backend(name, backend_options, load_settings().backends)
-        if isinstance(instance, JsonLinesBackend):
-            input_file = instance.path
-    if input_file is not None and is_database_url(input_file):
-        events_input = HistoryInput(input_file, since=since, until=until, source=source)
-    elif input_file is not None:
-        if input_file != "-" and not os.path.isfile(input_file):
-            raise click.ClickException(f"no such events file: {input_file}")
-        events_input = FileInput(input_file)
-    else:
-        events_input = BackendInput(instance, from_beginning=True, idle_timeout=idle_timeout)
+    events_input, _ = _events_input(
+        input_file,
+        backend,
+        options,
+        idle_timeout=idle_timeout,
+        window={"since": since, "until": until, "source": source},
+    )
 
     def warn(message: str) -> None:
         click.echo(f"Warning: {message}", err=True)
