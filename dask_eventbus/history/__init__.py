@@ -1,0 +1,1 @@
+"""Run history in a database: the archive, its schema and the history questions."""

@@ -1,0 +1,1 @@
+"""Dask computations as OpenTelemetry traces: the mapping, OTLP requests, the export."""
