@@ -112,3 +112,14 @@ def assert_replayed(backend: str, options: dict[str, Any], messages: list[Messag
         made.close()
     with subscribe(backend, from_beginning=True, **options) as events:
         assert [e.id for e in read_events(events, count=len(messages))] == [m.id for m in messages]
+
+
+def poll_until_logged(events: Any, caplog: Any, text: str, timeout: float = 20.0) -> None:
+    """Poll a subscription whose broker is away until a warning containing
+    ``text`` was logged: every poll meanwhile must come back empty (waiting,
+    not raising). Waits on the log, not a fixed time, so that a loaded
+    machine's slower reconnect attempts still happen during the outage."""
+    deadline = time.monotonic() + timeout
+    while not any(text in record.getMessage() for record in caplog.records):
+        assert events.poll(timeout=0.5) is None
+        assert time.monotonic() < deadline, f"no warning saying {text!r}"

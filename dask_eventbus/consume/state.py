@@ -70,7 +70,7 @@ class Task:
     started: float | None = None
     """When its last run started: the first of its start-stops, else when it went processing."""
     finished: float | None = None
-    """When it reached memory or erred, last."""
+    """When it last reached memory or erred (a rerun keeps it until it ends)."""
     compute_seconds: float | None = None
     span_id: str | None = None
 
@@ -299,7 +299,6 @@ class SourceState:
             task.state = finish
         if finish == PROCESSING:
             task.started = when
-            task.finished = None
         elif finish == "memory":
             first = task.outcome == NO_OUTCOME
             task.outcome = MEMORY
