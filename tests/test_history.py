@@ -193,13 +193,20 @@ def test_a_real_run_is_stored_as_its_events_say(
     ((dependent_cause,),) = rows(database_url, "SELECT cause FROM tasks WHERE key = 'after-0'")
     assert dependent_cause == "fail-0"
     # Incs held only by the killed worker run again (or are cancelled with it);
-    # the ones that ran once have their run's times.
+    # the ones that ran once have their run's times: the first of its
+    # start-stops (the worker's clock, as the scheduler corrected it) and when
+    # the scheduler heard it was done.
     runs = Counter(
         e.data["key"]
         for e in events
         if e.type == "dask.task.transition" and e.data["finish"] == "processing"
     )
-    once = [key for key, count in runs.items() if key.startswith("inc-") and count == 1]
+    done = {
+        e.data["key"]: e
+        for e in events
+        if e.type == "dask.task.transition" and e.data["finish"] == "memory"
+    }
+    once = {key for key, count in runs.items() if key.startswith("inc-") and count == 1}
     assert once
     for key, started, finished, compute in rows(
         database_url,
@@ -207,7 +214,11 @@ def test_a_real_run_is_stored_as_its_events_say(
     ):
         assert finished is not None and compute >= 0, key
         if key in once:
-            assert started <= finished, key
+            startstops = done[key].data["startstops"]
+            assert started == min(s["start"] for s in startstops), key
+            assert finished == done[key].time.timestamp(), key
+            compute_actions = [s for s in startstops if s["action"] == "compute"]
+            assert compute == pytest.approx(sum(s["stop"] - s["start"] for s in compute_actions))
 
     departed = rows(
         database_url,
