@@ -254,7 +254,11 @@ def test_history_answers_and_the_report_from_the_database_equals_the_files(
         answers[question] = json.loads(answered.stdout)
     (run,) = answers["runs"]
     assert run["ending"] == "closed" and run["tasks"] == 33 and run["erred"] == 2
-    assert run["workers"] == 3  # the killed one, its nanny's restart and the kept one
+    # The killed one, the kept one, and the nanny's restart if it joined in time.
+    addresses = {
+        e.data["address"] for e in events if e.type in ("dask.worker.added", "dask.worker.removed")
+    }
+    assert run["workers"] == len(addresses) >= 2
     assert {(f["key"], f["cause"]) for f in answers["failures"]} == {
         ("fail-0", None),
         ("after-0", "fail-0"),
