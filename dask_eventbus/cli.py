@@ -814,6 +814,13 @@ def otel(
       OTEL_EXPORTER_OTLP_HEADERS=x-honeycomb-team=KEY dask-eventbus otel dask-events.jsonl \\
           --endpoint https://api.honeycomb.io
     """
+    try:
+        import httpx  # noqa: F401
+        import opentelemetry.proto  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(
+            f"dask-eventbus otel needs {exc.name}: pip install 'dask-eventbus[otlp]'"
+        ) from None
     from .consume.inputs import bodies
     from .consume.reader import EventReader
     from .otel.export import OtlpRetry, settings_from_environment

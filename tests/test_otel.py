@@ -559,3 +559,33 @@ def test_logs_and_status_changes_become_log_records_with_their_tasks_ids() -> No
     assert status.severity_text == "WARN" and "running -> paused" in status.body.string_value
     assert attribute_dict(status.attributes)["dask.status"] == "paused"
     assert export.counts.logs == 3
+
+
+def test_without_the_otlp_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("")
+    hide = "import sys; sys.modules['opentelemetry.proto'] = None; "
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            hide + "from dask_eventbus.cli import main; main()",
+            "otel",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "needs opentelemetry.proto: pip install 'dask-eventbus[otlp]'" in done.stderr
+
+
+def test_without_opentelemetry_proto_the_backend_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dask_eventbus import ConfigError
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.proto", None)
+    with pytest.raises(ConfigError, match=r"pip install 'dask-eventbus\[otlp\]'"):
+        EventBusPlugin("otlp")

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from ..config import PositiveDuration, redact_url
+from ..config import ConfigError, PositiveDuration, redact_url
 from . import Backend, BackendOptions, Message, Refused
 from .diagnosis import Problem
 from .tls import TLSOptions
@@ -86,6 +86,14 @@ class OtlpBackend(Backend):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._export: Any = None
+
+    def check(self) -> None:
+        try:
+            import opentelemetry.proto  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "the otlp backend needs opentelemetry-proto: pip install 'dask-eventbus[otlp]'"
+            ) from None
 
     def open(self) -> None:
         from ..otel.mapping import TraceSettings
