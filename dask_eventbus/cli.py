@@ -428,6 +428,26 @@ class Moment(click.ParamType):
             )
 
 
+# Options every consumer command (report, archive, otel, top) spells alike.
+source_option = click.option(
+    "--source", "source", default=None, help="Only this scheduler's events (its source)."
+)
+since_option = click.option(
+    "--since", type=Moment(), default=None, help="Only events at or after this time."
+)
+until_option = click.option(
+    "--until", type=Moment(), default=None, help="Only events at or before this time."
+)
+idle_timeout_option = click.option(
+    "--idle-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Reading a backend: the end of the events is when none arrived for this long.",
+)
+
+
 def _events_input(
     input_file: str | None,
     backend: str | None,
@@ -483,9 +503,9 @@ def _events_input(
     show_default=True,
     help="A self-contained HTML page, or the JSON summary.",
 )
-@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
-@click.option("--since", type=Moment(), default=None, help="Only events at or after this time.")
-@click.option("--until", type=Moment(), default=None, help="Only events at or before this time.")
+@source_option
+@since_option
+@until_option
 @backend_option
 @click.option(
     "--option",
@@ -494,14 +514,7 @@ def _events_input(
     metavar="KEY=VALUE",
     help="Backend option, repeatable, as for tail (no short form here: -o is the output).",
 )
-@click.option(
-    "--idle-timeout",
-    type=float,
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Reading a backend: the end of the events is when none arrived for this long.",
-)
+@idle_timeout_option
 @_one_line_errors
 def report(
     input_file: str | None,
@@ -611,7 +624,7 @@ def report(
 @options_option
 @click.option("--follow", "-f", is_flag=True, help="SOURCE file: wait for lines appended to it.")
 @click.option("--from-beginning", is_flag=True, help="A backend: start with what it still holds.")
-@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@source_option
 @click.option(
     "--stale-after",
     type=float,
@@ -768,22 +781,15 @@ def _cell(value: Any) -> str:
     "--protocol", type=click.Choice(["http/protobuf", "http/json"]), default=None, help="Encoding."
 )
 @click.option("--service-name", default=None, help="service.name (default: dask).")
-@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
-@click.option("--since", type=Moment(), default=None, help="Only events at or after this time.")
-@click.option("--until", type=Moment(), default=None, help="Only events at or before this time.")
+@source_option
+@since_option
+@until_option
 @click.option(
     "--max-spans-per-trace", type=click.IntRange(min=10), default=10_000, show_default=True
 )
 @backend_option
 @options_option
-@click.option(
-    "--idle-timeout",
-    type=float,
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Reading a backend: the end of the events is when none arrived for this long.",
-)
+@idle_timeout_option
 @_one_line_errors
 def otel(
     input_file: str | None,
@@ -990,7 +996,7 @@ def spool(path: str, verify: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("input_file", metavar="[SOURCE]", required=False, type=click.Path(dir_okay=False))
-@click.option("--source", "source", default=None, help="Only this scheduler's events (its source).")
+@source_option
 @click.option(
     "--speed",
     type=click.FloatRange(min=0),

@@ -377,7 +377,12 @@ class Archiver:
         self._backoff = Backoff(0.2, 10.0)
         self._trouble = RateLimitedLog()
         self.database = self._connected()
-        self._restore()
+        try:
+            self._restore()
+        except BaseException:
+            self.database.close()
+            self.input.close()
+            raise
 
     def _restore(self) -> None:
         """Carry on where the last committed transaction left off."""

@@ -508,12 +508,13 @@ class TraceMapper(SourceState):
             root.status.code = ERROR
             root.status.message = f"{trace.erred} tasks erred"
         self._ready.append(root)
-        stimulus = trace.stimulus_id or ""
-        for key in list(self._traces):
-            if self._traces[key] is trace and key != stimulus:
-                del self._traces[key]
+        # An ended trace is sent whole: nothing of it needs keeping.
+        self._traces = {key: kept for key, kept in self._traces.items() if kept is not trace}
         trace.slowest.clear()
         trace.groups.clear()
+        trace.known_groups.clear()
+        trace.known_prefixes.clear()
+        trace.known_dask_spans.clear()
 
     def _dask_span_tree(self, trace: Trace) -> None:
         """The Dask spans the trace's tasks ran in, and their ancestors, nested as in Dask."""
