@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -344,6 +343,8 @@ def secret_values(key: str, value: Any) -> set[str]:
         return {str(value), str(value).rsplit(" ", 1)[-1]}
     found = set()
     if isinstance(value, str) and "://" in value:
+        from urllib.parse import unquote, urlsplit
+
         for url in value.split(";"):
             with contextlib.suppress(ValueError):
                 parts = urlsplit(url.strip())

@@ -11,7 +11,6 @@ one cannot drift apart.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -90,7 +89,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-compatible builtins (``time`` as an RFC 3339 string)."""
-        result: dict[str, Any] = json.loads(_encode(self))
+        result: dict[str, Any] = msgspec.json.decode(_encode(self))
         return result
 
     @classmethod
@@ -585,6 +584,8 @@ def _with_clean_descriptions(node: Any) -> Any:
 
 def load_shipped_schema() -> dict[str, Any]:
     """The JSON Schema file that ships inside the package."""
+    import json
+
     with open(SCHEMA_FILE) as f:
         result: dict[str, Any] = json.load(f)
     return result

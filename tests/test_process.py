@@ -254,10 +254,12 @@ async def test_values_msgpack_cannot_carry_still_arrive(tmp_path: Path) -> None:
     assert plugin.stats()["dropped"] == 0
 
 
-# What publishing needs no part of: the scheduler side and the command line.
-NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil")
+# What publishing needs no part of: the scheduler side and the command line;
+# and with a file, no network (ssl) and no process supervision.
+NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil", "ssl",
+                        "subprocess", "urllib")  # fmt: skip
 NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
-                    "dask_eventbus.metrics")  # fmt: skip
+                    "dask_eventbus.metrics", "dask_eventbus.process.supervisor")  # fmt: skip
 
 
 def test_the_publisher_process_imports_only_what_publishing_needs(tmp_path: Path) -> None:

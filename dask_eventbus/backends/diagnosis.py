@@ -14,8 +14,6 @@ whichever client raised them: :func:`network_problem`.
 
 from __future__ import annotations
 
-import socket
-import ssl
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
@@ -104,6 +102,11 @@ def word(problem: Problem, wording: Wording) -> str:
 def network_problem(exc: BaseException) -> Problem | None:
     """The operating-system error found under ``exc`` (its causes and
     contexts), classified; None when there is none."""
+    # Here, not at the top: a publisher process that meets no error (and
+    # whose client does not load them) need not load ssl and socket.
+    import socket
+    import ssl
+
     for cause in _causes(exc):
         if isinstance(cause, ConnectionRefusedError):
             return Problem("connect", "connection refused")

@@ -20,10 +20,28 @@ One module a job: :mod:`.frames` what travels between the two processes
 (the frame protocol, and delivery statistics in and out of frames),
 :mod:`.supervisor` the parent's side (:class:`ProcessSink`), :mod:`.child`
 the publisher process.
+
+The names below are loaded on first use (PEP 562): the publisher process
+imports this package on its way to :mod:`.child` and needs nothing of
+:mod:`.supervisor`, the parent's side, nor of ``subprocess``.
 """
 
-from .frames import read_frame, write_frame
-from .supervisor import PUBLISHER_COMMAND, ProcessSink, publisher_environment
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .frames import read_frame, write_frame
+    from .supervisor import PUBLISHER_COMMAND, ProcessSink, publisher_environment
+
+_LAZY = {
+    "PUBLISHER_COMMAND": "supervisor",
+    "ProcessSink": "supervisor",
+    "publisher_environment": "supervisor",
+    "read_frame": "frames",
+    "write_frame": "frames",
+}
 
 __all__ = [
     "PUBLISHER_COMMAND",
@@ -32,3 +50,12 @@ __all__ = [
     "read_frame",
     "write_frame",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
