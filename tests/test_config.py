@@ -105,6 +105,18 @@ def test_a_backend_whose_library_is_missing_says_what_to_install(tmp_path, monke
     assert "pigeon_post_client_not_installed" not in sys.modules
 
 
+def test_built_in_backends_are_found_without_reading_every_package(monkeypatch) -> None:
+    import importlib.metadata
+
+    from dask_eventbus.backends.jsonl import JsonLinesBackend
+
+    def every_package(**selection: Any) -> Any:
+        raise AssertionError(f"read every installed package's entry points for {selection}")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", every_package)
+    assert get_backend("jsonl") is JsonLinesBackend
+
+
 def test_the_defaults_file_is_valid_and_complete() -> None:
     settings = load_settings()
     assert set(DEFAULTS["eventbus"]) == {

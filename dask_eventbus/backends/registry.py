@@ -1,19 +1,24 @@
 """Finding backends by name: registered in this process, or entry points.
 
 First those registered with :func:`register_backend`, then entry points in
-the group ``dask_eventbus.backends`` (the built-in backends are declared the
-same way).
+the group ``dask_eventbus.backends``: the built-in backends, declared by this
+package, then those of every other installed package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
 from .contract import Backend
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 ENTRY_POINT_GROUP = "dask_eventbus.backends"
+DISTRIBUTION = "dask-eventbus"
 
 # The pip extra that installs each built-in backend's client library.
 BUILTIN_EXTRAS = {
@@ -45,33 +50,42 @@ def available_backends() -> list[str]:
     return sorted(names)
 
 
+def _declared(name: str) -> Iterator[EntryPoint]:
+    """Entry points that may declare backend ``name``: this package's own
+    first, whose metadata alone is read in well under a millisecond, rather
+    than every installed package's (10 ms and more, on each plugin made)."""
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    with contextlib.suppress(PackageNotFoundError):
+        yield from distribution(DISTRIBUTION).entry_points.select(
+            group=ENTRY_POINT_GROUP, name=name
+        )
+    yield from entry_points(group=ENTRY_POINT_GROUP, name=name)
+
+
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
-    from importlib.metadata import entry_points
-
     if name in _registered:
         return _registered[name]
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                cls = ep.load()
-            except ImportError as exc:
-                extra = BUILTIN_EXTRAS.get(name)
-                install = (
-                    f"pip install 'dask-eventbus[{extra}]'"
-                    if extra
-                    else f"install the package that provides {ep.value}"
-                )
-                raise ConfigError(
-                    f"The {name!r} event bus backend cannot be loaded: {exc}. "
-                    f"To fix this: {install}"
-                ) from None
-            if not (isinstance(cls, type) and issubclass(cls, Backend)):
-                raise ConfigError(
-                    f"Entry point {name!r} = {ep.value} in group {ENTRY_POINT_GROUP!r} "
-                    "is not a dask_eventbus.Backend subclass"
-                )
-            return cls
+    for ep in _declared(name):
+        try:
+            cls = ep.load()
+        except ImportError as exc:
+            extra = BUILTIN_EXTRAS.get(name)
+            install = (
+                f"pip install 'dask-eventbus[{extra}]'"
+                if extra
+                else f"install the package that provides {ep.value}"
+            )
+            raise ConfigError(
+                f"The {name!r} event bus backend cannot be loaded: {exc}. To fix this: {install}"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise ConfigError(
+                f"Entry point {name!r} = {ep.value} in group {ENTRY_POINT_GROUP!r} "
+                "is not a dask_eventbus.Backend subclass"
+            )
+        return cls
     raise ConfigError(
         f"Unknown event bus backend {name!r}. Available backends: {', '.join(available_backends())}"
     )
