@@ -10,11 +10,13 @@ the library.
 
 from __future__ import annotations
 
-import ssl
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class TLSOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
@@ -39,6 +41,8 @@ class TLSOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fi
 
     def context(self) -> ssl.SSLContext:
         """A client-side SSL context made from these options."""
+        import ssl  # here: a publisher process without TLS need not load it
+
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.cert_file:
             context.load_cert_chain(self.cert_file, self.key_file, self.key_password)
@@ -50,6 +54,8 @@ class TLSOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fi
     def redis_py(self) -> dict[str, Any]:
         """redis-py's ``ssl_*`` arguments: for the redis backend, and for
         Kombu's redis transport, which hands them to redis-py."""
+        import ssl
+
         return {
             "ssl_ca_certs": self.ca_file,
             "ssl_certfile": self.cert_file,
