@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from dask_eventbus import create_backend, subscribe
-from dask_eventbus.backends import Message
+from dask_eventbus.backends import Backend, Message
 from dask_eventbus.events import Event
 from dask_eventbus.testing import read_events
 
@@ -123,3 +123,61 @@ def poll_until_logged(events: Any, caplog: Any, text: str, timeout: float = 20.0
     while not any(text in record.getMessage() for record in caplog.records):
         assert events.poll(timeout=0.5) is None
         assert time.monotonic() < deadline, f"no warning saying {text!r}"
+
+
+# What publishing needs no part of: the scheduler side and the command line.
+NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil")
+NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
+                    "dask_eventbus.metrics", "dask_eventbus.process.supervisor")  # fmt: skip
+
+
+def publisher_process_imports(backend: Backend) -> set[str]:
+    """The modules a publisher process imports to publish one event with
+    ``backend`` and close: run as ProcessSink runs it, with Python reporting
+    every import."""
+    from dask_eventbus.config import load_settings
+    from dask_eventbus.events import LOG
+    from dask_eventbus.process import (
+        PUBLISHER_COMMAND,
+        ProcessSink,
+        publisher_environment,
+        read_frame,
+        write_frame,
+    )
+
+    init = ProcessSink(backend, load_settings(), "dask://test", "run")._init
+    with subprocess.Popen(
+        PUBLISHER_COMMAND,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**publisher_environment(), "PYTHONPROFILEIMPORTTIME": "1"},
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        write_frame(child.stdin, ["init", init])
+        assert read_frame(child.stdout) == ["ready"]
+        # A record travels as [type, sequence, time, *fields].
+        write_frame(child.stdin, ["batch", 1, [[LOG, 1, time.time(), "topic", {"a": 1}]]])
+        write_frame(child.stdin, ["close", 5.0])
+        frames = []
+        while (frame := read_frame(child.stdout)) is not None:
+            frames.append(frame)
+        _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert [f[0] for f in frames] == ["ack", "closed"]
+    return {
+        line.split("|")[-1].strip()
+        for line in stderr.decode().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def not_for_publishing(imported: set[str], *packages: str) -> list[str]:
+    """Those of ``imported`` a publisher process should not need: the scheduler
+    side, the command line, and ``packages``."""
+    return sorted(
+        name
+        for name in imported
+        if name.split(".")[0] in (*NOT_IN_THE_PUBLISHER, *packages)
+        or name.startswith(NOT_OURS_TO_LOAD)
+    )

@@ -21,7 +21,14 @@ import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_redis import RedisServer, delete_streams
-from helpers import FAST_RETRY, assert_replayed, make_certificates, poll_until_logged
+from helpers import (
+    FAST_RETRY,
+    assert_replayed,
+    make_certificates,
+    not_for_publishing,
+    poll_until_logged,
+    publisher_process_imports,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.redis import RedisBackend
@@ -156,6 +163,35 @@ def test_maxlen_trims_approximately_and_zero_keeps_everything(
         assert rclient.xlen(untrimmed) == 1000
     finally:
         rclient.delete(untrimmed)
+
+
+def test_the_publisher_process_does_not_import_redis_py(
+    redis_url: str, stream: str, rclient: redis.Redis
+) -> None:
+    backend = create_backend("redis", {"url": redis_url, "stream": stream})
+    imported = publisher_process_imports(backend)
+    assert "dask_eventbus.backends.redis" in imported
+    # Imported, redis-py would take most of the process's start; without TLS, ssl is not needed.
+    assert not_for_publishing(imported, "redis", "ssl") == []
+    assert [e.type for e in decoded(rclient, stream)] == ["dask.log"]
+
+
+def test_the_url_selects_the_database(redis_url: str, stream: str) -> None:
+    url = redis_url.rsplit("/", 1)[0] + "/3"
+    publish_all(url, stream, synthetic_messages(3))
+    other = redis.Redis.from_url(url)
+    try:
+        assert other.xlen(stream) == 3
+        other.delete(stream)
+    finally:
+        other.close()
+
+
+def test_redis_py_query_parameters_still_work(redis_url: str, stream: str) -> None:
+    # The publisher's own connection reads the url's host, port, credentials
+    # and db; redis-py publishes for a url with any other of its parameters.
+    options = {"url": redis_url + "?health_check_interval=30", "stream": stream}
+    assert_replayed("redis", options, synthetic_messages(5))
 
 
 # ---------------------------------------------------------------- subscribing

@@ -17,6 +17,7 @@ import dask
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
+from helpers import not_for_publishing, publisher_process_imports
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.process import ProcessSink
@@ -254,57 +255,10 @@ async def test_values_msgpack_cannot_carry_still_arrive(tmp_path: Path) -> None:
     assert plugin.stats()["dropped"] == 0
 
 
-# What publishing needs no part of: the scheduler side and the command line;
-# and with a file, no network (ssl) and no process supervision.
-NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil", "ssl",
-                        "subprocess", "urllib")  # fmt: skip
-NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
-                    "dask_eventbus.metrics", "dask_eventbus.process.supervisor")  # fmt: skip
-
-
 def test_the_publisher_process_imports_only_what_publishing_needs(tmp_path: Path) -> None:
-    from dask_eventbus.config import load_settings
-    from dask_eventbus.events import LOG
-    from dask_eventbus.process import (
-        PUBLISHER_COMMAND,
-        publisher_environment,
-        read_frame,
-        write_frame,
-    )
-
     events_file = tmp_path / "events.jsonl"
-    plugin = EventBusPlugin("jsonl", path=str(events_file))
-    init = ProcessSink(plugin.backend, load_settings(), "dask://test", "run")._init
-    # The command ProcessSink runs, with Python reporting every import on stderr.
-    with subprocess.Popen(
-        PUBLISHER_COMMAND,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**publisher_environment(), "PYTHONPROFILEIMPORTTIME": "1"},
-    ) as child:
-        assert child.stdin is not None and child.stdout is not None
-        write_frame(child.stdin, ["init", init])
-        assert read_frame(child.stdout) == ["ready"]
-        # A record travels as [type, sequence, time, *fields].
-        write_frame(child.stdin, ["batch", 1, [[LOG, 1, time.time(), "topic", {"a": 1}]]])
-        write_frame(child.stdin, ["close", 5.0])
-        frames = []
-        while (frame := read_frame(child.stdout)) is not None:
-            frames.append(frame)
-        _, stderr = child.communicate(timeout=30)
-    assert child.returncode == 0
-    assert [f[0] for f in frames] == ["ack", "closed"]
-    assert json.loads(events_file.read_text())["type"] == LOG
-    imported = {
-        line.split("|")[-1].strip()
-        for line in stderr.decode().splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported = publisher_process_imports(EventBusPlugin("jsonl", path=str(events_file)).backend)
+    assert json.loads(events_file.read_text())["type"] == "dask.log"
     assert "dask_eventbus.backends.jsonl" in imported
-    unwanted = sorted(
-        name
-        for name in imported
-        if name.split(".")[0] in NOT_IN_THE_PUBLISHER or name.startswith(NOT_OURS_TO_LOAD)
-    )
-    assert unwanted == []
+    # With a file, no network (ssl) and no process supervision either.
+    assert not_for_publishing(imported, "ssl", "subprocess", "urllib") == []

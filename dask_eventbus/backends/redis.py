@@ -1,4 +1,4 @@
-"""``redis``: one Redis Streams entry per event, with redis-py.
+"""``redis``: one Redis Streams entry per event.
 
 Each batch is one pipeline (no MULTI/EXEC) of ``XADD`` commands, trimmed
 approximately with ``MAXLEN ~``; :meth:`RedisBackend.publish` returns once
@@ -7,34 +7,32 @@ An entry holds the event type, subject, id and sequence number as fields of
 their own, so ``redis-cli XRANGE`` is readable, beside the untouched
 CloudEvent JSON in the field ``event``.
 
-Consumers read with ``XREAD`` (from now, from the beginning or after a given
-entry id) or, given ``group=``, with ``XREADGROUP`` in a consumer group that
-is created if missing and acknowledges each event after it was yielded.
+The publisher speaks the Redis protocol itself, on a connection of its own
+(:class:`_Connection`): imported, redis-py would take most of a publisher
+process's start (150 ms of CPU and more: its package loads its asyncio client
+too, and OpenTelemetry's SDK where that is installed), while publishing needs
+a socket, a few commands and the ``XADD`` commands the binding packs. What
+goes wrong still raises redis-py's exceptions, made by redis-py, which is
+imported then. A url with redis-py's query parameters (other than ``db``),
+and the deprecated ``ssl-*`` options, publish through redis-py.
+
+Consumers read with redis-py (:mod:`.redis_reader`): ``XREAD`` (from now,
+from the beginning or after a given entry id) or, given ``group=``,
+``XREADGROUP`` in a consumer group that is created if missing and
+acknowledges each event after it was yielded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import socket
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
-import redis
-from redis.backoff import NoBackoff
-from redis.connection import parse_url
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    BusyLoadingError,
-    NoPermissionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..bindings.redis import xadd_commands
 from ..config import PositiveDuration, redact_url
@@ -42,6 +40,9 @@ from .contract import Backend, BackendOptions, Message, url_scheme
 from .diagnosis import Problem
 from .subscription import Subscription
 from .tls import TLSOptions, deprecated
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -70,12 +71,16 @@ class RedisOptions(BackendOptions):
     def __post_init__(self) -> None:
         scheme = url_scheme(self.url, SCHEMES, tls=("rediss",))
         try:
-            parsed = parse_url(self.url)
+            target = _Target.of(self.url)
+            if target.query:  # redis-py's parameters: redis-py reads them
+                from redis.connection import parse_url
+
+                parse_url(self.url)
         except ValueError as exc:
             raise ValueError(f"url is not a valid Redis URL: {redact_url(str(exc))}") from None
-        if self.password is not None and parsed.get("password") is not None:
+        if self.password is not None and target.password is not None:
             raise ValueError("give the password either in url or as password, not both")
-        if self.username is not None and parsed.get("username") is not None:
+        if self.username is not None and target.username is not None:
             raise ValueError("give the username either in url or as username, not both")
         if self.client_name is not None and (
             not self.client_name or any(c.isspace() for c in self.client_name)
@@ -107,14 +112,14 @@ class RedisBackend(Backend):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._client: redis.Redis | None = None
-        parsed = parse_url(self.options.url)
-        if "path" in parsed:
-            self._where = f"unix:{parsed['path']}"
-        else:
-            self._where = f"{parsed.get('host', 'localhost')}:{parsed.get('port', 6379)}"
-        self._user = self.options.username or parsed.get("username") or "default"
-        self._has_password = bool(self.options.password or parsed.get("password"))
+        self._sender: _Connection | _ThroughRedisPy | None = None
+        self._target = target = _Target.of(self.options.url)
+        self._where = f"unix:{target.path}" if target.path is not None else target.address
+        self._user = self.options.username or target.username or "default"
+        self._has_password = bool(self.options.password or target.password)
+        self._own_connection = target.query <= {"db"} and not any(
+            getattr(self.options, name) is not None for name in _DEPRECATED_TLS
+        )
 
     # ------------------------------------------------------------ producer
 
@@ -127,6 +132,11 @@ class RedisBackend(Backend):
         with a connection error ``retries`` times at once, and never one that
         timed out: the caller's own retry and backoff apply after that.
         """
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.retry import Retry
+
         options = self.options
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect_timeout,
@@ -149,33 +159,45 @@ class RedisBackend(Backend):
 
     def open(self) -> None:
         self.close()
-        client = self.client()
+        if self._own_connection:
+            sender: _Connection | _ThroughRedisPy = _Connection(
+                self.options, self._target, self._where
+            )
+        else:
+            sender = _ThroughRedisPy(self.client())
         try:
-            client.ping()
+            sender.open()
         except BaseException:
-            client.close()
+            sender.close()
             raise
-        self._client = client
+        self._sender = sender
 
     def publish(self, messages: Sequence[Message]) -> None:
-        client = self._client
-        if client is None:
+        sender = self._sender
+        if sender is None:
             raise RuntimeError("redis backend is not open")
         if not messages:
             return
         payload = xadd_commands(messages, self.options.stream, self.options.maxlen)
         try:
-            errors = _send(client, payload, len(messages))
-        except RedisConnectionError as exc:
-            if isinstance(exc, (AuthenticationError, AuthorizationError, BusyLoadingError)):
+            errors = sender.send(payload, len(messages))
+        except Exception as exc:
+            from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            if not isinstance(exc, RedisConnectionError) or isinstance(
+                exc, (AuthenticationError, AuthorizationError, BusyLoadingError)
+            ):
                 raise
             # Most likely Redis closed the connection since the last batch
             # (a restart, CLIENT KILL, an idle timeout): once more at once on
             # a new connection, before the pipeline's backoff. XADDs Redis
             # applied before the connection broke are repeated: duplicates,
             # never losses.
-            errors = _send(client, payload, len(messages))
+            errors = sender.send(payload, len(messages))
         if errors:
+            from redis.exceptions import ResponseError
+
             first = errors[0]
             message = (
                 f"{len(errors)} of {len(messages)} XADD commands to stream "
@@ -188,12 +210,12 @@ class RedisBackend(Backend):
             raise failure from first
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
             try:
-                client.close()
+                sender.close()
             except Exception:
-                logger.debug("dask-eventbus: closing the Redis client failed", exc_info=True)
+                logger.debug("dask-eventbus: closing the Redis connection failed", exc_info=True)
 
     # ------------------------------------------------------------ consumer
 
@@ -254,6 +276,18 @@ class RedisBackend(Backend):
         return f"Redis at {self._where}"
 
     def classify(self, exc: BaseException) -> Problem | None:
+        from redis.exceptions import (
+            AuthenticationError,
+            AuthorizationError,
+            BusyLoadingError,
+            NoPermissionError,
+            OutOfMemoryError,
+            ReadOnlyError,
+            ResponseError,
+        )
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         user, stream = f"user {self._user!r}", self.options.stream
         detail = str(exc)
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _starts(
@@ -324,33 +358,224 @@ def _starts(exc: BaseException, *prefixes: str) -> bool:
     return any(text.startswith(p) for p in prefixes)
 
 
-_COMMAND_NAME = (
-    ("XADD",)
-    if inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default
-    is inspect.Parameter.empty
-    else ()
-)
+class _Target(NamedTuple):
+    """Where and as whom a url says to connect, read as redis-py reads it."""
+
+    host: str
+    port: int
+    path: str | None
+    """The socket's, for a ``unix://`` url."""
+    db: int
+    username: str | None
+    password: str | None
+    query: frozenset[str]
+    """The names of the url's query parameters."""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def of(cls, url: str) -> _Target:
+        parts = urlsplit(url)
+        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        try:
+            db = int(query.get("db", 0))
+        except ValueError:
+            raise ValueError("Invalid value for 'db' in connection URL.") from None
+        unix = parts.scheme == "unix"
+        if parts.path and "db" not in query and not unix:
+            with contextlib.suppress(ValueError):
+                db = int(unquote(parts.path).replace("/", ""))
+        return cls(
+            unquote(parts.hostname or "") or "localhost",
+            6379 if parts.port is None else parts.port,
+            unquote(parts.path) if unix else None,
+            db,
+            unquote(parts.username) if parts.username else query.get("username"),
+            unquote(parts.password) if parts.password else query.get("password"),
+            frozenset(query),
+        )
 
 
-def _send(client: redis.Redis, payload: bytes, count: int) -> list[ResponseError]:
-    """Write ``count`` packed commands on one pooled connection; read every reply.
+def _command(*args: str) -> bytes:
+    """One command in the Redis protocol."""
+    encoded = [arg.encode() for arg in args]
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
 
-    Returns the error replies. Connection trouble raises; the connection is
-    then dropped rather than returned to the pool half read.
+
+def _failure(exc: OSError, doing: str) -> Exception:
+    """redis-py's exception for ``exc``, met while ``doing``."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, TimeoutError):
+        return RedisTimeoutError(f"Timeout {doing}")
+    return RedisConnectionError(f"Error {doing}: {exc}")
+
+
+class _Connection:
+    """The publisher's connection to Redis: RESP2 over a socket of its own.
+
+    Connects and authenticates as redis-py does with the same options (AUTH,
+    CLIENT SETNAME, SELECT; here in one round trip, with a PING), and
+    connects again when a send finds it closed.
     """
-    pool = client.connection_pool
-    connection = pool.get_connection(*_COMMAND_NAME)
-    try:
-        connection.send_packed_command([payload])
-        errors = []
-        for _ in range(count):
+
+    def __init__(self, options: RedisOptions, target: _Target, where: str) -> None:
+        self._options, self._target, self._where = options, target, where
+        self._socket: socket.socket | None = None
+        self._replies: IO[bytes] | None = None
+
+    def open(self) -> None:
+        options, target = self._options, self._target
+        try:
+            sock = self._connect()
+        except OSError as exc:
+            raise _failure(exc, f"connecting to {self._where}") from exc
+        sock.settimeout(options.socket_timeout)
+        self._socket, self._replies = sock, sock.makefile("rb")
+        hello = []
+        password = options.password or target.password
+        if password is not None:
+            username = options.username or target.username
+            hello.append(_command("AUTH", *([username] if username else []), password))
+        if options.client_name:
+            hello.append(_command("CLIENT", "SETNAME", options.client_name))
+        if target.db:
+            hello.append(_command("SELECT", str(target.db)))
+        hello.append(_command("PING"))
+        errors = self._exchange(b"".join(hello), len(hello))
+        if errors:
+            self.close()
+            raise errors[0]
+
+    def _connect(self) -> socket.socket:
+        options, target = self._options, self._target
+        if target.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                connection.read_response()
-            except ResponseError as exc:
-                errors.append(exc)
-        return errors
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
+                sock.settimeout(options.connect_timeout)
+                sock.connect(target.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection((target.host, target.port), options.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Notices a peer that vanished without closing (a host gone) while
+            # the connection sits idle between batches.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if options.url.lower().startswith("rediss://"):
+                context = (options.tls or TLSOptions()).context()
+                sock = context.wrap_socket(sock, server_hostname=target.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def send(self, payload: bytes, count: int) -> list[Exception]:
+        """Write ``count`` packed commands and read every reply (connecting
+        first if need be); the error replies."""
+        if self._socket is None:
+            self.open()
+        return self._exchange(payload, count)
+
+    def _exchange(self, payload: bytes, count: int) -> list[Exception]:
+        assert self._socket is not None
+        try:
+            self._socket.sendall(payload)
+            replies = [self._reply() for _ in range(count)]
+        except OSError as exc:
+            self.close()
+            raise _failure(exc, f"talking to {self._where}") from exc
+        except BaseException:
+            self.close()
+            raise
+        return [reply for reply in replies if isinstance(reply, Exception)]
+
+    def _reply(self) -> Any:
+        assert self._replies is not None
+        line = self._replies.readline()
+        if not line.endswith(b"\r\n"):
+            return self._closed()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"-":
+            # redis-py reads the error, to raise the exception redis-py would.
+            from redis._parsers import BaseParser
+
+            return BaseParser.parse_error(rest.decode("utf-8", "replace"))
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            data = self._replies.read(size + 2)
+            if len(data) < size + 2:
+                return self._closed()
+            return data[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self._reply() for _ in range(size)]
+        from redis.exceptions import InvalidResponse
+
+        raise InvalidResponse(f"Protocol error, got {line[:40]!r} from {self._where}")
+
+    def _closed(self) -> NoReturn:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError(f"Connection closed by server ({self._where}).")
+
+    def close(self) -> None:
+        sock, replies, self._socket, self._replies = self._socket, self._replies, None, None
+        if replies is not None:
+            replies.close()
+        if sock is not None:
+            sock.close()
+
+
+class _ThroughRedisPy:
+    """Publishing with redis-py's client: for what :class:`_Connection` does
+    not read (redis-py's query parameters, its ssl-* arguments)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        import redis
+
+        self._client = client
+        # redis-py before 5.3 requires a command name here; later releases warn when given one.
+        get_connection = inspect.signature(redis.ConnectionPool.get_connection)
+        required = get_connection.parameters["command_name"].default is inspect.Parameter.empty
+        self._command_name = ("XADD",) if required else ()
+
+    def open(self) -> None:
+        self._client.ping()
+
+    def send(self, payload: bytes, count: int) -> list[Exception]:
+        """Write ``count`` packed commands on one pooled connection; read every reply.
+
+        Returns the error replies. Connection trouble raises; the connection is
+        then dropped rather than returned to the pool half read.
+        """
+        from redis.exceptions import ResponseError
+
+        pool = self._client.connection_pool
+        connection = pool.get_connection(*self._command_name)
+        try:
+            connection.send_packed_command([payload])
+            errors: list[Exception] = []
+            for _ in range(count):
+                try:
+                    connection.read_response()
+                except ResponseError as exc:
+                    errors.append(exc)
+            return errors
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+    def close(self) -> None:
+        self._client.close()
