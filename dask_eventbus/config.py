@@ -260,7 +260,9 @@ def _kebab_keys(value: Any, type_: Any) -> Any:
     return out
 
 
-_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# Patterns, not compiled ones: the re module compiles (and keeps) each where it
+# is first used, which a publisher process that meets no error never does.
+_AT_PATH = r" - at `\$(?P<path>[^`]*)`$"
 
 
 def convert(value: Any, type_: type[_Struct], where: str) -> _Struct:
@@ -277,9 +279,9 @@ def convert(value: Any, type_: type[_Struct], where: str) -> _Struct:
         )
     except msgspec.ValidationError as exc:
         message = str(exc)
-        match = _AT_PATH.search(message)
+        match = re.search(_AT_PATH, message)
         path = match.group("path") if match else ""
-        reason = _AT_PATH.sub("", message)
+        reason = re.sub(_AT_PATH, "", message)
         key = where + path
         bad = _lookup(value, path)
         shown = "" if bad is _MISSING else f" = {redact_value(key, bad)!r}"
@@ -318,24 +320,20 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     return convert(config, Settings, "eventbus")
 
 
-_SECRET_KEY = re.compile(
+_SECRET_KEY = (
     r"password|passphrase|passwd|secret|token|credential|private|key\.pem|oauthbearer"
     # Every extra HTTP header's value (Authorization, API keys) is a secret.
     r"|authorization|(?:^|\.)headers\."
 )
 # Greedy up to the authority's last "@": a password may contain "@" itself.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@")
-
-
-_QUERY_SECRET = re.compile(
-    r"(?P<name>[?&;](?:password|passwd|pass|pwd|token|secret|sasl_password)=)[^&;\s#]*", re.I
-)
+_URL_PASSWORD = r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@"
+_QUERY_SECRET = r"(?P<name>[?&;](?:password|passwd|pass|pwd|token|secret|sasl_password)=)[^&;\s#]*"
 
 
 def redact_url(text: str) -> str:
     """``amqp://user:secret@host/?password=x`` becomes ``amqp://user:***@host/?password=***``."""
-    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
-    return _QUERY_SECRET.sub(r"\g<name>***", text)
+    text = re.sub(_URL_PASSWORD, r"\g<scheme>\g<user>:***@", text)
+    return re.sub(_QUERY_SECRET, r"\g<name>***", text, flags=re.IGNORECASE)
 
 
 def secret_values(key: str, value: Any) -> set[str]:
@@ -345,7 +343,7 @@ def secret_values(key: str, value: Any) -> set[str]:
         return set().union(*(secret_values(f"{key}.{k}", v) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return set().union(*(secret_values(key, v) for v in value))
-    if _SECRET_KEY.search(key.lower()) and value not in (None, ""):
+    if re.search(_SECRET_KEY, key.lower()) and value not in (None, ""):
         # An Authorization header's credential follows its scheme ("Bearer"):
         # a client's error may quote the credential alone.
         return {str(value), str(value).rsplit(" ", 1)[-1]}
@@ -379,7 +377,7 @@ def redact_value(key: str, value: Any) -> Any:
         return {k: redact_value(f"{key}.{k}", v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_value(key, v) for v in value]
-    if _SECRET_KEY.search(key.lower()) and value not in (None, ""):
+    if re.search(_SECRET_KEY, key.lower()) and value not in (None, ""):
         return "***"
     if isinstance(value, str):
         return redact_url(value)
