@@ -128,7 +128,8 @@ def poll_until_logged(events: Any, caplog: Any, text: str, timeout: float = 20.0
 # What publishing needs no part of: the scheduler side and the command line.
 NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil")
 NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
-                    "dask_eventbus.metrics", "dask_eventbus.process.supervisor")  # fmt: skip
+                    "dask_eventbus.metrics", "dask_eventbus.process.supervisor",
+                    "dask_eventbus.backends.registry")  # fmt: skip
 
 
 def publisher_process_imports(backend: Backend) -> set[str]:

@@ -173,6 +173,10 @@ def test_the_publisher_process_does_not_import_redis_py(
     assert "dask_eventbus.backends.redis" in imported
     # Imported, redis-py would take most of the process's start; without TLS, ssl is not needed.
     assert not_for_publishing(imported, "redis", "ssl") == []
+    assert {
+        "dask_eventbus.backends.subscription",
+        "dask_eventbus.backends.redis_reader",
+    }.isdisjoint(imported)
     assert [e.type for e in decoded(rclient, stream)] == ["dask.log"]
 
 

@@ -5,35 +5,71 @@
 ``subscription`` the runtime for reading events back; ``registry`` finds
 backends by name; ``tls`` the TLS block the network backends share;
 ``diagnosis`` the problems ``explain`` words for every backend.
+
+The names below are loaded on first use (PEP 562): a publisher process
+imports this package on its way to its backend's module and needs only what
+that module imports (not the registry, say).
 """
 
-from .contract import (
-    BATCH_CONTENT_TYPE,
-    BATCH_ROUTING_KEY,
-    Backend,
-    BackendOptions,
-    ContentMode,
-    Message,
-    Refused,
-    batch_body,
-    in_content_mode,
-)
-from .diagnosis import Problem, ProblemKind
-from .registry import (
-    BUILTIN_EXTRAS,
-    ENTRY_POINT_GROUP,
-    available_backends,
-    create_backend,
-    get_backend,
-    register_backend,
-)
-from .subscription import (
-    Delivery,
-    ReconnectingSubscription,
-    Subscription,
-    decode_body,
-    decode_delivery,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .contract import (
+        BATCH_CONTENT_TYPE,
+        BATCH_ROUTING_KEY,
+        Backend,
+        BackendOptions,
+        ContentMode,
+        Message,
+        Refused,
+        batch_body,
+        in_content_mode,
+    )
+    from .diagnosis import Problem, ProblemKind
+    from .registry import (
+        BUILTIN_EXTRAS,
+        ENTRY_POINT_GROUP,
+        available_backends,
+        create_backend,
+        get_backend,
+        register_backend,
+    )
+    from .subscription import (
+        Delivery,
+        ReconnectingSubscription,
+        Subscription,
+        decode_body,
+        decode_delivery,
+    )
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "BATCH_CONTENT_TYPE": "contract",
+    "BATCH_ROUTING_KEY": "contract",
+    "Backend": "contract",
+    "BackendOptions": "contract",
+    "ContentMode": "contract",
+    "Message": "contract",
+    "Refused": "contract",
+    "batch_body": "contract",
+    "in_content_mode": "contract",
+    "Problem": "diagnosis",
+    "ProblemKind": "diagnosis",
+    "BUILTIN_EXTRAS": "registry",
+    "ENTRY_POINT_GROUP": "registry",
+    "available_backends": "registry",
+    "create_backend": "registry",
+    "get_backend": "registry",
+    "register_backend": "registry",
+    "Delivery": "subscription",
+    "ReconnectingSubscription": "subscription",
+    "Subscription": "subscription",
+    "decode_body": "subscription",
+    "decode_delivery": "subscription",
+}
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -59,3 +95,12 @@ __all__ = [
     "in_content_mode",
     "register_backend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

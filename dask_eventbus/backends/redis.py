@@ -38,11 +38,12 @@ from ..bindings.redis import xadd_commands
 from ..config import PositiveDuration, redact_url
 from .contract import Backend, BackendOptions, Message, url_scheme
 from .diagnosis import Problem
-from .subscription import Subscription
 from .tls import TLSOptions, deprecated
 
 if TYPE_CHECKING:
     import redis
+
+    from .subscription import Subscription
 
 logger = logging.getLogger("distributed.eventbus")
 
