@@ -38,7 +38,6 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..bindings.kafka import Header, HeaderMode, KeyMode, headers_of, key_function
 from ..config import (
@@ -452,6 +451,10 @@ class KafkaBackend(Backend):
                 time.sleep(0.1)
 
     def _create_topic(self) -> None:
+        # Here, not at the top: a publisher process whose topic exists need
+        # not load the admin client (4% of its start).
+        from confluent_kafka.admin import AdminClient, NewTopic
+
         options = self.options
         base = {
             name: value
