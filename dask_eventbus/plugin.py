@@ -34,7 +34,7 @@ from .buffer import Pipeline
 from .config import ConfigError, Settings, load_settings
 from .normalize import TASK_UNITS, Normalizer, listed_dependencies, structure_units
 from .process import ProcessSink
-from .publisher import Sink
+from .publisher import Sink, make_publisher
 from .records import (
     ClientAddedRecord,
     ClientRemovedRecord,
@@ -53,7 +53,7 @@ from .records import (
     WorkerStatusRecord,
     _SchedulerRecord,
 )
-from .spooling import check_spool, make_publisher
+from .spooling import check_spool
 
 if TYPE_CHECKING:
     from distributed import Scheduler

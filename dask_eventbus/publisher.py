@@ -225,3 +225,14 @@ class Publisher:
                 error,
             )
         self._failing.logged()
+
+
+def make_publisher(backend: Backend, normalizer: Normalizer, settings: Settings) -> Publisher:
+    """A :class:`~dask_eventbus.spooling.SpoolingPublisher` if a spool is
+    configured, else a plain one."""
+    if settings.spool.path is None:
+        return Publisher(backend, normalizer, settings)
+    # Imported only then: a publisher process without a spool need not load it.
+    from .spooling import SpoolingPublisher
+
+    return SpoolingPublisher(backend, normalizer, settings)

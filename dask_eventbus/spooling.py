@@ -74,13 +74,6 @@ def check_spool(settings: Settings) -> None:
         check_free(settings.spool.path, LOCK_WAIT)
 
 
-def make_publisher(backend: Backend, normalizer: Normalizer, settings: Settings) -> Publisher:
-    """A :class:`SpoolingPublisher` if a spool is configured, else a plain one."""
-    if settings.spool.path is None:
-        return Publisher(backend, normalizer, settings)
-    return SpoolingPublisher(backend, normalizer, settings)
-
-
 def announcement(damage: Damage) -> Message | None:
     """The ``dask.eventbus.dropped`` message for damage of known range."""
     if damage.source is None or damage.run is None or damage.first is None or damage.last is None:

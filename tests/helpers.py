@@ -129,7 +129,7 @@ def poll_until_logged(events: Any, caplog: Any, text: str, timeout: float = 20.0
 NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil")
 NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
                     "dask_eventbus.metrics", "dask_eventbus.process.supervisor",
-                    "dask_eventbus.backends.registry")  # fmt: skip
+                    "dask_eventbus.backends.registry", "dask_eventbus.spooling")  # fmt: skip
 
 
 def publisher_process_imports(backend: Backend) -> set[str]:

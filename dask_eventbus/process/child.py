@@ -19,7 +19,7 @@ from typing import IO
 
 from ..events import safe_text
 from ..normalize import Normalizer
-from ..spooling import make_publisher
+from ..publisher import make_publisher
 from .frames import (
     BatchFrame,
     Close,
