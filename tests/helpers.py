@@ -127,9 +127,11 @@ def poll_until_logged(events: Any, caplog: Any, text: str, timeout: float = 20.0
 
 # What publishing needs no part of: the scheduler side and the command line.
 NOT_IN_THE_PUBLISHER = ("distributed", "dask", "click", "yaml", "tornado", "psutil")
+# Nor these of ours (diagnosis explains errors; spooling is for a spool).
 NOT_OURS_TO_LOAD = ("dask_eventbus.plugin", "dask_eventbus.preload", "dask_eventbus.cli",
                     "dask_eventbus.metrics", "dask_eventbus.process.supervisor",
-                    "dask_eventbus.backends.registry", "dask_eventbus.spooling")  # fmt: skip
+                    "dask_eventbus.backends.registry", "dask_eventbus.backends.diagnosis",
+                    "dask_eventbus.spooling")  # fmt: skip
 
 
 def publisher_process_imports(backend: Backend) -> set[str]:

@@ -16,9 +16,9 @@ import msgspec
 
 from ..config import ConfigError, convert, mask_secrets, redact_url, redact_value, secret_values
 from ..events import CONTENT_TYPE
-from .diagnosis import Problem, Wording, network_problem, word
 
 if TYPE_CHECKING:
+    from .diagnosis import Problem, Wording
     from .subscription import Subscription
 
 
@@ -207,6 +207,9 @@ class Backend:
         every backend, names the options, and masks the secrets of the
         options in the whole answer.
         """
+        # Here: a publisher process that meets no error need not load it.
+        from .diagnosis import network_problem, word
+
         try:
             problem = self.classify(exc)
             if problem is None or problem.kind == "connect":
@@ -225,6 +228,8 @@ class Backend:
         return self.mask(text)
 
     def _wording(self) -> Wording:
+        from .diagnosis import Wording
+
         bounds = ", ".join(
             f"{name} {getattr(self.options, name.replace('-', '_')):g}s"
             for name in self.timeout_options

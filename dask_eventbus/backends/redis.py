@@ -37,12 +37,12 @@ import msgspec
 from ..bindings.redis import xadd_commands
 from ..config import PositiveDuration, redact_url
 from .contract import Backend, BackendOptions, Message, url_scheme
-from .diagnosis import Problem
 from .tls import TLSOptions, deprecated
 
 if TYPE_CHECKING:
     import redis
 
+    from .diagnosis import Problem
     from .subscription import Subscription
 
 logger = logging.getLogger("distributed.eventbus")
@@ -288,6 +288,8 @@ class RedisBackend(Backend):
         )
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from .diagnosis import Problem
 
         user, stream = f"user {self._user!r}", self.options.stream
         detail = str(exc)
