@@ -2,8 +2,10 @@
 against each, medians and the after/before ratio in one table.
 
 Each revision is a source tree (a checkout or ``git worktree``): its own
-``benchmarks/<script>`` runs with the tree first on ``PYTHONPATH``, so it
-imports that tree's ``dask_eventbus`` (the publisher process inherits it).
+``benchmarks/<script>`` runs in the tree, with the tree first on
+``PYTHONPATH``, so it imports that tree's ``dask_eventbus`` and so does its
+publisher process (started with ``python -c``, which looks in the working
+directory first: run from one tree, both revisions used that tree's).
 Every run prints the benchmark's markdown table; the rows and numeric
 columns are collected.
 
@@ -35,7 +37,7 @@ def run(tree: str, script: list[str]) -> tuple[list[str], dict[str, list[float |
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(benchmarks)])}
     output = subprocess.run(
         [sys.executable, str(benchmarks / script[0]), *script[1:]],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, cwd=root, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     lines = [line for line in output.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
