@@ -186,8 +186,8 @@ def test_the_url_selects_the_database(redis_url: str, stream: str) -> None:
     other = redis.Redis.from_url(url)
     try:
         assert other.xlen(stream) == 3
-        other.delete(stream)
     finally:
+        other.delete(stream)
         other.close()
 
 
