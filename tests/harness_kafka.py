@@ -160,7 +160,8 @@ def tansu_behind_a_proxy(
                 {
                     "topic": topic,
                     "partitions": 1,
-                    "timeout": "5s",
+                    "connect-timeout": "5s",
+                    "publish-timeout": "5s",
                     "config": {"bootstrap.servers": f"127.0.0.1:{proxy.port}"},
                 },
             )
@@ -181,7 +182,8 @@ def kafka_harness(request: pytest.FixtureRequest) -> Target:
             ({"key": "colour"}, "key"),
             ({"topic": "no spaces allowed"}, "topic"),
             ({"config": {"bootstrap.servers": bootstrap, "linger.mss": 5}}, "linger.mss"),
-            ({"timeout": "soon"}, "timeout"),
+            ({"publish-timeout": "soon"}, "publish-timeout"),
+            ({"timeout": "soon"}, "timeout"),  # the older name of both
             ({"tls": {"server-hostname": "k"}}, "cannot be used with librdkafka"),
             (
                 {"tls": {}, "config": {"bootstrap.servers": bootstrap, "ssl.ca.location": "/c"}},
@@ -201,7 +203,12 @@ def with_sasl_password(options: dict[str, Any]) -> dict[str, Any]:
         "sasl.username": "conformance",
         "sasl.password": SECRET,
     }
-    return {**options, "timeout": "2s", "config": {**options["config"], **sasl}}
+    return {
+        **options,
+        "connect-timeout": "2s",
+        "publish-timeout": "2s",
+        "config": {**options["config"], **sasl},
+    }
 
 
 HARNESSES = {"kafka": kafka_harness}

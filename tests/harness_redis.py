@@ -65,7 +65,7 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
         bad_options=[
             ({"maxlen": -1}, "maxlen"),
             ({"url": "http://user:secret@localhost:6379"}, "url must start with redis://"),
-            ({"socket-timeout": 0}, "socket-timeout"),
+            ({"publish-timeout": 0}, "publish-timeout"),
             ({"stream": ""}, "stream"),
             ({"tls": {"ca-file": "/tmp/ca.pem"}}, "tls need a rediss:// url"),
             (
@@ -75,7 +75,7 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
         ],
         cleanup=delete_streams(url, stream),
         proxied=proxied_url(
-            url, 6379, {"stream": stream, "connect-timeout": "1s", "socket-timeout": "2s"}
+            url, 6379, {"stream": stream, "connect-timeout": "1s", "publish-timeout": "2s"}
         ),
         with_secret=lambda options: {**options, "password": SECRET},
     )

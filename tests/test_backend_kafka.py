@@ -536,10 +536,10 @@ def test_a_stalled_broker_makes_publish_fail_in_bounded_time() -> None:
 
 
 def test_missing_topic_is_explained_when_not_created(kafka_broker: str, topic: str) -> None:
-    # With create-topic off the producer asks brokers that allow it to
+    # With create-missing off the producer asks brokers that allow it to
     # auto-create topics (Tansu does, and Kafka by default); this one must not.
     options = options_for(
-        kafka_broker, topic, create_topic=False, config={"allow.auto.create.topics": False}
+        kafka_broker, topic, create_missing=False, config={"allow.auto.create.topics": False}
     )
     backend = create_backend("kafka", options)
     with pytest.raises(Exception) as info:
@@ -547,7 +547,7 @@ def test_missing_topic_is_explained_when_not_created(kafka_broker: str, topic: s
     backend.close()
     explanation = backend.explain(info.value)
     assert f"topic {topic!r} does not exist" in explanation
-    assert "create-topic" in explanation
+    assert "create-missing" in explanation
 
 
 @pytest.mark.parametrize(

@@ -332,12 +332,13 @@ def test_a_stalled_receiver_times_out_and_is_retried(
     messages = synthetic_messages(3)
     with WebhookReceiver() as receiver:
         receiver.stalled.set()
-        backend = create_backend("webhook", {"url": receiver.url, "timeout": "300ms"})
+        backend = create_backend("webhook", {"url": receiver.url, "publish-timeout": "300ms"})
         backend.open()
         try:
             with pytest.raises(Exception) as info:
                 backend.send(messages)
-            assert "did not answer in time (timeout 0.3s)" in backend.explain(info.value)
+            explained = backend.explain(info.value)
+            assert "did not answer in time (connect-timeout 10s, publish-timeout 0.3s)" in explained
         finally:
             backend.close()
         receiver.stalled.clear()

@@ -43,8 +43,14 @@ from ..bindings.amqp import (
     properties_of,
     routing_key_function,
 )
-from ..config import ConfigError, PositiveDuration
-from .contract import BATCH_CONTENT_TYPE, Backend, BackendOptions, Message
+from ..config import ConfigError
+from .contract import (
+    BATCH_CONTENT_TYPE,
+    Backend,
+    Message,
+    NetworkOptions,
+    SubscribeOptions,
+)
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
@@ -89,7 +95,7 @@ def _transport_alias(url: str) -> str:
     return scheme.split("+", 1)[0]
 
 
-class KombuOptions(BackendOptions):
+class KombuOptions(NetworkOptions):
     url: str = "amqp://guest:guest@localhost:5672//"
     exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
@@ -106,8 +112,6 @@ class KombuOptions(BackendOptions):
     tls: TLSOptions | None = None
     # Deprecated: the tls block replaces it.
     ssl: bool | dict[str, Any] | None = None
-    connect_timeout: PositiveDuration = PositiveDuration(10.0)
-    publish_timeout: PositiveDuration = PositiveDuration(10.0)
 
     def __post_init__(self) -> None:
         alias = _transport_alias(self.url)
@@ -127,13 +131,22 @@ class KombuOptions(BackendOptions):
             check_routing_key(self.routing_key)
 
 
+class KombuSubscribeOptions(SubscribeOptions):
+    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """The queue to consume; None: the ``queue`` option, or a new exclusive one."""
+    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Routing-key patterns to bind the queue with; None: the ``bindings`` option."""
+    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    """Unacknowledged events the broker sends ahead."""
+
+
 class KombuBackend(Backend):
     """Publishes events with a Kombu ``Producer`` to an exchange."""
 
     name = "kombu"
     Options = KombuOptions
+    SubscribeOptions = KombuSubscribeOptions
     options: KombuOptions
-    timeout_options = ("connect-timeout", "publish-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -340,15 +353,7 @@ class KombuBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        queue: str | None = None,
-        bindings: str | Sequence[str] | None = None,
-        prefetch: int = 1000,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: KombuSubscribeOptions) -> Subscription:
         """Consume from a queue bound to the exchange, acknowledging after yield.
 
         Without a ``queue`` (here or in the options) a new exclusive,
@@ -356,19 +361,16 @@ class KombuBackend(Backend):
         queue is declared (durable) and bound, and holds what was published
         while no one consumed it: ``from_beginning`` needs one.
         """
-        if params:
-            raise TypeError(f"unknown kombu subscribe options: {', '.join(params)}")
-        name = queue or self.options.queue
-        if from_beginning and name is None:
+        name = options.queue or self.options.queue
+        if options.from_beginning and name is None:
             raise ValueError(
                 "the kombu backend keeps events only in a named queue: set "
                 "eventbus.backends.kombu.queue (declared by the plugin, so events "
                 "wait there) or pass queue= to read them from the beginning"
             )
-        if isinstance(bindings, str):
-            bindings = [bindings]
-        keys = list(bindings or self.options.bindings)
-        subscription = _KombuSubscription(self, name, keys, prefetch)
+        bindings = options.bindings
+        keys = [bindings] if isinstance(bindings, str) else list(bindings or self.options.bindings)
+        subscription = _KombuSubscription(self, name, keys, options.prefetch)
         subscription.start()
         return subscription
 

@@ -40,7 +40,7 @@ from ..bindings.amqp import (
 )
 from ..config import Duration, PositiveDuration, redact_url
 from .clientlog import QuietLibrary
-from .contract import Backend, BackendOptions, Message, url_scheme
+from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
@@ -66,7 +66,9 @@ class RabbitMQError(Exception):
     """
 
 
-class RabbitMQOptions(BackendOptions):
+class RabbitMQOptions(NetworkOptions):
+    aliases = {"declare": ("create-missing",)}
+
     url: str = "amqp://localhost:5672/%2F"
     exchange: str = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
@@ -75,13 +77,12 @@ class RabbitMQOptions(BackendOptions):
     routing_key: str | None = None
     confirm: bool = True
     mandatory: bool = False
-    declare: bool = True
+    create_missing: bool = True
     queue: str | None = None
     queue_max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
     queue_message_ttl: Duration | None = None
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     connection_name: str = "dask-eventbus"
-    connect_timeout: PositiveDuration = PositiveDuration(10.0)
     publish_timeout: PositiveDuration = PositiveDuration(30.0)
     tls: TLSOptions | None = None
 
@@ -125,14 +126,20 @@ def queue_arguments(options: RabbitMQOptions) -> dict[str, Any]:
     return arguments
 
 
+class RabbitMQSubscribeOptions(SubscribeOptions):
+    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Routing-key patterns to bind the queue with; None: ``#``, everything."""
+    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    """Unacknowledged events the broker sends ahead."""
+
+
 class RabbitMQBackend(Backend):
     """Publishes to a RabbitMQ exchange with publisher confirms (pika)."""
 
     name = "rabbitmq"
     Options = RabbitMQOptions
     options: RabbitMQOptions
-    timeout_options = ("connect-timeout", "publish-timeout")
-    provisioning_option = "declare"
+    SubscribeOptions = RabbitMQSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -218,7 +225,7 @@ class RabbitMQBackend(Backend):
                     channel.confirm_delivery,
                     self._on_confirm,
                 )
-            if options.declare and options.exchange:
+            if options.create_missing and options.exchange:
                 self._call(
                     f"declaring exchange {options.exchange!r}",
                     deadline,
@@ -482,14 +489,7 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        bindings: Sequence[str] | str | None = None,
-        prefetch: int = 1000,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: RabbitMQSubscribeOptions) -> Subscription:
         """Consume events through a queue bound to the exchange.
 
         ``bindings`` are the routing-key patterns to bind the queue with
@@ -501,6 +501,7 @@ class RabbitMQBackend(Backend):
         ``subscribe`` returns. With ``queue`` it is that durable queue, which
         holds whatever was routed to it while nobody consumed.
         """
+        bindings = options.bindings
         if bindings is None:
             if self.options.exchange_type == "direct" and not self.options.queue:
                 raise ValueError(
@@ -508,11 +509,9 @@ class RabbitMQBackend(Backend):
                     "routing keys to receive"
                 )
             bindings = ["#"]
-        if params:
-            raise TypeError(f"unknown rabbitmq subscribe options: {', '.join(params)}")
         if isinstance(bindings, str):
             bindings = [bindings]
-        if not self.options.queue and from_beginning:
+        if not self.options.queue and options.from_beginning:
             raise ValueError(
                 "RabbitMQ keeps events only in queues: set the rabbitmq queue option (a "
                 "durable queue declared before the events were published) to read what "
@@ -520,7 +519,7 @@ class RabbitMQBackend(Backend):
             )
         if not self.options.exchange and not self.options.queue:
             raise ValueError("subscribing on the default exchange needs the queue option")
-        subscription = _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        subscription = _RabbitMQSubscription(self, list(bindings), options.prefetch)
         try:
             subscription.start()
         except Exception as exc:
@@ -619,7 +618,7 @@ class _RabbitMQSubscription(ReconnectingSubscription):
         self._acks, self._acked_through, self._broken = [], 0, None
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
-        if options.declare and options.exchange:
+        if options.create_missing and options.exchange:
             channel.exchange_declare(
                 options.exchange, exchange_type=options.exchange_type, durable=options.durable
             )

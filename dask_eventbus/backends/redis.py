@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from ..bindings.redis import body_of, xadd_commands
 from ..config import PositiveDuration, redact_url
-from .contract import Backend, BackendOptions, Message, url_scheme
+from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
 from .diagnosis import Problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
@@ -56,8 +56,10 @@ MAX_BLOCK = 5.0
 ACK_INTERVAL = 1.0
 
 
-class RedisOptions(BackendOptions):
+class RedisOptions(NetworkOptions):
     """Options of the ``redis`` backend (``eventbus.backends.redis``)."""
+
+    aliases = {"socket-timeout": ("publish-timeout",)}
 
     url: str = "redis://localhost:6379/0"
     username: str | None = None
@@ -65,7 +67,7 @@ class RedisOptions(BackendOptions):
     stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
     connect_timeout: PositiveDuration = PositiveDuration(5.0)
-    socket_timeout: PositiveDuration = PositiveDuration(5.0)
+    publish_timeout: PositiveDuration = PositiveDuration(5.0)
     client_name: str | None = "dask-eventbus"
     tls: TLSOptions | None = None
     # Deprecated: the tls block replaces these.
@@ -105,13 +107,30 @@ class RedisOptions(BackendOptions):
             raise ValueError(f"{', '.join(tls_given)} need a rediss:// url (TLS)")
 
 
+class RedisSubscribeOptions(SubscribeOptions):
+    group: str | None = None
+    """A consumer group to read in (``XREADGROUP``); None: plain ``XREAD``."""
+    consumer: str | None = None
+    """The consumer's name in ``group``; None: the host name."""
+    after_id: str | None = None
+    """Read the entries after this stream id."""
+    count: Annotated[int, msgspec.Meta(ge=1)] = 500
+    """Entries read at once."""
+
+    def __post_init__(self) -> None:
+        if self.from_beginning and self.after_id is not None:
+            raise ValueError("give either from-beginning or after-id, not both")
+        if self.consumer is not None and self.group is None:
+            raise ValueError("consumer needs group")
+
+
 class RedisBackend(Backend):
     """Appends events to a Redis stream, one entry per event."""
 
     name = "redis"
     Options = RedisOptions
     options: RedisOptions
-    timeout_options = ("connect-timeout", "socket-timeout")
+    SubscribeOptions = RedisSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -138,7 +157,7 @@ class RedisBackend(Backend):
         options = self.options
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect_timeout,
-            "socket_timeout": read_timeout or options.socket_timeout,
+            "socket_timeout": read_timeout or options.publish_timeout,
             "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
         }
         if not options.url.lower().startswith("unix://"):
@@ -205,16 +224,7 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        group: str | None = None,
-        consumer: str | None = None,
-        after_id: str | None = None,
-        count: int = 500,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: RedisSubscribeOptions) -> Subscription:
         """Read the stream back.
 
         Without ``group``: ``XREAD`` of entries added after this call (the
@@ -228,23 +238,16 @@ class RedisBackend(Backend):
         new ones. Each event is acknowledged (``XACK``) once the next one is
         asked for or the subscription is closed.
         """
-        if params:
-            raise TypeError(f"unknown redis subscribe options: {', '.join(params)}")
-        if from_beginning and after_id is not None:
-            raise TypeError("give either from_beginning or after_id, not both")
-        if consumer is not None and group is None:
-            raise TypeError("consumer= needs group=")
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
+        group, after_id, count = options.group, options.after_id, options.count
         # A reader retries a broken connection once at once and then keeps
         # trying in fetch(): it follows the stream through outages.
         client = self.client(
-            read_timeout=self.options.socket_timeout + MAX_BLOCK, role="-subscriber", retries=1
+            read_timeout=self.options.publish_timeout + MAX_BLOCK, role="-subscriber", retries=1
         )
         stream = self.options.stream
         try:
             if group is None:
-                if from_beginning:
+                if options.from_beginning:
                     start = "0-0"
                 elif after_id is not None:
                     start = after_id
@@ -253,9 +256,10 @@ class RedisBackend(Backend):
                     start = _text(last[0][0]) if last else "0-0"
                 reader: _RedisSubscription = _StreamReader(self, client, start, count)
             else:
-                start = "0" if from_beginning else after_id or "$"
+                start = "0" if options.from_beginning else after_id or "$"
                 _create_group(client, stream, group, start)
-                reader = _GroupReader(self, client, group, consumer or socket.gethostname(), count)
+                consumer = options.consumer or socket.gethostname()
+                reader = _GroupReader(self, client, group, consumer, count)
             reader.start()
             return reader
         except BaseException:
