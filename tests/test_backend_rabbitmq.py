@@ -36,7 +36,7 @@ from helpers import (
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
-from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
+from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError
 from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
     FaultProxy,
@@ -543,7 +543,9 @@ def test_parameters_honour_the_url_and_pickling_keeps_options(rabbitmq_url: str)
     assert "pw" not in backend.describe() and "events%2Fprod" in backend.describe()
     copy = pickle.loads(pickle.dumps(backend))
     assert isinstance(copy, RabbitMQBackend) and copy.options == backend.options
-    assert queue_arguments(copy.options) == {"x-max-length": 10, "x-message-ttl": 3_600_000}
+    queue = copy.topology().publisher_queue()
+    assert queue is not None
+    assert queue.arguments == {"x-max-length": 10, "x-message-ttl": 3_600_000}
     with pytest.raises(ConfigError, match=r"eventbus\.backends\.rabbitmq"):
         create_backend("rabbitmq", {"url": "amqp://x/", "exchange": "", "queue": "q"})
     with pytest.raises(ConfigError, match="direct exchange cannot"):

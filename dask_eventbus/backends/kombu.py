@@ -38,7 +38,10 @@ from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
 from ..bindings.amqp import (
+    ExchangeSpec,
     PublisherConfirms,
+    QueueSpec,
+    Topology,
     check_routing_key,
     properties_of,
     routing_key_function,
@@ -228,30 +231,29 @@ class KombuBackend(Backend):
             raise
         return conn
 
-    def _exchange(self) -> Exchange:
+    def topology(self) -> Topology:
+        """The exchange, and the ``queue`` bound with ``bindings``, to declare."""
         o = self.options
-        return Exchange(
-            o.exchange,
-            type=o.exchange_type,
-            durable=o.durable,
-            auto_delete=False,
-            delivery_mode=self._delivery_mode,
+        return Topology(
+            ExchangeSpec(o.exchange, o.exchange_type, o.durable),
+            o.queue,
+            tuple(o.bindings),
+            o.durable,
+            dict(o.queue_arguments),
         )
 
-    def _bindings(self, exchange: Exchange, keys: Sequence[str]) -> list[binding]:
-        if self.options.exchange_type == "fanout":
-            keys = [""]
-        return [binding(exchange, routing_key=key) for key in keys]
-
-    def _named_queue(self, name: str, exchange: Exchange, keys: Sequence[str]) -> Queue:
-        o = self.options
-        return Queue(
-            name,
-            bindings=self._bindings(exchange, keys),
-            durable=o.durable,
-            auto_delete=False,
-            queue_arguments=dict(o.queue_arguments) or None,
-        )
+    def _declare_queue(self, channel: Any, exchange: Exchange, queue: QueueSpec) -> Queue:
+        """Declare ``queue`` on ``channel`` and bind it to ``exchange``."""
+        bound = Queue(
+            queue.name or f"dask-eventbus-{uuid.uuid4().hex}",
+            bindings=[binding(exchange, routing_key=key) for key in queue.keys],
+            durable=queue.durable,
+            auto_delete=queue.temporary,
+            exclusive=queue.temporary and self._driver == "amqp",
+            queue_arguments=queue.arguments or None,
+        )(channel)
+        bound.declare()
+        return bound
 
     # ------------------------------------------------------------ producer
 
@@ -260,11 +262,11 @@ class KombuBackend(Backend):
         conn = self._connect()
         try:
             channel = conn.channel()
-            exchange = self._exchange()(channel)
-            exchange.declare()
-            if self.options.queue is not None:
-                queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
-                queue(channel).declare()
+            topology = self.topology()
+            exchange = _declare_exchange(channel, topology.exchange)
+            queue = topology.publisher_queue()
+            if queue is not None:
+                self._declare_queue(channel, exchange, queue)
             producer = Producer(channel, exchange=exchange, auto_declare=False)
             if self._confirming:
                 channel.confirm_select()
@@ -381,20 +383,9 @@ class KombuBackend(Backend):
         conn = self._connect(consumer=True)
         try:
             channel = conn.channel()
-            exchange = self._exchange()(channel)
-            exchange.declare()
-            if name is not None:
-                declared = self._named_queue(name, exchange, keys)
-            else:
-                declared = Queue(
-                    f"dask-eventbus-{uuid.uuid4().hex}",
-                    bindings=self._bindings(exchange, keys),
-                    durable=False,
-                    auto_delete=True,
-                    exclusive=self._driver == "amqp",
-                )
-            bound = declared(channel)
-            bound.declare()
+            topology = self.topology()
+            exchange = _declare_exchange(channel, topology.exchange)
+            bound = self._declare_queue(channel, exchange, topology.subscriber_queue(keys, name))
             consumer = Consumer(
                 channel,
                 [bound],
@@ -507,6 +498,15 @@ def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any
             "server_hostname": host if tls.verify else tls.server_hostname,
         }
     return True
+
+
+def _declare_exchange(channel: Any, exchange: ExchangeSpec) -> Exchange:
+    """Declare ``exchange`` on ``channel``; the Kombu exchange, bound to it."""
+    declared = Exchange(
+        exchange.name, type=exchange.type, durable=exchange.durable, auto_delete=False
+    )(channel)
+    declared.declare()
+    return declared
 
 
 def _root_cause(exc: BaseException) -> BaseException:

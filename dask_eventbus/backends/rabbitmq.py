@@ -33,9 +33,13 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from ..bindings.amqp import (
+    ExchangeSpec,
     PublisherConfirms,
+    QueueSpec,
+    Topology,
     check_routing_key,
     properties_of,
+    queue_arguments,
     routing_key_function,
 )
 from ..config import Duration, PositiveDuration, redact_url
@@ -116,14 +120,48 @@ def _nothing() -> None:
     pass
 
 
-def queue_arguments(options: RabbitMQOptions) -> dict[str, Any]:
-    """The ``x-`` arguments the ``queue`` option's queue is declared with."""
-    arguments = dict(options.queue_arguments)
-    if options.queue_max_length is not None:
-        arguments["x-max-length"] = options.queue_max_length
-    if options.queue_message_ttl is not None:
-        arguments["x-message-ttl"] = round(options.queue_message_ttl * 1000)
-    return arguments
+def _call_now(what: str, method: Callable[..., Any], **arguments: Any) -> Any:
+    return method(**arguments)
+
+
+def _declare(
+    channel: Any,
+    exchange: ExchangeSpec,
+    queue: QueueSpec | None,
+    call: Callable[..., Any] = _call_now,
+) -> str:
+    """Declare ``exchange`` and ``queue`` with pika's channel methods, each
+    run by ``call(what, method, **arguments)``, which returns its reply.
+    Returns the queue's name (the broker names a subscriber's own)."""
+    if exchange.declared:
+        call(
+            f"declaring exchange {exchange.name!r}",
+            channel.exchange_declare,
+            exchange=exchange.name,
+            exchange_type=exchange.type,
+            durable=exchange.durable,
+        )
+    if queue is None:
+        return ""
+    declared = call(
+        f"declaring queue {queue.name!r}",
+        channel.queue_declare,
+        queue=queue.name,
+        durable=queue.durable,
+        exclusive=queue.temporary,
+        auto_delete=queue.temporary,
+        arguments=queue.arguments or None,
+    )
+    name: str = declared.method.queue
+    for key in queue.keys:
+        call(
+            f"binding queue {name!r}",
+            channel.queue_bind,
+            queue=name,
+            exchange=exchange.name,
+            routing_key=key,
+        )
+    return name
 
 
 class RabbitMQSubscribeOptions(SubscribeOptions):
@@ -153,6 +191,19 @@ class RabbitMQBackend(Backend):
         self._returned: list[tuple[int, str, str]] = []
 
     # ---------------------------------------------------------------- helpers
+
+    def topology(self) -> Topology:
+        """The exchange, and the durable ``queue`` bound to every event, to declare."""
+        options = self.options
+        return Topology(
+            ExchangeSpec(
+                options.exchange, options.exchange_type, options.durable, options.create_missing
+            ),
+            options.queue,
+            queue_arguments=queue_arguments(
+                options.queue_arguments, options.queue_max_length, options.queue_message_ttl
+            ),
+        )
 
     def parameters(self) -> pika.URLParameters:
         """pika connection parameters: the URL, TLS options, a connection name."""
@@ -225,32 +276,13 @@ class RabbitMQBackend(Backend):
                     channel.confirm_delivery,
                     self._on_confirm,
                 )
-            if options.create_missing and options.exchange:
-                self._call(
-                    f"declaring exchange {options.exchange!r}",
-                    deadline,
-                    channel.exchange_declare,
-                    exchange=options.exchange,
-                    exchange_type=options.exchange_type,
-                    durable=options.durable,
-                )
-            if options.queue:
-                self._call(
-                    f"declaring queue {options.queue!r}",
-                    deadline,
-                    channel.queue_declare,
-                    queue=options.queue,
-                    durable=True,
-                    arguments=queue_arguments(options) or None,
-                )
-                self._call(
-                    f"binding queue {options.queue!r}",
-                    deadline,
-                    channel.queue_bind,
-                    queue=options.queue,
-                    exchange=options.exchange,
-                    routing_key="#",
-                )
+            topology = self.topology()
+            _declare(
+                channel,
+                topology.exchange,
+                topology.publisher_queue(),
+                lambda what, method, **arguments: self._call(what, deadline, method, **arguments),
+            )
         except BaseException:
             self.close()
             raise
@@ -415,10 +447,12 @@ class RabbitMQBackend(Backend):
             f"RabbitMQ at {self.location()} did not answer within {limit:g}s while {what}{blocked}"
         )
 
-    def _call(self, what: str, deadline: float, method: Any, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, deadline: float, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the asynchronous ``method`` and wait for its reply."""
         done: list[Any] = []
         method(*args, callback=done.append, **kwargs)
         self._wait(lambda: bool(done), deadline, what, self.options.connect_timeout)
+        return done[0]
 
     # ---------------------------------------------------------------- callbacks
 
@@ -618,20 +652,9 @@ class _RabbitMQSubscription(ReconnectingSubscription):
         self._acks, self._acked_through, self._broken = [], 0, None
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
-        if options.create_missing and options.exchange:
-            channel.exchange_declare(
-                options.exchange, exchange_type=options.exchange_type, durable=options.durable
-            )
-        if options.queue:
-            declared = channel.queue_declare(
-                options.queue, durable=True, arguments=queue_arguments(options) or None
-            )
-        else:
-            declared = channel.queue_declare("", exclusive=True, auto_delete=True)
-        self._queue = declared.method.queue
-        if options.exchange:
-            for key in self._bindings:
-                channel.queue_bind(self._queue, options.exchange, routing_key=key)
+        topology = backend.topology()
+        queue = topology.subscriber_queue(self._bindings)
+        self._queue = _declare(channel, topology.exchange, queue)
         channel.basic_qos(prefetch_count=self._prefetch)
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self._queue, self._on_message)

@@ -1,9 +1,11 @@
-"""AMQP 0-9-1 messages (RabbitMQ with pika, Kombu): routing key and properties."""
+"""AMQP 0-9-1 (RabbitMQ with pika, Kombu): routing key and properties of
+messages, and the exchange and queues the backends declare."""
 
 from __future__ import annotations
 
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.contract import Message
@@ -69,6 +71,100 @@ def properties_of(message: Message) -> dict[str, Any]:
         "timestamp": int(message.time),
         "app_id": APP_ID,
     }
+
+
+def queue_arguments(
+    arguments: Mapping[str, Any],
+    max_length: int | None = None,
+    message_ttl: float | None = None,
+) -> dict[str, Any]:
+    """``arguments`` with ``x-max-length`` and ``x-message-ttl`` (given in
+    seconds, declared in milliseconds) when set."""
+    declared = dict(arguments)
+    if max_length is not None:
+        declared["x-max-length"] = max_length
+    if message_ttl is not None:
+        declared["x-message-ttl"] = round(message_ttl * 1000)
+    return declared
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """The exchange events are published to. ``""`` is the default
+    exchange: it routes by queue name and is neither declared nor bound to."""
+
+    name: str
+    type: str = "topic"
+    durable: bool = True
+    declare: bool = True
+    """False when the exchange is managed elsewhere."""
+
+    @property
+    def declared(self) -> bool:
+        """Whether the backend declares the exchange."""
+        return self.declare and bool(self.name)
+
+    def binding_keys(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """The keys a queue is bound to this exchange with, for ``keys``."""
+        if not self.name:
+            return ()
+        if self.type == "fanout":
+            return ("",)  # a fanout exchange ignores binding keys: one binding will do
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue and the keys it is bound to the exchange with.
+
+    A nameless queue is a subscriber's own: exclusive and deleted when the
+    subscriber disconnects, named by the broker (or the client).
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    durable: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temporary(self) -> bool:
+        """Whether this is a subscriber's own queue, gone when it disconnects."""
+        return not self.name
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the AMQP backends declare, worked out once for pika and Kombu.
+
+    The exchange and, with ``queue``, a named queue that keeps events while
+    no one consumes them, bound with ``keys``, declared with
+    ``queue_durable`` and ``queue_arguments``.
+    """
+
+    exchange: ExchangeSpec
+    queue: str | None = None
+    keys: tuple[str, ...] = ("#",)
+    queue_durable: bool = True
+    queue_arguments: dict[str, Any] = field(default_factory=dict)
+
+    def publisher_queue(self) -> QueueSpec | None:
+        """The named queue the publisher declares before its first event, if any."""
+        return self._named(self.queue, self.keys) if self.queue else None
+
+    def subscriber_queue(self, keys: Sequence[str], queue: str | None = None) -> QueueSpec:
+        """The queue a subscriber consumes, bound with ``keys``: the named
+        queue (``queue``, else this topology's), which holds what was
+        published while no one read it; without one, a queue of its own,
+        which gets only what is published once it is bound."""
+        name = queue or self.queue
+        if name:
+            return self._named(name, keys)
+        return QueueSpec("", self.exchange.binding_keys(keys))
+
+    def _named(self, name: str, keys: Sequence[str]) -> QueueSpec:
+        return QueueSpec(
+            name, self.exchange.binding_keys(keys), self.queue_durable, self.queue_arguments
+        )
 
 
 class PublisherConfirms:
