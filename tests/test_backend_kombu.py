@@ -358,9 +358,13 @@ def test_subscriber_waits_out_a_broker_outage(
     assert "the Kombu consumer is connected again" in warnings[-1]
 
 
-def test_from_beginning_needs_a_named_queue(amqp: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="named queue"):
+def test_subscriptions_that_could_receive_nothing_are_refused(amqp: dict[str, Any]) -> None:
+    # The same rules, and words, as the rabbitmq backend's (bindings.amqp.Topology).
+    with pytest.raises(ValueError, match=r"eventbus\.backends\.kombu\.queue .* or subscribe with"):
         subscribe("kombu", from_beginning=True, **options(amqp, queue=None))
+    direct = options(amqp, queue=None, **{"exchange-type": "direct"})
+    with pytest.raises(ValueError, match="binding '#' receives nothing: pass bindings"):
+        subscribe("kombu", **direct)
 
 
 def test_named_queue_keeps_events_until_a_consumer_comes(amqp: dict[str, Any]) -> None:

@@ -364,14 +364,11 @@ class KombuBackend(Backend):
         while no one consumed it: ``from_beginning`` needs one.
         """
         name = options.queue or self.options.queue
-        if options.from_beginning and name is None:
-            raise ValueError(
-                "the kombu backend keeps events only in a named queue: set "
-                "eventbus.backends.kombu.queue (declared by the plugin, so events "
-                "wait there) or pass queue= to read them from the beginning"
-            )
         bindings = options.bindings
         keys = [bindings] if isinstance(bindings, str) else list(bindings or self.options.bindings)
+        self.topology().check_subscription(
+            keys, name, options.from_beginning, "eventbus.backends.kombu"
+        )
         subscription = _KombuSubscription(self, name, keys, options.prefetch)
         subscription.start()
         return subscription

@@ -165,6 +165,8 @@ def _declare(
 
 
 class RabbitMQSubscribeOptions(SubscribeOptions):
+    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """The durable queue to consume; None: the ``queue`` option, or a new exclusive one."""
     bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
     """Routing-key patterns to bind the queue with; None: ``#``, everything."""
     prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
@@ -530,30 +532,19 @@ class RabbitMQBackend(Backend):
         (default ``["#"]``: everything); ``prefetch`` is how many
         unacknowledged events the broker sends ahead.
 
-        Without the ``queue`` option the queue is exclusive and deleted when
-        the subscription ends, so it receives only events published after
-        ``subscribe`` returns. With ``queue`` it is that durable queue, which
-        holds whatever was routed to it while nobody consumed.
+        Without a ``queue`` (here or in the options) the queue is exclusive
+        and deleted when the subscription ends, so it receives only events
+        published after ``subscribe`` returns. With one it is that durable
+        queue, which holds whatever was routed to it while nobody consumed.
         """
-        bindings = options.bindings
-        if bindings is None:
-            if self.options.exchange_type == "direct" and not self.options.queue:
-                raise ValueError(
-                    "a direct exchange routes by exact key: pass bindings=[...] with the "
-                    "routing keys to receive"
-                )
-            bindings = ["#"]
-        if isinstance(bindings, str):
-            bindings = [bindings]
-        if not self.options.queue and options.from_beginning:
-            raise ValueError(
-                "RabbitMQ keeps events only in queues: set the rabbitmq queue option (a "
-                "durable queue declared before the events were published) to read what "
-                "it holds"
-            )
-        if not self.options.exchange and not self.options.queue:
-            raise ValueError("subscribing on the default exchange needs the queue option")
-        subscription = _RabbitMQSubscription(self, list(bindings), options.prefetch)
+        bindings = options.bindings or ["#"]
+        keys = [bindings] if isinstance(bindings, str) else list(bindings)
+        self.topology().check_subscription(
+            keys, options.queue, options.from_beginning, "eventbus.backends.rabbitmq"
+        )
+        subscription = _RabbitMQSubscription(
+            self, keys, options.queue or self.options.queue, options.prefetch
+        )
         try:
             subscription.start()
         except Exception as exc:
@@ -619,10 +610,13 @@ class _RabbitMQSubscription(ReconnectingSubscription):
 
     connection_errors = (pe.AMQPError, RabbitMQError, OSError)
 
-    def __init__(self, backend: RabbitMQBackend, bindings: list[str], prefetch: int) -> None:
+    def __init__(
+        self, backend: RabbitMQBackend, bindings: list[str], queue: str | None, prefetch: int
+    ) -> None:
         super().__init__("RabbitMQ", backend.explain, logger)
         self._backend = backend
         self._bindings = bindings
+        self._named = queue
         self._prefetch = prefetch
         self._connection: Any = None
         self._channel: Any = None
@@ -639,7 +633,7 @@ class _RabbitMQSubscription(ReconnectingSubscription):
 
     @property
     def keeps_events_while_away(self) -> bool:
-        return bool(self._backend.options.queue)
+        return bool(self._named)
 
     @_quiet
     def _connect(self) -> None:
@@ -653,7 +647,7 @@ class _RabbitMQSubscription(ReconnectingSubscription):
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
         topology = backend.topology()
-        queue = topology.subscriber_queue(self._bindings)
+        queue = topology.subscriber_queue(self._bindings, self._named)
         self._queue = _declare(channel, topology.exchange, queue)
         channel.basic_qos(prefetch_count=self._prefetch)
         channel.add_on_cancel_callback(self._on_cancelled)

@@ -151,6 +151,30 @@ class Topology:
         """The named queue the publisher declares before its first event, if any."""
         return self._named(self.queue, self.keys) if self.queue else None
 
+    def check_subscription(
+        self, keys: Sequence[str], queue: str | None, from_beginning: bool, options: str
+    ) -> None:
+        """Raise ValueError, saying what to set, for a subscription that
+        could receive nothing, or nothing of what it asks for; ``options``
+        is the backend's config path (``eventbus.backends.rabbitmq``)."""
+        named = queue or self.queue
+        if from_beginning and not named:
+            raise ValueError(
+                "AMQP brokers keep events only in queues: to read them from the beginning, "
+                f"set {options}.queue (a durable queue the publisher declares, so events wait "
+                "there) or subscribe with queue=... naming such a queue"
+            )
+        if not self.exchange.name and not named:
+            raise ValueError(
+                "the default exchange routes by queue name: subscribing to it needs "
+                f"{options}.queue or queue=..."
+            )
+        if self.exchange.type == "direct" and "#" in keys:
+            raise ValueError(
+                "a direct exchange routes by exact key, so binding '#' receives nothing: "
+                "pass bindings=[...] with the routing keys to receive"
+            )
+
     def subscriber_queue(self, keys: Sequence[str], queue: str | None = None) -> QueueSpec:
         """The queue a subscriber consumes, bound with ``keys``: the named
         queue (``queue``, else this topology's), which holds what was
