@@ -367,6 +367,31 @@ def test_subscriptions_that_could_receive_nothing_are_refused(amqp: dict[str, An
         subscribe("kombu", **direct)
 
 
+def test_an_exchange_managed_elsewhere_is_not_declared(amqp: dict[str, Any]) -> None:
+    managed = options(amqp, queue=None, **{"create-missing": False})
+    backend = create_backend("kombu", managed)
+    try:
+        backend.open()  # nothing declared: the exchange is still missing
+        with pytest.raises(Exception) as info:
+            backend.send(synthetic_messages(3))
+    finally:
+        backend.close()
+    assert backend.explain(info.value).endswith(
+        f"exchange {amqp['exchange']!r} does not exist; create it, "
+        "or set eventbus.backends.kombu.create-missing: true"
+    )
+    created = create_backend("kombu", options(amqp, queue=None))
+    created.open()  # declares it, as by default
+    created.close()
+    backend.open()
+    try:
+        backend.send(synthetic_messages(3))
+    finally:
+        backend.close()
+    with pytest.raises(ConfigError, match="create-missing: false needs an amqp:// url"):
+        create_backend("kombu", {"url": "redis://localhost:6379/0", "create-missing": False})
+
+
 def test_named_queue_keeps_events_until_a_consumer_comes(amqp: dict[str, Any]) -> None:
     messages = synthetic_messages(40)
     backend = create_backend("kombu", options(amqp))

@@ -43,6 +43,7 @@ from ..bindings.amqp import (
     QueueSpec,
     Topology,
     check_routing_key,
+    not_found,
     properties_of,
     routing_key_function,
 )
@@ -104,6 +105,7 @@ class KombuOptions(NetworkOptions):
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
     routing_key: str | None = None
     durable: bool = True
+    create_missing: bool = True
     # Two literals, not one mixed: msgspec before 0.22 cannot sort str with int.
     delivery_mode: Literal["persistent", "transient"] | Literal[1, 2] = "persistent"
     transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -132,6 +134,11 @@ class KombuOptions(NetworkOptions):
             _check_tls(self.tls, alias)
         if self.routing_key is not None:
             check_routing_key(self.routing_key)
+        if not self.create_missing and alias not in ("amqp", "amqps", "pyamqp"):
+            raise ValueError(
+                "create-missing: false needs an amqp:// url: other transports keep "
+                "their exchanges in the client, which must declare them"
+            )
 
 
 class KombuSubscribeOptions(SubscribeOptions):
@@ -235,7 +242,7 @@ class KombuBackend(Backend):
         """The exchange, and the ``queue`` bound with ``bindings``, to declare."""
         o = self.options
         return Topology(
-            ExchangeSpec(o.exchange, o.exchange_type, o.durable),
+            ExchangeSpec(o.exchange, o.exchange_type, o.durable, o.create_missing),
             o.queue,
             tuple(o.bindings),
             o.durable,
@@ -449,9 +456,7 @@ class KombuBackend(Backend):
                 )
                 return Problem("permission", reply, f"user {self._user!r}", fix)
             if code == 404:
-                return Problem(
-                    "missing", reply, "an exchange or queue it was asked for", "check its name"
-                )
+                return not_found(reply)
             if code in (320, 541):
                 return Problem("lost", f"the broker closed it: {reply}")
             return Problem("refused", f"AMQP error {code}: {reply}")
@@ -498,12 +503,14 @@ def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any
 
 
 def _declare_exchange(channel: Any, exchange: ExchangeSpec) -> Exchange:
-    """Declare ``exchange`` on ``channel``; the Kombu exchange, bound to it."""
-    declared = Exchange(
+    """Declare ``exchange`` on ``channel`` (unless it is managed elsewhere);
+    the Kombu exchange, bound to it."""
+    bound = Exchange(
         exchange.name, type=exchange.type, durable=exchange.durable, auto_delete=False
     )(channel)
-    declared.declare()
-    return declared
+    if exchange.declared:
+        bound.declare()
+    return bound
 
 
 def _root_cause(exc: BaseException) -> BaseException:

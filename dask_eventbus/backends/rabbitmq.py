@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -38,6 +37,7 @@ from ..bindings.amqp import (
     QueueSpec,
     Topology,
     check_routing_key,
+    not_found,
     properties_of,
     queue_arguments,
     routing_key_function,
@@ -555,11 +555,7 @@ class RabbitMQBackend(Backend):
 def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
     text = cause.reply_text
     if cause.reply_code == 404:
-        missing = re.search(r"no (exchange|queue) '([^']*)'", text)
-        if missing and missing.group(1) == "exchange":
-            return Problem("missing", about=f"exchange {missing.group(2)!r}")
-        if missing:
-            return Problem("missing", _reply(cause), f"queue {missing.group(2)!r}", "create it")
+        return not_found(text, _reply(cause))
     if cause.reply_code == 406:
         fix = (
             "an exchange or queue of that name exists with other settings: match "

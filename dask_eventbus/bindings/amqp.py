@@ -3,12 +3,14 @@ messages, and the exchange and queues the backends declare."""
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.contract import Message
+from ..backends.diagnosis import Problem
 from ..events import CONTENT_TYPE, TASK_TRANSITION
 
 APP_ID = "dask-eventbus"
@@ -189,6 +191,18 @@ class Topology:
         return QueueSpec(
             name, self.exchange.binding_keys(keys), self.queue_durable, self.queue_arguments
         )
+
+
+def not_found(reply: str, said: str = "") -> Problem:
+    """The problem of a ``404 NOT_FOUND`` reply: a missing exchange (which
+    the backend's ``create-missing`` creates) or queue; ``said`` is how the
+    reply is shown."""
+    missing = re.search(r"no (exchange|queue) '([^']*)'", reply)
+    if missing and missing.group(1) == "exchange":
+        return Problem("missing", about=f"exchange {missing.group(2)!r}")
+    if missing:
+        return Problem("missing", said or reply, f"queue {missing.group(2)!r}", "create it")
+    return Problem("missing", said or reply, "an exchange or queue it was asked for")
 
 
 class PublisherConfirms:
