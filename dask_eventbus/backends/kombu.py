@@ -38,6 +38,7 @@ from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
 from ..bindings.amqp import (
+    AmqpSubscribeOptions,
     ExchangeSpec,
     PublisherConfirms,
     QueueSpec,
@@ -53,7 +54,6 @@ from .contract import (
     Backend,
     Message,
     NetworkOptions,
-    SubscribeOptions,
 )
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
@@ -141,21 +141,12 @@ class KombuOptions(NetworkOptions):
             )
 
 
-class KombuSubscribeOptions(SubscribeOptions):
-    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    """The queue to consume; None: the ``queue`` option, or a new exclusive one."""
-    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
-    """Routing-key patterns to bind the queue with; None: the ``bindings`` option."""
-    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    """Unacknowledged events the broker sends ahead."""
-
-
 class KombuBackend(Backend):
     """Publishes events with a Kombu ``Producer`` to an exchange."""
 
     name = "kombu"
     Options = KombuOptions
-    SubscribeOptions = KombuSubscribeOptions
+    SubscribeOptions = AmqpSubscribeOptions
     options: KombuOptions
 
     def __init__(self, **options: Any) -> None:
@@ -362,7 +353,7 @@ class KombuBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def open_subscription(self, options: KombuSubscribeOptions) -> Subscription:
+    def open_subscription(self, options: AmqpSubscribeOptions) -> Subscription:
         """Consume from a queue bound to the exchange, acknowledging after yield.
 
         Without a ``queue`` (here or in the options) a new exclusive,

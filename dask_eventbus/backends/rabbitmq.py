@@ -32,6 +32,7 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from ..bindings.amqp import (
+    AmqpSubscribeOptions,
     ExchangeSpec,
     PublisherConfirms,
     QueueSpec,
@@ -44,7 +45,7 @@ from ..bindings.amqp import (
 )
 from ..config import Duration, PositiveDuration, redact_url
 from .clientlog import QuietLibrary
-from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
+from .contract import Backend, Message, NetworkOptions, url_scheme
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
@@ -164,22 +165,13 @@ def _declare(
     return name
 
 
-class RabbitMQSubscribeOptions(SubscribeOptions):
-    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    """The durable queue to consume; None: the ``queue`` option, or a new exclusive one."""
-    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
-    """Routing-key patterns to bind the queue with; None: ``#``, everything."""
-    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    """Unacknowledged events the broker sends ahead."""
-
-
 class RabbitMQBackend(Backend):
     """Publishes to a RabbitMQ exchange with publisher confirms (pika)."""
 
     name = "rabbitmq"
     Options = RabbitMQOptions
     options: RabbitMQOptions
-    SubscribeOptions = RabbitMQSubscribeOptions
+    SubscribeOptions = AmqpSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -525,7 +517,7 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- consumer
 
-    def open_subscription(self, options: RabbitMQSubscribeOptions) -> Subscription:
+    def open_subscription(self, options: AmqpSubscribeOptions) -> Subscription:
         """Consume events through a queue bound to the exchange.
 
         ``bindings`` are the routing-key patterns to bind the queue with

@@ -7,9 +7,11 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from ..backends.contract import Message
+import msgspec
+
+from ..backends.contract import Message, SubscribeOptions
 from ..backends.diagnosis import Problem
 from ..events import CONTENT_TYPE, TASK_TRANSITION
 
@@ -191,6 +193,18 @@ class Topology:
         return QueueSpec(
             name, self.exchange.binding_keys(keys), self.queue_durable, self.queue_arguments
         )
+
+
+class AmqpSubscribeOptions(SubscribeOptions):
+    """What an AMQP subscriber (rabbitmq, kombu) may say when subscribing."""
+
+    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """The durable queue to consume; None: the ``queue`` option, or a new exclusive one."""
+    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Routing-key patterns to bind the queue with; None: the ``bindings``
+    option (Kombu), or ``#``, everything."""
+    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    """Unacknowledged events the broker sends ahead."""
 
 
 def not_found(reply: str, said: str = "") -> Problem:
