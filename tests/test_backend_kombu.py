@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 import pytest
@@ -22,7 +23,16 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import make_certificates, poll_until_logged, read_until_all, tls_server_context
+from helpers import (
+    ENDPOINTS,
+    Endpoint,
+    make_certificates,
+    poll_until_logged,
+    read_until_all,
+    tls_server_context,
+    via,
+    with_url_password,
+)
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -44,25 +54,32 @@ pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.fixture
-def amqp(kombu_rabbitmq_url: str) -> Iterator[dict[str, Any]]:
+def amqp(rabbitmq_url: str) -> Iterator[dict[str, Any]]:
     """Options for a fresh exchange and named queue on RabbitMQ."""
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
     extra: list[str] = []
-    yield {"url": kombu_rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
-    delete_amqp(kombu_rabbitmq_url, exchange, [queue, *extra])
+    yield {"url": rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
+    delete_amqp(rabbitmq_url, exchange, [queue, *extra])
 
 
 @pytest.fixture
-def redis_options(kombu_redis_url: str) -> Iterator[dict[str, Any]]:
+def redis_options(redis_url: str) -> Iterator[dict[str, Any]]:
     exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    yield {"url": kombu_redis_url, "exchange": exchange, "queue": queue}
-    delete_redis(kombu_redis_url, exchange, [queue])
+    yield {"url": redis_url, "exchange": exchange, "queue": queue}
+    delete_redis(redis_url, exchange, [queue])
 
 
 def options(fixture: dict[str, Any], **changes: Any) -> dict[str, Any]:
     result = {k: v for k, v in fixture.items() if not k.startswith("_")}
     result.update(changes)
     return {k: v for k, v in result.items() if v is not None}
+
+
+def on(transport: str, request: pytest.FixtureRequest) -> tuple[dict[str, Any], Endpoint]:
+    """The test's options on ``transport``'s broker, and where that broker is."""
+    if transport == "amqp":
+        return request.getfixturevalue("amqp"), ENDPOINTS["rabbitmq"]
+    return request.getfixturevalue("redis_options"), ENDPOINTS["redis"]
 
 
 def drain(conn: Connection, queues: list[Queue], idle: float = 2.0) -> dict[str, list[Any]]:
@@ -232,14 +249,10 @@ def call_bounded(fn: Any, limit: float = 60.0) -> BaseException | None:
 def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
-    proxy = FaultProxy(("127.0.0.1", 5672 if transport == "amqp" else 6379))
+    fixture, endpoint = on(transport, request)
+    proxy = FaultProxy(endpoint.address)
     try:
-        url = (
-            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
-            if transport == "amqp"
-            else f"redis://127.0.0.1:{proxy.port}/0"
-        )
+        url = via(fixture["url"], proxy.port)
         backend = create_backend(
             "kombu", options(fixture, url=url, **{"publish-timeout": 1, "connect-timeout": 2})
         )
@@ -268,16 +281,12 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
 def test_the_tls_block_reaches_the_transport(
     transport: str, request: pytest.FixtureRequest, tmp_path: Any
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, endpoint = on(transport, request)
     certificates = make_certificates(tmp_path)
     context = tls_server_context(certificates)
-    broker = ("127.0.0.1", 5672 if transport == "amqp" else 6379)
-    with FaultProxy(broker, tls=context) as proxy:
-        url = (
-            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
-            if transport == "amqp"
-            else f"rediss://127.0.0.1:{proxy.port}/0"
-        )
+    with FaultProxy(endpoint.address, tls=context) as proxy:
+        # Kombu's amqp transport takes TLS from the tls block; redis needs rediss://.
+        url = via(fixture["url"], proxy.port, scheme=None if transport == "amqp" else "rediss")
         messages = synthetic_messages(5)
         backend = create_backend(
             "kombu", options(fixture, url=url, tls={"ca-file": certificates["ca"]})
@@ -302,7 +311,7 @@ def test_the_tls_block_reaches_the_transport(
 def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, _ = on(transport, request)
     opts = options(fixture, queue=None)
     messages = synthetic_messages(30)
     with subscribe("kombu", **opts) as events:
@@ -329,10 +338,9 @@ def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
 def test_subscriber_waits_out_a_broker_outage(
     transport: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, endpoint = on(transport, request)
     direct = options(fixture)
-    port = 5672 if transport == "amqp" else 6379
-    through_proxy = proxied_url(direct["url"], port, {"connect-timeout": "1s"})
+    through_proxy = proxied_url(direct["url"], endpoint.port, {"connect-timeout": "1s"})
     messages = synthetic_messages(20)
     backend = create_backend("kombu", direct)
     backend.open()
@@ -496,15 +504,14 @@ def memory_exchange() -> Iterator[str]:
 # ------------------------------------------------------------------ for people
 
 
-def test_secrets_stay_out_of_describe_repr_and_explain(kombu_rabbitmq_url: str) -> None:
+def test_secrets_stay_out_of_describe_repr_and_explain(rabbitmq_url: str) -> None:
     secret = "s3cr3t-pa55word"
-    backend = create_backend(
-        "kombu", {"url": f"amqp://guest:{secret}@127.0.0.1:5672//", "exchange": "never-made"}
-    )
+    wrong = with_url_password({"url": rabbitmq_url, "exchange": "never-made"}, secret)
+    backend = create_backend("kombu", wrong)
     error = call_bounded(backend.open)
     assert error is not None
     explained = backend.explain(error)
-    assert "refused authentication for user 'guest'" in explained
+    assert f"refused authentication for user {urlsplit(wrong['url']).username!r}" in explained
     for text in (explained, backend.describe(), repr(backend)):
         assert secret not in text
     with pytest.raises(ConfigError) as info:

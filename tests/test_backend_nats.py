@@ -26,7 +26,15 @@ from cloudevents.core.formats.json import JSONFormat
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_nats import delete_streams, nats_options
-from helpers import FAST_RETRY, assert_replayed, make_certificates, require_program
+from helpers import (
+    ENDPOINTS,
+    FAST_RETRY,
+    assert_replayed,
+    make_certificates,
+    reachable,
+    require_program,
+    via,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.nats import NatsBackend
@@ -69,9 +77,7 @@ class NatsServer(BrokerProcess):
         return f"nats://127.0.0.1:{self.port}"
 
     def _listening(self) -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+        return reachable("127.0.0.1", self.port, timeout=0.5)
 
 
 @pytest.fixture
@@ -368,10 +374,9 @@ def test_close_releases_the_loop_thread_and_is_repeatable(options: dict[str, Any
 
 
 def test_abort_makes_a_stalled_publish_give_up(nats_url: str, options: dict[str, Any]) -> None:
-    host, port = nats_url.rsplit("/", 1)[-1].split(":")
-    with FaultProxy((host, int(port))) as proxy:
+    with FaultProxy(ENDPOINTS["nats"].address) as proxy:
         backend = create_backend(
-            "nats", {**options, "url": f"nats://127.0.0.1:{proxy.port}", "publish-timeout": "60s"}
+            "nats", {**options, "url": via(nats_url, proxy.port), "publish-timeout": "60s"}
         )
         backend.open()
         proxy.set_mode("stall")
@@ -401,10 +406,9 @@ def test_abort_makes_a_stalled_publish_give_up(nats_url: str, options: dict[str,
 def test_a_stalled_server_makes_publish_raise_in_time(
     options: dict[str, Any], nats_url: str
 ) -> None:
-    host, port = nats_url.rsplit("/", 1)[-1].split(":")
-    with FaultProxy((host, int(port))) as proxy:
+    with FaultProxy(ENDPOINTS["nats"].address) as proxy:
         backend = create_backend(
-            "nats", {**options, "url": f"nats://127.0.0.1:{proxy.port}", "publish-timeout": "1s"}
+            "nats", {**options, "url": via(nats_url, proxy.port), "publish-timeout": "1s"}
         )
         backend.open()
         proxy.set_mode("stall")

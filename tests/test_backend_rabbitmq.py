@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +25,15 @@ from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_rabbitmq import delete_rabbitmq_objects
 from helpers import (
+    ENDPOINTS,
     FAST_RETRY,
     make_certificates,
     poll_until_logged,
     read_until_all,
-    require_broker,
+    require_program,
     tls_server_context,
+    via,
+    with_url_password,
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -40,6 +41,7 @@ from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError
 from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
     FaultProxy,
+    free_port,
     is_closing,
     read_events,
     run_workload,
@@ -90,10 +92,10 @@ def admin(rabbitmq_url: str) -> Iterator[Any]:
 
 def close_broker_connections(connection_name: str) -> int:
     """Have the broker close the connections that carry this name; how many."""
-    require_broker(shutil.which("rabbitmqctl") is not None, "rabbitmqctl")
+    rabbitmqctl = require_program("rabbitmqctl")
     listed = subprocess.run(
         [
-            "rabbitmqctl",
+            rabbitmqctl,
             "list_connections",
             "-q",
             "--no-table-headers",
@@ -110,7 +112,7 @@ def close_broker_connections(connection_name: str) -> int:
     closed = 0
     for pid in pids:
         done = subprocess.run(
-            ["rabbitmqctl", "close_connection", pid, "dask-eventbus test closes it"],
+            [rabbitmqctl, "close_connection", pid, "dask-eventbus test closes it"],
             capture_output=True,
             timeout=60,
         )
@@ -120,8 +122,7 @@ def close_broker_connections(connection_name: str) -> int:
 
 @pytest.fixture
 def proxy(rabbitmq_url: str) -> Iterator[FaultProxy]:
-    params = pika.URLParameters(rabbitmq_url)
-    with FaultProxy((params.host, params.port)) as made:
+    with FaultProxy(ENDPOINTS["rabbitmq"].address) as made:
         yield made
 
 
@@ -129,13 +130,6 @@ def outage(proxy: FaultProxy) -> None:
     """As in a broker restart: connections drop, new ones are refused."""
     proxy.set_mode("refuse")
     proxy.cut()
-
-
-def via(url: str, port: int, scheme: str = "amqp") -> str:
-    params = pika.URLParameters(url)
-    user, password = params.credentials.username, params.credentials.password
-    vhost = "%2F" if params.virtual_host == "/" else params.virtual_host
-    return f"{scheme}://{user}:{password}@127.0.0.1:{port}/{vhost}"
 
 
 # ---------------------------------------------------------------- end to end
@@ -446,7 +440,7 @@ def test_errors_are_explained_without_secrets(
     caplog.set_level(logging.INFO)
     params = pika.URLParameters(rabbitmq_url)
     secret = "not-the-password-s3cr3t"
-    bad_password = f"amqp://{params.credentials.username}:{secret}@{params.host}:{params.port}/%2F"
+    bad_password = with_url_password({"url": rabbitmq_url}, secret)["url"]
     backend = create_backend("rabbitmq", options(bad_password, names))
     for text in (repr(backend), backend.describe()):
         assert secret not in text and params.host in text
@@ -456,9 +450,7 @@ def test_errors_are_explained_without_secrets(
     assert f"refused authentication for user {params.credentials.username!r}" in explained
     assert secret not in explained
 
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()
     refused = create_backend("rabbitmq", options(f"amqp://u:{secret}@127.0.0.1:{port}/", names))
     with pytest.raises(Exception) as info:
         refused.open()
@@ -498,8 +490,7 @@ def test_tls_through_a_tls_terminating_proxy(
 ) -> None:
     certificates = make_certificates(tmp_path)
     context = tls_server_context(certificates)
-    params = pika.URLParameters(rabbitmq_url)
-    tls_proxy = FaultProxy((params.host, params.port), tls=context)
+    tls_proxy = FaultProxy(ENDPOINTS["rabbitmq"].address, tls=context)
     try:
         url = via(rabbitmq_url, tls_proxy.port, scheme="amqps")
         opts = options(url, names, queue=names["queue"], tls={"ca-file": certificates["ca"]})

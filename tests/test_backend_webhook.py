@@ -27,7 +27,7 @@ import h2.events
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
-from helpers import FAST_RETRY, make_certificates, tls_server_context
+from helpers import FAST_RETRY, make_certificates, reachable, tls_server_context
 from jsonschema import Draft202012Validator, FormatChecker
 from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
@@ -515,13 +515,9 @@ def test_the_documented_receiver_verifies_and_prints_what_arrives() -> None:
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and receiver.poll() is None
-                time.sleep(0.1)
+        while not reachable("127.0.0.1", port, timeout=1):
+            assert time.monotonic() < deadline and receiver.poll() is None
+            time.sleep(0.1)
         messages = synthetic_messages(6)
         for mode, batch in (("structured", messages[:3]), ("batched", messages[3:])):
             backend = create_backend(
