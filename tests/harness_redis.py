@@ -1,8 +1,9 @@
 """The ``redis`` backend in the conformance suite, against a real Redis.
 
 Redis is the shared one (``redis_url``: ``REDIS_URL`` or 127.0.0.1:6379).
-Every test gets a stream of its own, deleted afterwards. Tests that stop or
-restart Redis start a ``redis-server`` of their own (``redis_server``).
+Every test gets a stream of its own, deleted afterwards (``STREAMS``). Tests
+that stop or restart Redis start a ``redis-server`` of their own
+(``redis_server``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from helpers import ENDPOINTS, reachable, require_program
+from helpers import ENDPOINTS, Place, Places, reachable, require_program
 
 from dask_eventbus.testing import (
     SECRET,
@@ -25,25 +26,33 @@ from dask_eventbus.testing import (
 )
 
 
-def delete_streams(url: str, *streams: str) -> Callable[[], None]:
-    """A cleanup that deletes ``streams`` (and their consumer groups)."""
+def delete_streams(url: str, *streams: str) -> None:
+    """Delete ``streams`` (and their consumer groups); missing ones are fine."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.delete(*streams)
+    finally:
+        client.close()
 
-    def cleanup() -> None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            client.delete(*streams)
-        finally:
-            client.close()
 
-    return cleanup
+def remove_streams(place: Place) -> None:
+    delete_streams(place["url"], place["stream"], *place.extra)
+
+
+STREAMS = Places(
+    make=lambda request: {
+        "url": request.getfixturevalue("redis_url"),
+        "stream": unique_name("dask-eventbus-test-stream"),
+    },
+    remove=remove_streams,
+)
 
 
 def redis_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("redis_url")
-    stream = unique_name("dask-eventbus-test-stream")
+    place = STREAMS.new(request)
     return Target(
         "redis",
-        {"url": url, "stream": stream},
+        dict(place),
         bad_options=[
             ({"maxlen": -1}, "maxlen"),
             ({"url": "http://user:secret@localhost:6379"}, "url must start with redis://"),
@@ -55,11 +64,11 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
                 "cannot be used with redis-py",
             ),
         ],
-        cleanup=delete_streams(url, stream),
+        cleanup=STREAMS.cleanup(place),
         proxied=proxied_url(
-            url,
+            place["url"],
             ENDPOINTS["redis"].port,
-            {"stream": stream, "connect-timeout": "1s", "publish-timeout": "2s"},
+            {"stream": place["stream"], "connect-timeout": "1s", "publish-timeout": "2s"},
         ),
         with_secret=lambda options: {**options, "password": SECRET},
     )

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -129,6 +130,55 @@ def require_program(name: str) -> str:
     if path is None:
         _unavailable(f"{name} is not installed", "CI must run this test")
     return path
+
+
+# ---------------------------------------------------------------- places
+
+
+class Place(dict[str, Any]):
+    """The options naming a place of one test's own on a broker (a stream, a
+    topic, an exchange and a queue), its url among them. The test lists more
+    of the same kind it makes there (queues, streams) in ``extra``: they are
+    removed with it."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.extra: list[str] = []
+
+
+@dataclass(frozen=True)
+class Places:
+    """How a harness gives each test a place of its own on its broker.
+
+    ``make`` names a new place (reaching the broker's url through the pytest
+    ``request``); ``remove`` deletes it and its ``extra``, parts already gone
+    included. The harness's conformance Target and the backend's own tests
+    (through :meth:`fixture`) make and remove their places alike.
+    """
+
+    make: Callable[[pytest.FixtureRequest], dict[str, Any]]
+    remove: Callable[[Place], None]
+
+    def new(self, request: pytest.FixtureRequest) -> Place:
+        return Place(self.make(request))
+
+    def cleanup(self, place: Place) -> Callable[[], None]:
+        """For Target.cleanup."""
+        return lambda: self.remove(place)
+
+    def fixture(self, option: str | None = None) -> Any:
+        """A fixture giving each test a new place (or only its ``option``,
+        say the stream's name), removed after the test."""
+
+        @pytest.fixture
+        def fresh_place(request: pytest.FixtureRequest) -> Iterator[Any]:
+            place = self.new(request)
+            try:
+                yield place if option is None else place[option]
+            finally:
+                self.remove(place)
+
+        return fresh_place
 
 
 def read_until_all(events: Any, messages: list[Any], timeout: float = 30.0) -> list[Event]:

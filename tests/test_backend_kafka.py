@@ -14,7 +14,7 @@ import pickle
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
-from harness_kafka import TansuBroker, delete_topic, require_tansu, tansu_behind_a_proxy
+from harness_kafka import TOPICS, TansuBroker, require_tansu, tansu_behind_a_proxy
 from helpers import FAST_RETRY, assert_replayed, make_certificates, tls_server_context
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -53,11 +53,7 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def topic(kafka_broker: str) -> Iterator[str]:
-    name = unique_name("dask-eventbus-test-topic")
-    yield name
-    delete_topic(kafka_broker, name)
+topic = TOPICS.fixture("topic")
 
 
 def options_for(bootstrap: str, topic: str, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,10 +21,11 @@ import redis
 from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_kombu import delete_amqp, delete_memory, delete_redis
+from harness_kombu import AMQP, MEMORY, REDIS
 from helpers import (
     ENDPOINTS,
     Endpoint,
+    Place,
     make_certificates,
     poll_until_logged,
     read_until_all,
@@ -46,32 +46,22 @@ from dask_eventbus.testing import (
     read_raw,
     run_workload,
     synthetic_messages,
-    unique_name,
 )
 from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(150)
 
 
-@pytest.fixture
-def amqp(rabbitmq_url: str) -> Iterator[dict[str, Any]]:
-    """Options for a fresh exchange and named queue on RabbitMQ."""
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    extra: list[str] = []
-    yield {"url": rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
-    delete_amqp(rabbitmq_url, exchange, [queue, *extra])
-
-
-@pytest.fixture
-def redis_options(redis_url: str) -> Iterator[dict[str, Any]]:
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    yield {"url": redis_url, "exchange": exchange, "queue": queue}
-    delete_redis(redis_url, exchange, [queue])
+# Options for a fresh exchange and named queue on RabbitMQ, on Redis, and
+# for a fresh exchange in memory://; deleted afterwards.
+amqp = AMQP.fixture()
+redis_options = REDIS.fixture()
+memory_exchange = MEMORY.fixture("exchange")
 
 
 def options(fixture: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    result = {k: v for k, v in fixture.items() if not k.startswith("_")}
-    result.update(changes)
+    """``fixture``'s options with ``changes``, those set to None left out."""
+    result = {**fixture, **changes}
     return {k: v for k, v in result.items() if v is not None}
 
 
@@ -115,13 +105,13 @@ def body_event(message: Any) -> Event:
 
 @gen_test(timeout=120)
 async def test_end_to_end_plain_kombu_consumers_see_the_transition_log(
-    amqp: dict[str, Any],
+    amqp: Place,
 ) -> None:
     url, name = amqp["url"], amqp["exchange"]
     exchange = Exchange(name, "topic", durable=True)
     transitions = Queue(f"{name}-transitions", exchange, routing_key="dask.task.transition.#")
     failures = Queue(f"{name}-erred", exchange, routing_key="dask.task.transition.*.erred")
-    amqp["_extra"].extend([transitions.name, failures.name])
+    amqp.extra.extend([transitions.name, failures.name])
     with Connection(url) as conn:
         with conn.channel() as channel:
             for queue in (transitions, failures):
@@ -492,13 +482,6 @@ def test_fanout_exchange_delivers_to_every_subscriber(memory_exchange: str) -> N
         backend.close()
         for events in (one, two):
             assert [e.id for e in read_events(events, count=8)] == [m.id for m in messages]
-
-
-@pytest.fixture
-def memory_exchange() -> Iterator[str]:
-    name = unique_name("dask-eventbus-test-ex")
-    yield name
-    delete_memory(name)
 
 
 # ------------------------------------------------------------------ for people

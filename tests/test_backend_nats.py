@@ -25,7 +25,7 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_nats import delete_streams, nats_options
+from harness_nats import STREAMS
 from helpers import (
     ENDPOINTS,
     FAST_RETRY,
@@ -56,12 +56,7 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def options(nats_url: str) -> Iterator[dict[str, Any]]:
-    made = nats_options(nats_url)
-    made["deduplicate"] = True
-    yield made
-    delete_streams(nats_url, made["stream"])()
+options = STREAMS.fixture()
 
 
 class NatsServer(BrokerProcess):

@@ -23,10 +23,11 @@ import pika
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_rabbitmq import delete_rabbitmq_objects
+from harness_rabbitmq import EXCHANGES
 from helpers import (
     ENDPOINTS,
     FAST_RETRY,
+    Place,
     make_certificates,
     poll_until_logged,
     read_until_all,
@@ -56,20 +57,8 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- fixtures and tools
 
 
-@pytest.fixture
-def names(rabbitmq_url: str) -> Iterator[dict[str, str]]:
-    """A fresh exchange, queue and connection name; deleted afterwards."""
-    made = {
-        "exchange": unique_name("dask-eventbus-test-x"),
-        "queue": unique_name("dask-eventbus-test-q"),
-        "connection-name": unique_name("dask-eventbus-test"),
-    }
-    extra_queues: list[str] = []
-    made["_extra"] = extra_queues  # type: ignore[assignment]
-    yield made
-    delete_rabbitmq_objects(
-        rabbitmq_url, exchanges=[made["exchange"]], queues=[made["queue"], *extra_queues]
-    )
+# A fresh exchange, queue and connection name; deleted afterwards.
+names = EXCHANGES.fixture()
 
 
 def options(url: str, names: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -137,11 +126,11 @@ def outage(proxy: FaultProxy) -> None:
 
 @gen_test(timeout=120)
 async def test_transitions_read_with_plain_pika_match_the_transition_log(
-    rabbitmq_url: str, names: dict[str, Any], admin: Any
+    rabbitmq_url: str, names: Place, admin: Any
 ) -> None:
     exchange = names["exchange"]
     every, failures = names["queue"], unique_name("dask-eventbus-test-q")
-    names["_extra"].append(failures)
+    names.extra.append(failures)
     admin.exchange_declare(exchange, "topic", durable=True)
     admin.queue_declare(every, durable=True)
     admin.queue_bind(every, exchange, "dask.task.transition.#")
@@ -380,7 +369,7 @@ def test_without_mandatory_unbound_events_are_dropped_by_the_exchange(
 
 
 def test_routing_key_template_and_headers_exchange(
-    rabbitmq_url: str, names: dict[str, Any], admin: Any
+    rabbitmq_url: str, names: Place, admin: Any
 ) -> None:
     exchange, queue = names["exchange"], names["queue"]
     opts = options(rabbitmq_url, names, **{"routing-key": "cluster-a.{finish}.{type}"})
@@ -397,7 +386,7 @@ def test_routing_key_template_and_headers_exchange(
     assert {method.routing_key for method, _, _ in got} == {"cluster-a.memory.dask.task.transition"}
 
     headers = {**names, "exchange": unique_name("dask-eventbus-test-x")}
-    names["_extra"].append(headers["queue"] + "-h")
+    names.extra.append(headers["queue"] + "-h")
     backend = create_backend(
         "rabbitmq", options(rabbitmq_url, headers, **{"exchange-type": "headers"})
     )

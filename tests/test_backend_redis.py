@@ -20,7 +20,7 @@ import pytest
 import redis
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_redis import RedisServer, delete_streams
+from harness_redis import STREAMS, RedisServer
 from helpers import FAST_RETRY, assert_replayed, make_certificates, poll_until_logged
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -40,11 +40,7 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def stream(redis_url: str) -> Iterator[str]:
-    name = unique_name("dask-eventbus-test-stream")
-    yield name
-    delete_streams(redis_url, name)()
+stream = STREAMS.fixture("stream")
 
 
 @pytest.fixture
