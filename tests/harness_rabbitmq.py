@@ -11,11 +11,12 @@ RabbitMQ with guest/guest).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import ENDPOINTS, Place, Places, with_url_password
+from helpers import ENDPOINTS, Place, Places, require_program, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
@@ -34,6 +35,30 @@ def delete_rabbitmq_objects(
     finally:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    """What ``rabbitmqctl -q ARGS`` prints (the test skips, or fails on CI, without it)."""
+    done = subprocess.run(
+        [require_program("rabbitmqctl"), "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def close_broker_connections(connection_name: str) -> int:
+    """Have the broker close the connections that carry this name; how many it closed."""
+    listed = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
+    marker = f'{{"connection_name","{connection_name}"}}'
+    closed = 0
+    for pid in [line.split("\t")[0] for line in listed.splitlines() if marker in line]:
+        with contextlib.suppress(subprocess.CalledProcessError):  # it was gone already
+            rabbitmqctl("close_connection", pid, "dask-eventbus test closes it")
+            closed += 1
+    return closed
 
 
 def new_exchange(request: pytest.FixtureRequest) -> dict[str, str]:

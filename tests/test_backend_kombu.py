@@ -8,7 +8,6 @@ subscriptions, routing keys and the diagnoses people see.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from harness_kombu import AMQP, MEMORY, REDIS
+from harness_rabbitmq import close_broker_connections, rabbitmqctl
 from helpers import (
     ENDPOINTS,
     Endpoint,
@@ -148,29 +148,6 @@ async def test_end_to_end_plain_kombu_consumers_see_the_transition_log(
 # ------------------------------------------------------------------ outages
 
 
-def rabbitmqctl(*args: str) -> str:
-    import subprocess
-
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
-    )
-    return done.stdout
-
-
-def close_connections_named(name: str) -> int:
-    """Have RabbitMQ close every connection whose client named itself ``name``."""
-    listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
-    pids = [
-        line.split("\t", 1)[0]
-        for line in listing.splitlines()
-        if f'{{"connection_name","{name}"}}' in line
-    ]
-    for pid in pids:
-        with contextlib.suppress(Exception):  # it may have gone meanwhile
-            rabbitmqctl("close_connection", pid, "dask-eventbus test: the broker closes")
-    return len(pids)
-
-
 @pytest.mark.slow
 @gen_test(timeout=120)
 async def test_broker_closing_the_connection_mid_run_loses_nothing(
@@ -196,7 +173,7 @@ async def test_broker_closing_the_connection_mid_run_loses_nothing(
                 assert rounds <= 40, f"closed only {closed} connections"
                 futures = c.map(inc, range(30), key=[f"r{rounds}-{i}" for i in range(30)])
                 closer = asyncio.get_running_loop().run_in_executor(
-                    None, close_connections_named, connection_name
+                    None, close_broker_connections, connection_name
                 )
                 assert await c.gather(futures) == list(range(1, 31))
                 closed += await closer

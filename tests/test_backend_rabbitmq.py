@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +22,7 @@ import pika
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_rabbitmq import EXCHANGES
+from harness_rabbitmq import EXCHANGES, close_broker_connections
 from helpers import (
     ENDPOINTS,
     FAST_RETRY,
@@ -31,7 +30,6 @@ from helpers import (
     make_certificates,
     poll_until_logged,
     read_until_all,
-    require_program,
     tls_server_context,
     via,
     with_url_password,
@@ -77,36 +75,6 @@ def admin(rabbitmq_url: str) -> Iterator[Any]:
     yield connection.channel()
     if connection.is_open:
         connection.close()
-
-
-def close_broker_connections(connection_name: str) -> int:
-    """Have the broker close the connections that carry this name; how many."""
-    rabbitmqctl = require_program("rabbitmqctl")
-    listed = subprocess.run(
-        [
-            rabbitmqctl,
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    marker = f'{{"connection_name","{connection_name}"}}'
-    pids = [line.split("\t")[0] for line in listed.splitlines() if marker in line]
-    closed = 0
-    for pid in pids:
-        done = subprocess.run(
-            [rabbitmqctl, "close_connection", pid, "dask-eventbus test closes it"],
-            capture_output=True,
-            timeout=60,
-        )
-        closed += done.returncode == 0  # else it was gone already
-    return closed
 
 
 @pytest.fixture
