@@ -31,7 +31,7 @@ import pika
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
 from dask_eventbus import create_backend
-from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQOptions, queue_arguments
+from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQOptions
 
 ROUTING_KEY = "dask.task.transition.processing.memory"
 PROPERTIES = pika.BasicProperties(
@@ -44,6 +44,7 @@ class _Publisher:
 
     def __init__(self, backend: RabbitMQBackend) -> None:
         self.options: RabbitMQOptions = backend.options
+        self.queue = backend.topology().publisher_queue()
         self.loop = IOLoop()
         self.channel: Any = None
         self.error: BaseException | None = None
@@ -81,16 +82,17 @@ class _Publisher:
                 callback=next_,
             ),
         ]
-        if options.queue:
+        queue = self.queue
+        if queue is not None:
             steps += [
                 lambda next_: channel.queue_declare(
-                    options.queue,
-                    durable=True,
-                    arguments=queue_arguments(options) or None,
+                    queue.name,
+                    durable=queue.durable,
+                    arguments=queue.arguments or None,
                     callback=next_,
                 ),
                 lambda next_: channel.queue_bind(
-                    options.queue, options.exchange, routing_key="#", callback=next_
+                    queue.name, options.exchange, routing_key="#", callback=next_
                 ),
             ]
 

@@ -38,6 +38,9 @@ _LAZY = {
     "Backend": "backends",
     "BackendOptions": "backends",
     "Message": "backends",
+    "NetworkOptions": "backends",
+    "SubscribeOptions": "backends",
+    "SubscribeOptionError": "backends",
     "Subscription": "backends",
     "available_backends": "backends",
     "create_backend": "backends",
@@ -57,6 +60,9 @@ __all__ = [
     "Event",
     "EventBusPlugin",
     "Message",
+    "NetworkOptions",
+    "SubscribeOptionError",
+    "SubscribeOptions",
     "Subscription",
     "__version__",
     "available_backends",
@@ -92,18 +98,16 @@ def subscribe(
     """Read events back from a backend, as :class:`Event` objects.
 
     ``backend`` and ``options`` work as for :class:`EventBusPlugin`: by
-    default the configured backend with its configured options. Keywords that
-    the backend's ``subscribe`` takes go there (for example ``group=`` for
-    Redis consumer groups, ``bindings=`` for RabbitMQ), the rest are backend
-    options. ``types`` keeps only events whose type matches one of these glob
-    patterns.
+    default the configured backend with its configured options. Options of
+    the backend's :attr:`~Backend.SubscribeOptions` go to its subscribe (for
+    example ``group=`` for Redis consumer groups, ``bindings=`` for
+    RabbitMQ), the rest are backend options. ``types`` keeps only events
+    whose type matches one of these glob patterns.
 
     >>> with subscribe("jsonl", path="events.jsonl", from_beginning=True) as events:
     ...     for event in events:  # doctest: +SKIP
     ...         print(event.type, event.subject)
     """
-    import inspect
-
     from .backends import Backend, create_backend, get_backend
     from .config import load_settings
 
@@ -111,14 +115,28 @@ def subscribe(
     chosen = settings.backend if backend is None else backend
     if isinstance(chosen, Backend):
         instance, params = chosen, options
+        accepted = _subscribe_option_names(type(chosen))
     else:
-        cls = get_backend(chosen)
-        accepted = inspect.signature(cls.subscribe).parameters
-        params = {k: v for k, v in options.items() if k in accepted and k != "self"}
+        accepted = _subscribe_option_names(get_backend(chosen))
+        params = {k: v for k, v in options.items() if k.replace("_", "-") in accepted}
         backend_options = {k: v for k, v in options.items() if k not in params}
         instance = create_backend(chosen, backend_options, settings.backends)
-    if types and "types" in inspect.signature(type(instance).subscribe).parameters:
+    if types and "types" in accepted:
         params = {**params, "types": types}  # the backend filters on the broker, too
     subscription = instance.subscribe(from_beginning=from_beginning, **params)
     subscription.set_types(types)
     return subscription
+
+
+def _subscribe_option_names(cls: type[Backend]) -> set[str]:
+    """The subscribe options ``cls`` takes, as users write them."""
+    import inspect
+
+    import msgspec
+
+    from .backends import Backend
+
+    if cls.subscribe is not Backend.subscribe:  # written before SubscribeOptions
+        parameters = inspect.signature(cls.subscribe).parameters
+        return {name.replace("_", "-") for name in parameters if name != "self"}
+    return {field.encode_name for field in msgspec.structs.fields(cls.SubscribeOptions)}

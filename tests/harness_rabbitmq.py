@@ -3,27 +3,22 @@
 Each test gets its own exchange and its own durable queue (the backend's
 ``queue`` option): the queue is declared by whichever side connects first and
 bound with ``#``, so it holds events published before a consumer subscribes
-and the replay test runs. Both are deleted afterwards. The broker is
-``RABBITMQ_URL`` or the local RabbitMQ with guest/guest.
+and the replay test runs. Both are deleted afterwards (``EXCHANGES``). The
+broker is the shared one (``rabbitmq_url``: ``RABBITMQ_URL`` or the local
+RabbitMQ with guest/guest).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import subprocess
 from collections.abc import Iterable
 
 import pika
 import pytest
-from helpers import require_broker, with_url_password
+from helpers import ENDPOINTS, Place, Places, require_program, with_url_password
 
 from dask_eventbus.testing import SECRET, Target, proxied_url, unique_name
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def rabbitmq_url_from_env() -> str:
-    return os.environ.get("RABBITMQ_URL") or DEFAULT_URL
 
 
 def delete_rabbitmq_objects(
@@ -42,30 +37,54 @@ def delete_rabbitmq_objects(
             connection.close()
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    url = rabbitmq_url_from_env()
-    try:
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-        reachable = True
-    except pika.exceptions.AMQPError:
-        reachable = False
-    require_broker(reachable, f"RabbitMQ at {pika.URLParameters(url).host}")
-    return url
+def rabbitmqctl(*args: str) -> str:
+    """What ``rabbitmqctl -q ARGS`` prints (the test skips, or fails on CI, without it)."""
+    done = subprocess.run(
+        [require_program("rabbitmqctl"), "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def close_broker_connections(connection_name: str) -> int:
+    """Have the broker close the connections that carry this name; how many it closed."""
+    listed = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
+    marker = f'{{"connection_name","{connection_name}"}}'
+    closed = 0
+    for pid in [line.split("\t")[0] for line in listed.splitlines() if marker in line]:
+        with contextlib.suppress(subprocess.CalledProcessError):  # it was gone already
+            rabbitmqctl("close_connection", pid, "dask-eventbus test closes it")
+            closed += 1
+    return closed
+
+
+def new_exchange(request: pytest.FixtureRequest) -> dict[str, str]:
+    """An exchange, a queue and a connection name (which rabbitmqctl finds)."""
+    return {
+        "url": request.getfixturevalue("rabbitmq_url"),
+        "exchange": unique_name("dask-eventbus-test-x"),
+        "queue": unique_name("dask-eventbus-test-q"),
+        "connection-name": unique_name("dask-eventbus-test"),
+    }
+
+
+def remove_exchange(place: Place) -> None:
+    """The exchange, its queue and the ``extra`` queues."""
+    queues = [place["queue"], *place.extra]
+    delete_rabbitmq_objects(place["url"], exchanges=[place["exchange"]], queues=queues)
+
+
+EXCHANGES = Places(make=new_exchange, remove=remove_exchange)
 
 
 def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("rabbitmq_url")
-    exchange = unique_name("dask-eventbus-test-x")
-    queue = unique_name("dask-eventbus-test-q")
+    place = EXCHANGES.new(request)
     return Target(
         "rabbitmq",
-        {
-            "url": url,
-            "exchange": exchange,
-            "queue": queue,
-            "connection-name": unique_name("dask-eventbus-test"),
-        },
+        dict(place),
         bad_options=[
             ({"exchange-type": "round-robin"}, "exchange-type"),
             ({"url": "http://127.0.0.1:5672"}, "url"),
@@ -75,13 +94,13 @@ def rabbitmq_harness(request: pytest.FixtureRequest) -> Target:
             ({"publish-timeout": "soon"}, "publish-timeout"),
             ({"tls": {"ca-file": "/ca.pem"}}, "tls"),
         ],
-        cleanup=lambda: delete_rabbitmq_objects(url, exchanges=[exchange], queues=[queue]),
+        cleanup=EXCHANGES.cleanup(place),
         proxied=proxied_url(
-            url,
-            5672,
+            place["url"],
+            ENDPOINTS["rabbitmq"].port,
             {
-                "exchange": exchange,
-                "queue": queue,
+                "exchange": place["exchange"],
+                "queue": place["queue"],
                 "connect-timeout": "2s",
                 "publish-timeout": "3s",
             },

@@ -1,20 +1,20 @@
 """The ``redis`` backend in the conformance suite, against a real Redis.
 
-Redis is taken from ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
-Every test gets a stream of its own, deleted afterwards. Tests that stop or
-restart Redis start a ``redis-server`` of their own (``redis_server``).
+Redis is the shared one (``redis_url``: ``REDIS_URL`` or 127.0.0.1:6379).
+Every test gets a stream of its own, deleted afterwards (``STREAMS``). Tests
+that stop or restart Redis start a ``redis-server`` of their own
+(``redis_server``).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from helpers import require_broker, require_program
+from helpers import ENDPOINTS, Place, Places, reachable, require_program
 
 from dask_eventbus.testing import (
     SECRET,
@@ -25,47 +25,38 @@ from dask_eventbus.testing import (
     unique_name,
 )
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The URL of a reachable Redis; skips (or fails under CI) without one."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+def delete_streams(url: str, *streams: str) -> None:
+    """Delete ``streams`` (and their consumer groups); missing ones are fine."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
+        client.delete(*streams)
     finally:
         client.close()
-    require_broker(reachable, f"Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
-def delete_streams(url: str, *streams: str) -> Callable[[], None]:
-    """A cleanup that deletes ``streams`` (and their consumer groups)."""
+def remove_streams(place: Place) -> None:
+    delete_streams(place["url"], place["stream"], *place.extra)
 
-    def cleanup() -> None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            client.delete(*streams)
-        finally:
-            client.close()
 
-    return cleanup
+STREAMS = Places(
+    make=lambda request: {
+        "url": request.getfixturevalue("redis_url"),
+        "stream": unique_name("dask-eventbus-test-stream"),
+    },
+    remove=remove_streams,
+)
 
 
 def redis_harness(request: pytest.FixtureRequest) -> Target:
-    url = request.getfixturevalue("redis_url")
-    stream = unique_name("dask-eventbus-test-stream")
+    place = STREAMS.new(request)
     return Target(
         "redis",
-        {"url": url, "stream": stream},
+        dict(place),
         bad_options=[
             ({"maxlen": -1}, "maxlen"),
             ({"url": "http://user:secret@localhost:6379"}, "url must start with redis://"),
-            ({"socket-timeout": 0}, "socket-timeout"),
+            ({"publish-timeout": 0}, "publish-timeout"),
             ({"stream": ""}, "stream"),
             ({"tls": {"ca-file": "/tmp/ca.pem"}}, "tls need a rediss:// url"),
             (
@@ -73,9 +64,11 @@ def redis_harness(request: pytest.FixtureRequest) -> Target:
                 "cannot be used with redis-py",
             ),
         ],
-        cleanup=delete_streams(url, stream),
+        cleanup=STREAMS.cleanup(place),
         proxied=proxied_url(
-            url, 6379, {"stream": stream, "connect-timeout": "1s", "socket-timeout": "2s"}
+            place["url"],
+            ENDPOINTS["redis"].port,
+            {"stream": place["stream"], "connect-timeout": "1s", "publish-timeout": "2s"},
         ),
         with_secret=lambda options: {**options, "password": SECRET},
     )
@@ -105,11 +98,7 @@ class RedisServer(BrokerProcess):
         super().__init__("redis-server", command, port, ready)
 
     def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return reachable("127.0.0.1", self.port, timeout=1)
 
     def _answers_ping(self) -> bool:
         try:

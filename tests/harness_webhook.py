@@ -30,13 +30,13 @@ def webhook_harness(request: pytest.FixtureRequest) -> Target:
         {"url": receiver.url},
         bad_options=[
             ({"url": "ftp://127.0.0.1/x"}, "url must start with http:// or https:// (TLS)"),
-            ({"timeout": 0}, "timeout"),
+            ({"publish-timeout": 0}, "publish-timeout"),
             ({"max-batch-bytes": 0}, "max-batch-bytes"),
             ({"secret": "whsec_not base64!"}, "secret must be a Standard Webhooks secret"),
             ({"headers": {"Content-Type": "text/plain"}}, "headers may not set Content-Type"),
             ({"tls": {"ca-file": "/tmp/ca.pem"}}, "tls needs an https:// url"),
         ],
-        proxied=proxied_url(receiver.url, 80, {"timeout": "2s"}),
+        proxied=proxied_url(receiver.url, 80, {"connect-timeout": "2s", "publish-timeout": "2s"}),
         read_back=receiver.subscribe,
         with_secret=lambda options: {**options, "headers": {"Authorization": f"Bearer {SECRET}"}},
     )

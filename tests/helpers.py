@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -29,6 +32,77 @@ DASK = str(Path(sys.executable).parent / "dask")
 FAST_RETRY = {"eventbus.retry.initial-backoff": "50ms", "eventbus.retry.max-backoff": "300ms"}
 
 
+# ---------------------------------------------------------------- brokers
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A shared service the tests reach: at ``env``'s url when it is set, else
+    at ``default`` (none for Kafka: the session starts a broker of its own)."""
+
+    what: str
+    env: str
+    default: str | None
+    port: int
+    """The port when the url names none."""
+
+    @property
+    def url(self) -> str | None:
+        return os.environ.get(self.env) or self.default
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the url's (first) server listens."""
+        assert self.url is not None, f"{self.env} is not set"
+        first = self.url.split(",")[0]
+        parts = urlsplit(first if "//" in first else f"//{first}")  # Kafka's host:port
+        return parts.hostname or "127.0.0.1", parts.port or self.port
+
+
+# The one place that spells the services' urls (README.md, "Run the tests").
+ENDPOINTS = {
+    "redis": Endpoint("Redis", "REDIS_URL", "redis://127.0.0.1:6379/0", 6379),
+    # %2F: the vhost "/" as both pika and Kombu read it (pika reads // as "").
+    "rabbitmq": Endpoint("RabbitMQ", "RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F", 5672),
+    "nats": Endpoint("NATS", "NATS_URL", "nats://127.0.0.1:4222", 4222),
+    "kafka": Endpoint("Kafka", "KAFKA_BOOTSTRAP_SERVERS", None, 9092),
+    "postgresql": Endpoint(
+        "PostgreSQL", "EVENTBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432", 5432
+    ),
+}
+
+
+def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections at ``host``:``port``."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def require_endpoint(name: str) -> str:
+    """The url of the shared service ``name`` (in :data:`ENDPOINTS`); skips
+    the test when nothing listens there (fails it under CI)."""
+    endpoint = ENDPOINTS[name]
+    url = endpoint.url
+    if url is None or not reachable(*endpoint.address):
+        _unavailable(
+            f"{endpoint.what} at {url} is not reachable (set {endpoint.env} for another)",
+            "CI must test against it",
+        )
+    return url
+
+
+def via(url: str, port: int, scheme: str | None = None) -> str:
+    """``url`` sent to 127.0.0.1:``port`` instead (a fault proxy in front of
+    its server), credentials and path kept; ``scheme`` replaces its scheme."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(scheme=scheme or parts.scheme, netloc=netloc))
+
+
 def with_url_password(options: dict[str, Any], password: str) -> dict[str, Any]:
     """``options`` whose ``url`` carries ``password`` (for Target.with_secret)."""
     parts = urlsplit(options["url"])
@@ -37,23 +111,74 @@ def with_url_password(options: dict[str, Any], password: str) -> dict[str, Any]:
     return {**options, "url": urlunsplit(parts._replace(netloc=netloc))}
 
 
+def _unavailable(message: str, in_ci: str) -> NoReturn:
+    """Skip on a laptop without what the test needs; fail under CI."""
+    if IN_CI:
+        pytest.fail(f"{message}, and {in_ci}")
+    pytest.skip(message)
+
+
 def require_broker(available: bool, what: str) -> None:
     """Skip a broker test on a laptop without the broker; fail it under CI."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is not reachable, and CI must test against it")
-    pytest.skip(f"{what} is not reachable")
+    if not available:
+        _unavailable(f"{what} is not reachable", "CI must test against it")
 
 
 def require_program(name: str) -> str:
     """The path of a program a test runs; skip without it, fail under CI."""
     path = shutil.which(name)
-    if path is not None:
-        return path
-    if IN_CI:
-        pytest.fail(f"{name} is not installed, and CI must run this test")
-    pytest.skip(f"{name} is not installed")
+    if path is None:
+        _unavailable(f"{name} is not installed", "CI must run this test")
+    return path
+
+
+# ---------------------------------------------------------------- places
+
+
+class Place(dict[str, Any]):
+    """The options naming a place of one test's own on a broker (a stream, a
+    topic, an exchange and a queue), its url among them. The test lists more
+    of the same kind it makes there (queues, streams) in ``extra``: they are
+    removed with it."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.extra: list[str] = []
+
+
+@dataclass(frozen=True)
+class Places:
+    """How a harness gives each test a place of its own on its broker.
+
+    ``make`` names a new place (reaching the broker's url through the pytest
+    ``request``); ``remove`` deletes it and its ``extra``, parts already gone
+    included. The harness's conformance Target and the backend's own tests
+    (through :meth:`fixture`) make and remove their places alike.
+    """
+
+    make: Callable[[pytest.FixtureRequest], dict[str, Any]]
+    remove: Callable[[Place], None]
+
+    def new(self, request: pytest.FixtureRequest) -> Place:
+        return Place(self.make(request))
+
+    def cleanup(self, place: Place) -> Callable[[], None]:
+        """For Target.cleanup."""
+        return lambda: self.remove(place)
+
+    def fixture(self, option: str | None = None) -> Any:
+        """A fixture giving each test a new place (or only its ``option``,
+        say the stream's name), removed after the test."""
+
+        @pytest.fixture
+        def fresh_place(request: pytest.FixtureRequest) -> Iterator[Any]:
+            place = self.new(request)
+            try:
+                yield place if option is None else place[option]
+            finally:
+                self.remove(place)
+
+        return fresh_place
 
 
 def read_until_all(events: Any, messages: list[Any], timeout: float = 30.0) -> list[Event]:

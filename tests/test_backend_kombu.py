@@ -8,12 +8,11 @@ subscriptions, routing keys and the diagnoses people see.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 import pytest
@@ -21,8 +20,19 @@ import redis
 from amqp.exceptions import MessageNacked
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_kombu import delete_amqp, delete_memory, delete_redis
-from helpers import make_certificates, poll_until_logged, read_until_all, tls_server_context
+from harness_kombu import AMQP, MEMORY, REDIS
+from harness_rabbitmq import close_broker_connections, rabbitmqctl
+from helpers import (
+    ENDPOINTS,
+    Endpoint,
+    Place,
+    make_certificates,
+    poll_until_logged,
+    read_until_all,
+    tls_server_context,
+    via,
+    with_url_password,
+)
 from kombu import Connection, Consumer, Exchange, Queue
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
@@ -36,33 +46,30 @@ from dask_eventbus.testing import (
     read_raw,
     run_workload,
     synthetic_messages,
-    unique_name,
 )
 from dask_eventbus.testing.workload import inc
 
 pytestmark = pytest.mark.timeout(150)
 
 
-@pytest.fixture
-def amqp(kombu_rabbitmq_url: str) -> Iterator[dict[str, Any]]:
-    """Options for a fresh exchange and named queue on RabbitMQ."""
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    extra: list[str] = []
-    yield {"url": kombu_rabbitmq_url, "exchange": exchange, "queue": queue, "_extra": extra}
-    delete_amqp(kombu_rabbitmq_url, exchange, [queue, *extra])
-
-
-@pytest.fixture
-def redis_options(kombu_redis_url: str) -> Iterator[dict[str, Any]]:
-    exchange, queue = unique_name("dask-eventbus-test-ex"), unique_name("dask-eventbus-test-q")
-    yield {"url": kombu_redis_url, "exchange": exchange, "queue": queue}
-    delete_redis(kombu_redis_url, exchange, [queue])
+# Options for a fresh exchange and named queue on RabbitMQ, on Redis, and
+# for a fresh exchange in memory://; deleted afterwards.
+amqp = AMQP.fixture()
+redis_options = REDIS.fixture()
+memory_exchange = MEMORY.fixture("exchange")
 
 
 def options(fixture: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    result = {k: v for k, v in fixture.items() if not k.startswith("_")}
-    result.update(changes)
+    """``fixture``'s options with ``changes``, those set to None left out."""
+    result = {**fixture, **changes}
     return {k: v for k, v in result.items() if v is not None}
+
+
+def on(transport: str, request: pytest.FixtureRequest) -> tuple[dict[str, Any], Endpoint]:
+    """The test's options on ``transport``'s broker, and where that broker is."""
+    if transport == "amqp":
+        return request.getfixturevalue("amqp"), ENDPOINTS["rabbitmq"]
+    return request.getfixturevalue("redis_options"), ENDPOINTS["redis"]
 
 
 def drain(conn: Connection, queues: list[Queue], idle: float = 2.0) -> dict[str, list[Any]]:
@@ -98,13 +105,13 @@ def body_event(message: Any) -> Event:
 
 @gen_test(timeout=120)
 async def test_end_to_end_plain_kombu_consumers_see_the_transition_log(
-    amqp: dict[str, Any],
+    amqp: Place,
 ) -> None:
     url, name = amqp["url"], amqp["exchange"]
     exchange = Exchange(name, "topic", durable=True)
     transitions = Queue(f"{name}-transitions", exchange, routing_key="dask.task.transition.#")
     failures = Queue(f"{name}-erred", exchange, routing_key="dask.task.transition.*.erred")
-    amqp["_extra"].extend([transitions.name, failures.name])
+    amqp.extra.extend([transitions.name, failures.name])
     with Connection(url) as conn:
         with conn.channel() as channel:
             for queue in (transitions, failures):
@@ -141,29 +148,6 @@ async def test_end_to_end_plain_kombu_consumers_see_the_transition_log(
 # ------------------------------------------------------------------ outages
 
 
-def rabbitmqctl(*args: str) -> str:
-    import subprocess
-
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
-    )
-    return done.stdout
-
-
-def close_connections_named(name: str) -> int:
-    """Have RabbitMQ close every connection whose client named itself ``name``."""
-    listing = rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
-    pids = [
-        line.split("\t", 1)[0]
-        for line in listing.splitlines()
-        if f'{{"connection_name","{name}"}}' in line
-    ]
-    for pid in pids:
-        with contextlib.suppress(Exception):  # it may have gone meanwhile
-            rabbitmqctl("close_connection", pid, "dask-eventbus test: the broker closes")
-    return len(pids)
-
-
 @pytest.mark.slow
 @gen_test(timeout=120)
 async def test_broker_closing_the_connection_mid_run_loses_nothing(
@@ -189,7 +173,7 @@ async def test_broker_closing_the_connection_mid_run_loses_nothing(
                 assert rounds <= 40, f"closed only {closed} connections"
                 futures = c.map(inc, range(30), key=[f"r{rounds}-{i}" for i in range(30)])
                 closer = asyncio.get_running_loop().run_in_executor(
-                    None, close_connections_named, connection_name
+                    None, close_broker_connections, connection_name
                 )
                 assert await c.gather(futures) == list(range(1, 31))
                 closed += await closer
@@ -232,14 +216,10 @@ def call_bounded(fn: Any, limit: float = 60.0) -> BaseException | None:
 def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
-    proxy = FaultProxy(("127.0.0.1", 5672 if transport == "amqp" else 6379))
+    fixture, endpoint = on(transport, request)
+    proxy = FaultProxy(endpoint.address)
     try:
-        url = (
-            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
-            if transport == "amqp"
-            else f"redis://127.0.0.1:{proxy.port}/0"
-        )
+        url = via(fixture["url"], proxy.port)
         backend = create_backend(
             "kombu", options(fixture, url=url, **{"publish-timeout": 1, "connect-timeout": 2})
         )
@@ -268,16 +248,12 @@ def test_a_stalled_broker_makes_publish_raise_after_its_timeout(
 def test_the_tls_block_reaches_the_transport(
     transport: str, request: pytest.FixtureRequest, tmp_path: Any
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, endpoint = on(transport, request)
     certificates = make_certificates(tmp_path)
     context = tls_server_context(certificates)
-    broker = ("127.0.0.1", 5672 if transport == "amqp" else 6379)
-    with FaultProxy(broker, tls=context) as proxy:
-        url = (
-            f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
-            if transport == "amqp"
-            else f"rediss://127.0.0.1:{proxy.port}/0"
-        )
+    with FaultProxy(endpoint.address, tls=context) as proxy:
+        # Kombu's amqp transport takes TLS from the tls block; redis needs rediss://.
+        url = via(fixture["url"], proxy.port, scheme=None if transport == "amqp" else "rediss")
         messages = synthetic_messages(5)
         backend = create_backend(
             "kombu", options(fixture, url=url, tls={"ca-file": certificates["ca"]})
@@ -302,7 +278,7 @@ def test_the_tls_block_reaches_the_transport(
 def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, _ = on(transport, request)
     opts = options(fixture, queue=None)
     messages = synthetic_messages(30)
     with subscribe("kombu", **opts) as events:
@@ -329,10 +305,9 @@ def test_subscriber_without_a_queue_gets_its_own_and_removes_it(
 def test_subscriber_waits_out_a_broker_outage(
     transport: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fixture = request.getfixturevalue("amqp" if transport == "amqp" else "redis_options")
+    fixture, endpoint = on(transport, request)
     direct = options(fixture)
-    port = 5672 if transport == "amqp" else 6379
-    through_proxy = proxied_url(direct["url"], port, {"connect-timeout": "1s"})
+    through_proxy = proxied_url(direct["url"], endpoint.port, {"connect-timeout": "1s"})
     messages = synthetic_messages(20)
     backend = create_backend("kombu", direct)
     backend.open()
@@ -358,9 +333,38 @@ def test_subscriber_waits_out_a_broker_outage(
     assert "the Kombu consumer is connected again" in warnings[-1]
 
 
-def test_from_beginning_needs_a_named_queue(amqp: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="named queue"):
+def test_subscriptions_that_could_receive_nothing_are_refused(amqp: dict[str, Any]) -> None:
+    # The same rules, and words, as the rabbitmq backend's (bindings.amqp.Topology).
+    with pytest.raises(ValueError, match=r"eventbus\.backends\.kombu\.queue .* or subscribe with"):
         subscribe("kombu", from_beginning=True, **options(amqp, queue=None))
+    direct = options(amqp, queue=None, **{"exchange-type": "direct"})
+    with pytest.raises(ValueError, match="binding '#' receives nothing: pass bindings"):
+        subscribe("kombu", **direct)
+
+
+def test_an_exchange_managed_elsewhere_is_not_declared(amqp: dict[str, Any]) -> None:
+    managed = options(amqp, queue=None, **{"create-missing": False})
+    backend = create_backend("kombu", managed)
+    try:
+        backend.open()  # nothing declared: the exchange is still missing
+        with pytest.raises(Exception) as info:
+            backend.send(synthetic_messages(3))
+    finally:
+        backend.close()
+    assert backend.explain(info.value).endswith(
+        f"exchange {amqp['exchange']!r} does not exist; create it, "
+        "or set eventbus.backends.kombu.create-missing: true"
+    )
+    created = create_backend("kombu", options(amqp, queue=None))
+    created.open()  # declares it, as by default
+    created.close()
+    backend.open()
+    try:
+        backend.send(synthetic_messages(3))
+    finally:
+        backend.close()
+    with pytest.raises(ConfigError, match="create-missing: false needs an amqp:// url"):
+        create_backend("kombu", {"url": "redis://localhost:6379/0", "create-missing": False})
 
 
 def test_named_queue_keeps_events_until_a_consumer_comes(amqp: dict[str, Any]) -> None:
@@ -457,25 +461,17 @@ def test_fanout_exchange_delivers_to_every_subscriber(memory_exchange: str) -> N
             assert [e.id for e in read_events(events, count=8)] == [m.id for m in messages]
 
 
-@pytest.fixture
-def memory_exchange() -> Iterator[str]:
-    name = unique_name("dask-eventbus-test-ex")
-    yield name
-    delete_memory(name)
-
-
 # ------------------------------------------------------------------ for people
 
 
-def test_secrets_stay_out_of_describe_repr_and_explain(kombu_rabbitmq_url: str) -> None:
+def test_secrets_stay_out_of_describe_repr_and_explain(rabbitmq_url: str) -> None:
     secret = "s3cr3t-pa55word"
-    backend = create_backend(
-        "kombu", {"url": f"amqp://guest:{secret}@127.0.0.1:5672//", "exchange": "never-made"}
-    )
+    wrong = with_url_password({"url": rabbitmq_url, "exchange": "never-made"}, secret)
+    backend = create_backend("kombu", wrong)
     error = call_bounded(backend.open)
     assert error is not None
     explained = backend.explain(error)
-    assert "refused authentication for user 'guest'" in explained
+    assert f"refused authentication for user {urlsplit(wrong['url']).username!r}" in explained
     for text in (explained, backend.describe(), repr(backend)):
         assert secret not in text
     with pytest.raises(ConfigError) as info:

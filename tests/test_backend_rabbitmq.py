@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,21 +22,25 @@ import pika
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
-from harness_rabbitmq import delete_rabbitmq_objects
+from harness_rabbitmq import EXCHANGES, close_broker_connections
 from helpers import (
+    ENDPOINTS,
     FAST_RETRY,
+    Place,
     make_certificates,
     poll_until_logged,
     read_until_all,
-    require_broker,
     tls_server_context,
+    via,
+    with_url_password,
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
-from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError, queue_arguments
+from dask_eventbus.backends.rabbitmq import RabbitMQBackend, RabbitMQError
 from dask_eventbus.events import CONTENT_TYPE, TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
     FaultProxy,
+    free_port,
     is_closing,
     read_events,
     run_workload,
@@ -54,20 +55,8 @@ pytestmark = pytest.mark.timeout(180)
 # ---------------------------------------------------------------- fixtures and tools
 
 
-@pytest.fixture
-def names(rabbitmq_url: str) -> Iterator[dict[str, str]]:
-    """A fresh exchange, queue and connection name; deleted afterwards."""
-    made = {
-        "exchange": unique_name("dask-eventbus-test-x"),
-        "queue": unique_name("dask-eventbus-test-q"),
-        "connection-name": unique_name("dask-eventbus-test"),
-    }
-    extra_queues: list[str] = []
-    made["_extra"] = extra_queues  # type: ignore[assignment]
-    yield made
-    delete_rabbitmq_objects(
-        rabbitmq_url, exchanges=[made["exchange"]], queues=[made["queue"], *extra_queues]
-    )
+# A fresh exchange, queue and connection name; deleted afterwards.
+names = EXCHANGES.fixture()
 
 
 def options(url: str, names: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -88,40 +77,9 @@ def admin(rabbitmq_url: str) -> Iterator[Any]:
         connection.close()
 
 
-def close_broker_connections(connection_name: str) -> int:
-    """Have the broker close the connections that carry this name; how many."""
-    require_broker(shutil.which("rabbitmqctl") is not None, "rabbitmqctl")
-    listed = subprocess.run(
-        [
-            "rabbitmqctl",
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    marker = f'{{"connection_name","{connection_name}"}}'
-    pids = [line.split("\t")[0] for line in listed.splitlines() if marker in line]
-    closed = 0
-    for pid in pids:
-        done = subprocess.run(
-            ["rabbitmqctl", "close_connection", pid, "dask-eventbus test closes it"],
-            capture_output=True,
-            timeout=60,
-        )
-        closed += done.returncode == 0  # else it was gone already
-    return closed
-
-
 @pytest.fixture
 def proxy(rabbitmq_url: str) -> Iterator[FaultProxy]:
-    params = pika.URLParameters(rabbitmq_url)
-    with FaultProxy((params.host, params.port)) as made:
+    with FaultProxy(ENDPOINTS["rabbitmq"].address) as made:
         yield made
 
 
@@ -131,23 +89,16 @@ def outage(proxy: FaultProxy) -> None:
     proxy.cut()
 
 
-def via(url: str, port: int, scheme: str = "amqp") -> str:
-    params = pika.URLParameters(url)
-    user, password = params.credentials.username, params.credentials.password
-    vhost = "%2F" if params.virtual_host == "/" else params.virtual_host
-    return f"{scheme}://{user}:{password}@127.0.0.1:{port}/{vhost}"
-
-
 # ---------------------------------------------------------------- end to end
 
 
 @gen_test(timeout=120)
 async def test_transitions_read_with_plain_pika_match_the_transition_log(
-    rabbitmq_url: str, names: dict[str, Any], admin: Any
+    rabbitmq_url: str, names: Place, admin: Any
 ) -> None:
     exchange = names["exchange"]
     every, failures = names["queue"], unique_name("dask-eventbus-test-q")
-    names["_extra"].append(failures)
+    names.extra.append(failures)
     admin.exchange_declare(exchange, "topic", durable=True)
     admin.queue_declare(every, durable=True)
     admin.queue_bind(every, exchange, "dask.task.transition.#")
@@ -386,7 +337,7 @@ def test_without_mandatory_unbound_events_are_dropped_by_the_exchange(
 
 
 def test_routing_key_template_and_headers_exchange(
-    rabbitmq_url: str, names: dict[str, Any], admin: Any
+    rabbitmq_url: str, names: Place, admin: Any
 ) -> None:
     exchange, queue = names["exchange"], names["queue"]
     opts = options(rabbitmq_url, names, **{"routing-key": "cluster-a.{finish}.{type}"})
@@ -403,7 +354,7 @@ def test_routing_key_template_and_headers_exchange(
     assert {method.routing_key for method, _, _ in got} == {"cluster-a.memory.dask.task.transition"}
 
     headers = {**names, "exchange": unique_name("dask-eventbus-test-x")}
-    names["_extra"].append(headers["queue"] + "-h")
+    names.extra.append(headers["queue"] + "-h")
     backend = create_backend(
         "rabbitmq", options(rabbitmq_url, headers, **{"exchange-type": "headers"})
     )
@@ -446,7 +397,7 @@ def test_errors_are_explained_without_secrets(
     caplog.set_level(logging.INFO)
     params = pika.URLParameters(rabbitmq_url)
     secret = "not-the-password-s3cr3t"
-    bad_password = f"amqp://{params.credentials.username}:{secret}@{params.host}:{params.port}/%2F"
+    bad_password = with_url_password({"url": rabbitmq_url}, secret)["url"]
     backend = create_backend("rabbitmq", options(bad_password, names))
     for text in (repr(backend), backend.describe()):
         assert secret not in text and params.host in text
@@ -456,9 +407,7 @@ def test_errors_are_explained_without_secrets(
     assert f"refused authentication for user {params.credentials.username!r}" in explained
     assert secret not in explained
 
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()
     refused = create_backend("rabbitmq", options(f"amqp://u:{secret}@127.0.0.1:{port}/", names))
     with pytest.raises(Exception) as info:
         refused.open()
@@ -498,8 +447,7 @@ def test_tls_through_a_tls_terminating_proxy(
 ) -> None:
     certificates = make_certificates(tmp_path)
     context = tls_server_context(certificates)
-    params = pika.URLParameters(rabbitmq_url)
-    tls_proxy = FaultProxy((params.host, params.port), tls=context)
+    tls_proxy = FaultProxy(ENDPOINTS["rabbitmq"].address, tls=context)
     try:
         url = via(rabbitmq_url, tls_proxy.port, scheme="amqps")
         opts = options(url, names, queue=names["queue"], tls={"ca-file": certificates["ca"]})
@@ -543,7 +491,9 @@ def test_parameters_honour_the_url_and_pickling_keeps_options(rabbitmq_url: str)
     assert "pw" not in backend.describe() and "events%2Fprod" in backend.describe()
     copy = pickle.loads(pickle.dumps(backend))
     assert isinstance(copy, RabbitMQBackend) and copy.options == backend.options
-    assert queue_arguments(copy.options) == {"x-max-length": 10, "x-message-ttl": 3_600_000}
+    queue = copy.topology().publisher_queue()
+    assert queue is not None
+    assert queue.arguments == {"x-max-length": 10, "x-message-ttl": 3_600_000}
     with pytest.raises(ConfigError, match=r"eventbus\.backends\.rabbitmq"):
         create_backend("rabbitmq", {"url": "amqp://x/", "exchange": "", "queue": "q"})
     with pytest.raises(ConfigError, match="direct exchange cannot"):
@@ -559,7 +509,9 @@ def test_exclusive_subscription_binds_filters_and_goes_away(
     rabbitmq_url: str, names: dict[str, Any], admin: Any
 ) -> None:
     opts = options(rabbitmq_url, names)
-    with pytest.raises(ValueError, match="keeps events only in queues"):
+    with pytest.raises(
+        ValueError, match=r"eventbus\.backends\.rabbitmq\.queue .* or subscribe with"
+    ):
         subscribe("rabbitmq", from_beginning=True, **opts)
     messages = synthetic_messages(12)
     backend = create_backend("rabbitmq", opts)
@@ -592,7 +544,12 @@ def test_durable_queue_keeps_events_and_redelivers_unacknowledged(
     events = subscribe("rabbitmq", **opts)
     first = read_events(events, count=3)
     events.close(ack=False)  # the third was being processed when we stopped
-    with subscribe("rabbitmq", from_beginning=True, **opts) as events:
+    # The queue named when subscribing, as Kombu's subscribers may name it.
+    subscriber_options = {k: v for k, v in opts.items() if k != "queue"}
+    with subscribe(
+        "rabbitmq", from_beginning=True, queue=names["queue"], **subscriber_options
+    ) as events:
+        assert events.keeps_events_while_away
         rest = read_events(events, count=8)
     assert [e.id for e in first + rest[1:]] == [m.id for m in messages]
     assert rest[0].id == first[-1].id

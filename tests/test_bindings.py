@@ -114,6 +114,33 @@ def test_amqp_properties() -> None:
     }
 
 
+def test_amqp_topology_of_publisher_and_subscribers() -> None:
+    arguments = amqp.queue_arguments({"x-queue-type": "quorum"}, max_length=10, message_ttl=3600)
+    assert arguments == {"x-queue-type": "quorum", "x-max-length": 10, "x-message-ttl": 3_600_000}
+    topic = amqp.Topology(amqp.ExchangeSpec("events"), "kept", queue_arguments=arguments)
+    kept = amqp.QueueSpec("kept", ("#",), durable=True, arguments=arguments)
+    assert topic.exchange.declared and topic.publisher_queue() == kept
+    # A named queue is the subscriber's, bound also with its keys; without
+    # one, a temporary queue of its own.
+    failures = ("dask.task.transition.*.erred",)
+    assert topic.subscriber_queue(failures) == amqp.QueueSpec(
+        "kept", failures, durable=True, arguments=arguments
+    )
+    assert amqp.Topology(topic.exchange).publisher_queue() is None
+    own = amqp.Topology(topic.exchange).subscriber_queue(failures)
+    assert own == amqp.QueueSpec("", failures) and own.temporary and not kept.temporary
+    assert amqp.Topology(topic.exchange, queue_durable=False).subscriber_queue(["#"], "q") == (
+        amqp.QueueSpec("q", ("#",), durable=False)
+    )
+
+    fanout = amqp.Topology(amqp.ExchangeSpec("events", "fanout"))
+    assert fanout.subscriber_queue(failures).keys == ("",)  # the keys mean nothing there
+    # The default exchange is neither declared nor bound to.
+    default = amqp.Topology(amqp.ExchangeSpec(""), "kept")
+    assert not default.exchange.declared and default.subscriber_queue(["#"]).keys == ()
+    assert not amqp.ExchangeSpec("managed", declare=False).declared
+
+
 # ---------------------------------------------------------------- redis
 
 

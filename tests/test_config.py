@@ -84,6 +84,51 @@ def test_unknown_backend_option_is_named() -> None:
         EventBusPlugin("jsonl", colour="blue")
 
 
+def test_unknown_option_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"queue": {"max-event": 5}})
+    assert "unknown field `max-event`; known: batch-size, flush-interval, max-events" in str(
+        info.value
+    )
+
+
+# Every older option name, its value, and what it must set.
+ALIASES = [
+    ("kafka", "timeout", "3s", {"connect_timeout": 3.0, "publish_timeout": 3.0}),
+    ("kafka", "create-topic", False, {"create_missing": False}),
+    ("nats", "create-stream", False, {"create_missing": False}),
+    ("rabbitmq", "declare", False, {"create_missing": False}),
+    ("redis", "socket-timeout", "2s", {"publish_timeout": 2.0}),
+    ("webhook", "timeout", "2s", {"connect_timeout": 2.0, "publish_timeout": 2.0}),
+]
+
+
+@pytest.mark.parametrize("name, alias, value, expected", ALIASES)
+def test_older_option_names_are_accepted_as_aliases(
+    name: str, alias: str, value: Any, expected: dict[str, Any]
+) -> None:
+    new_names = [field.replace("_", "-") for field in expected]
+    for spelled in (alias, alias.replace("-", "_")):
+        with dask.config.set({f"eventbus.backends.{name}.{spelled}": value}):
+            made = EventBusPlugin(name).backend  # under the shipped defaults of the new names
+        assert {f: getattr(made.options, f) for f in expected} == expected
+    # The new name given too: the same value or its default is fine, another is refused.
+    same = get_backend(name)(**{alias: value, new_names[0]: value})
+    assert {f: getattr(same.options, f) for f in expected} == expected
+    if isinstance(value, bool):  # no third value to disagree with
+        assert made.provisioning_option == "create-missing"
+        return
+    with pytest.raises(ConfigError) as info:
+        get_backend(name)(**{alias: value, new_names[0]: "17s"})
+    message = str(info.value)
+    assert f"eventbus.backends.{name}.{alias} = {value!r}" in message
+    assert f"Set only {new_names[0]}" in message
+    # A bad value is named as written; explanations name the new options.
+    with pytest.raises(ConfigError, match=f"eventbus.backends.{name}.{alias} = 0"):
+        get_backend(name)(**{alias: 0})
+    assert set(made.timeout_options) == {"connect-timeout", "publish-timeout"}
+
+
 def test_a_backend_whose_library_is_missing_says_what_to_install(tmp_path, monkeypatch) -> None:
     dist = tmp_path / "dask_eventbus_broken_backend-1.0.dist-info"
     dist.mkdir()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from distributed import Client, Nanny, Scheduler, Worker
-from helpers import IN_CI
+from helpers import ENDPOINTS, require_endpoint, via
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.backends.memory import drop_store, get_store
@@ -48,7 +48,6 @@ import report_scale
 pytestmark = pytest.mark.timeout(240)
 
 BIN = Path(sys.executable).parent
-POSTGRES = os.environ.get("EVENTBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -60,24 +59,16 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 # ------------------------------------------------------------------ databases
 
 
-def _postgres_admin() -> Any:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        return psycopg.connect(POSTGRES + "/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
-
-
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A database of its own for one test, dropped after it."""
+    psycopg = pytest.importorskip("psycopg")
+    server = require_endpoint("postgresql")
     name = f"eventbus_{uuid.uuid4().hex[:12]}"
-    admin = _postgres_admin()
+    admin = psycopg.connect(server + "/postgres", autocommit=True, connect_timeout=3)
     admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"{POSTGRES}/{name}"
+        yield f"{server}/{name}"
     finally:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
@@ -532,10 +523,8 @@ def test_a_cut_postgresql_connection_loses_nothing(tmp_path: Path) -> None:
     report_scale.generate(path, 30_000, workers=8, threads=2, graph_size=3000)
     with postgres_database() as direct_url, postgres_database() as url:
         archive(direct_url, path)
-        host, _, database = url.rpartition("/")
-        port = int(host.rpartition(":")[2])
-        proxy = FaultProxy(("127.0.0.1", port))
-        proxied = f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+        proxy = FaultProxy(ENDPOINTS["postgresql"].address)
+        proxied = via(url, proxy.port)
         archivers: list[Archiver] = []
         try:
             proxy.set_mode("refuse")  # down when the archive starts: it waits

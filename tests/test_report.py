@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from browser import Browser, find_chromium
 from distributed import Client, LocalCluster
-from harness_redis import delete_streams
+from harness_redis import STREAMS
 from helpers import IN_CI
 
 from dask_eventbus import EventBusPlugin
@@ -363,10 +363,13 @@ def test_a_backend_is_read_from_the_beginning_to_the_end(memory_store_name: str)
     assert report.summary()["tasks"]["total"] == 4
 
 
-def test_the_command_reads_a_broker_from_the_beginning_to_the_end(redis_url: str) -> None:
-    stream = f"report-test-{uuid.uuid4().hex[:10]}"
+stream = STREAMS.fixture("stream")
+
+
+def test_the_command_reads_a_broker_from_the_beginning_to_the_end(
+    redis_url: str, stream: str
+) -> None:
     backend = RedisBackend(url=redis_url, stream=stream)
-    cleanup = delete_streams(redis_url, stream)
     try:
         backend.open()
         normalizer = Normalizer("dask://test/redis", "run1")
@@ -385,7 +388,6 @@ def test_the_command_reads_a_broker_from_the_beginning_to_the_end(redis_url: str
         assert [s["source"] for s in summary["sources"]] == ["dask://test/redis"]
     finally:
         backend.close()
-        cleanup()
 
 
 def test_large_runs_keep_a_bounded_task_stream_sample() -> None:

@@ -9,12 +9,20 @@ can retry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from ..config import ConfigError, convert, mask_secrets, redact_url, redact_value, secret_values
+from ..config import (
+    ConfigError,
+    PositiveDuration,
+    convert,
+    mask_secrets,
+    redact_url,
+    redact_value,
+    secret_values,
+)
 from ..events import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -89,6 +97,78 @@ class BackendOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknow
         return mask_secrets(text, secret_values("", msgspec.to_builtins(self, enc_hook=float)))
 
 
+class NetworkOptions(BackendOptions):
+    """Options every broker backend names the same way.
+
+    ``connect-timeout`` bounds connecting (and setting up what events go to),
+    ``publish-timeout`` the broker's acceptance of a batch and every other
+    reply; ``create-missing``, where a backend declares it, makes the backend
+    create the topic, stream or exchange events go to when it is missing.
+    """
+
+    aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    """Older option names still accepted, each with the options it sets."""
+
+    connect_timeout: PositiveDuration = PositiveDuration(10.0)
+    publish_timeout: PositiveDuration = PositiveDuration(10.0)
+
+
+class SubscribeOptions(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
+    """Base for the options of a backend's :meth:`Backend.subscribe`.
+
+    ``from-beginning``: read every event the broker still holds, not only
+    those published after subscribing. Subclasses declare the backend's own
+    options as fields with defaults, and may check how they combine in
+    ``__post_init__`` (raising ValueError).
+    """
+
+    from_beginning: bool = False
+
+
+class SubscribeOptionError(ConfigError, TypeError):
+    """A subscribe option is unknown or invalid (a TypeError too, as for an
+    unexpected keyword)."""
+
+
+def with_aliases(
+    options: Mapping[str, Any], type_: type[BackendOptions], where: str
+) -> dict[str, Any]:
+    """``options`` with every alias of ``type_`` replaced by the names it stands for.
+
+    An alias sets its options unless one of them is given too with another
+    value than the alias's and its default: then neither is taken and the
+    error names both. ``None`` is an alias not given.
+    """
+    aliases: Mapping[str, tuple[str, ...]] = getattr(type_, "aliases", {})
+    out = {(k.replace("_", "-") if isinstance(k, str) else k): v for k, v in options.items()}
+    for alias, names in aliases.items():
+        value = out.pop(alias, None)
+        if value is None:
+            continue
+        try:
+            typed = convert({name: value for name in names}, type_, where)
+        except ConfigError as exc:  # named as the user wrote it
+            message = str(exc)
+            for name in names:
+                message = message.replace(f"{where}.{name} ", f"{where}.{alias} ", 1)
+            raise ConfigError(message) from None
+        default = type_()
+        for name in names:
+            attribute = name.replace("-", "_")
+            if name in out and out[name] is not None:
+                given = getattr(convert({name: out[name]}, type_, where), attribute)
+                if given not in (getattr(default, attribute), getattr(typed, attribute)):
+                    raise ConfigError(
+                        f"Event bus config {where}.{alias} = {redact_value(alias, value)!r} "
+                        f"and {where}.{name} = {redact_value(name, out[name])!r} disagree: "
+                        f"{alias} is the older name of {', '.join(names)}. Set only {name}"
+                    )
+                if given != getattr(default, attribute):
+                    continue
+            out[name] = value
+    return out
+
+
 def url_scheme(url: str, schemes: Sequence[str], tls: Sequence[str] = ()) -> str:
     """The scheme of ``url``, lower case; ValueError unless it is one of
     ``schemes`` (those in ``tls`` are named as the TLS ones)."""
@@ -106,30 +186,46 @@ class Backend:
     Required: set :attr:`name`, declare the options as a
     :class:`BackendOptions` subclass in :attr:`Options`, and implement
     :meth:`publish` (plus :meth:`open` and :meth:`close` when the backend
-    holds a connection). Optional capabilities: :meth:`subscribe` to read
-    events back (a backend without it is publish-only, see :attr:`readable`)
-    and :meth:`classify` to sort its client library's errors into the
-    problems :meth:`explain` words.
+    holds a connection). Optional capabilities: :meth:`open_subscription` to
+    read events back (a backend without it is publish-only, see
+    :attr:`readable`), with its options in :attr:`SubscribeOptions`, and
+    :meth:`classify` to sort its client library's errors into the problems
+    :meth:`explain` words.
     Producer methods are called from one publisher thread only.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    SubscribeOptions: ClassVar[type[SubscribeOptions]] = SubscribeOptions
     modes: tuple[str, ...] = ("process", "thread")
     """Pipeline modes this backend (instance) runs in; the first is used for ``auto``."""
     readable: ClassVar[bool] = False
-    """Whether events can be read back: the class implements :meth:`subscribe`."""
+    """Whether events can be read back: the class implements :meth:`open_subscription`
+    (or, as backends written before 0.4 do, :meth:`subscribe`)."""
     timeout_options: ClassVar[tuple[str, ...]] = ()
-    """The options that bound a wait for the broker, named when it did not answer."""
+    """The options that bound a wait for the broker, named when it did not answer;
+    by default ``connect-timeout`` and ``publish-timeout`` where the options have them."""
     provisioning_option: ClassVar[str | None] = None
-    """The option that makes the backend create what events go to when missing."""
+    """The option that makes the backend create what events go to when missing;
+    by default ``create-missing`` where the options have it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.readable = cls.subscribe is not Backend.subscribe
+        cls.readable = (
+            cls.open_subscription is not Backend.open_subscription
+            or cls.subscribe is not Backend.subscribe
+        )
+        fields = {f.encode_name for f in msgspec.structs.fields(cls.Options)}
+        if "timeout_options" not in cls.__dict__:
+            cls.timeout_options = tuple(
+                n for n in ("connect-timeout", "publish-timeout") if n in fields
+            )
+        if "provisioning_option" not in cls.__dict__ and "create-missing" in fields:
+            cls.provisioning_option = "create-missing"
 
     def __init__(self, **options: Any) -> None:
-        self.options = convert(options, self.Options, f"eventbus.backends.{self.name}")
+        where = f"eventbus.backends.{self.name}"
+        self.options = convert(with_aliases(options, self.Options, where), self.Options, where)
 
     def check(self) -> None:
         """Checks of the options too costly for parsing them (optional).
@@ -170,16 +266,34 @@ class Backend:
         if messages:
             self.publish(in_content_mode(messages, self.options.content_mode))
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
+    def subscribe(self, *, from_beginning: bool = False, **options: Any) -> Subscription:
         """Read events back: new ones, or all the broker still holds.
 
-        Optional: a backend that does not implement it is publish-only.
+        ``options`` are the backend's :attr:`SubscribeOptions`, as keywords
+        (``after_id=``) or as users write them (``**{"after-id": ...}``);
+        one that is unknown or invalid raises :class:`SubscribeOptionError`
+        naming it. Backends implement :meth:`open_subscription`, not this.
         """
-        raise ConfigError(
-            f"The {self.name!r} event bus backend is publish-only: its events cannot be "
-            "read back with subscribe, dask-eventbus tail or report. Read them where the "
-            "backend delivers them, or publish to a backend that can be read back as well"
-        )
+        if not self.readable:
+            raise ConfigError(
+                f"The {self.name!r} event bus backend is publish-only: its events cannot be "
+                "read back with subscribe, dask-eventbus tail or report. Read them where the "
+                "backend delivers them, or publish to a backend that can be read back as well"
+            )
+        what = f"{self.name} subscribe option"
+        try:
+            typed = convert(
+                {**options, "from-beginning": from_beginning}, self.SubscribeOptions, "", what
+            )
+        except ConfigError as exc:
+            raise SubscribeOptionError(str(exc)) from None
+        return self.open_subscription(typed)
+
+    def open_subscription(self, options: Any) -> Subscription:
+        """A subscription reading events back, as ``options`` (an instance
+        of :attr:`SubscribeOptions`) say (optional: without it the backend
+        is publish-only)."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         """Where events go, for people: no secrets."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import Backend, BackendOptions, Delivery, Message, SubscribeOptions, Subscription
 
 POLL_INTERVAL = 0.05
 READ_SIZE = 1 << 20
@@ -62,10 +62,8 @@ class JsonLinesBackend(Backend):
             with contextlib.suppress(OSError):
                 file.close()
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
-        if params:
-            raise TypeError(f"unknown jsonl subscribe options: {', '.join(params)}")
-        return _FileFollower(self.path, from_beginning)
+    def open_subscription(self, options: SubscribeOptions) -> Subscription:
+        return _FileFollower(self.path, options.from_beginning)
 
     def describe(self) -> str:
         return f"file {self.path}"

@@ -45,7 +45,15 @@ from ..config import (
     PositiveDuration,
     redact_url,
 )
-from . import Backend, BackendOptions, Delivery, Message, Problem, Subscription
+from . import (
+    Backend,
+    Delivery,
+    Message,
+    NetworkOptions,
+    Problem,
+    SubscribeOptions,
+    Subscription,
+)
 from .clientlog import ClientLog
 from .tls import TLSOptions
 
@@ -157,7 +165,12 @@ _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE}
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 
 
-class KafkaOptions(BackendOptions):
+class KafkaOptions(NetworkOptions):
+    aliases = {
+        "timeout": ("connect-timeout", "publish-timeout"),
+        "create-topic": ("create-missing",),
+    }
+
     topic: TopicName = "dask-events"
     """The topic every event is produced to."""
     config: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -168,8 +181,8 @@ class KafkaOptions(BackendOptions):
     headers: HeaderMode = "content-type"
     """Record headers: ``content-type`` only (structured mode, as the binding
     asks), plus the ``ce_*`` attributes, or none at all."""
-    create_topic: bool = True
-    """Create the topic when it is missing."""
+    create_missing: bool = True
+    """Create the topic when it is missing (alias: ``create-topic``)."""
     partitions: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """Partitions of a topic this backend creates; ``None``: the broker's default."""
     replication_factor: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -177,9 +190,11 @@ class KafkaOptions(BackendOptions):
     tls: TLSOptions | None = None
     """TLS to the brokers (``security.protocol`` SSL, or SASL_SSL with SASL),
     mapped to librdkafka's ``ssl.*`` settings."""
-    timeout: PositiveDuration = PositiveDuration(30.0)
-    """Longest wait for the broker: metadata, topic creation, and the delivery
-    of each record (``message.timeout.ms`` unless ``config`` sets it)."""
+    connect_timeout: PositiveDuration = PositiveDuration(30.0)
+    """Longest wait for metadata, topic creation and a consumer's offsets."""
+    publish_timeout: PositiveDuration = PositiveDuration(30.0)
+    """Longest wait for the delivery of each record (``message.timeout.ms``
+    unless ``config`` sets it). Alias of both: ``timeout``."""
 
     def __post_init__(self) -> None:
         if self.topic in (".", ".."):
@@ -211,6 +226,11 @@ class KafkaOptions(BackendOptions):
                 "config: message.timeout.ms must be greater than 0 (0 retries a record "
                 "forever, and every publish must be bounded)"
             )
+
+
+class KafkaSubscribeOptions(SubscribeOptions):
+    group: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """A consumer group, whose committed offsets say where to resume."""
 
 
 def _tls_config(tls: TLSOptions, protocol: str) -> dict[str, Any]:
@@ -249,8 +269,8 @@ def producer_config(options: KafkaOptions) -> dict[str, Any]:
         names[0]: value for names, value in PRODUCER_DEFAULTS if not _has_any(user, names)
     }
     if not _has_any(user, ("message.timeout.ms", "delivery.timeout.ms")):
-        config["message.timeout.ms"] = max(1, round(options.timeout * 1000))
-    if options.create_topic and "allow.auto.create.topics" not in user:
+        config["message.timeout.ms"] = max(1, round(options.publish_timeout * 1000))
+    if options.create_missing and "allow.auto.create.topics" not in user:
         # The backend creates the topic with the configured partitions; a
         # producer refreshing metadata must not create it first with the
         # broker's defaults (e.g. after a broker lost its topics).
@@ -335,9 +355,8 @@ class KafkaBackend(Backend):
 
     name = "kafka"
     Options = KafkaOptions
+    SubscribeOptions = KafkaSubscribeOptions
     options: KafkaOptions
-    timeout_options = ("timeout",)
-    provisioning_option = "create-topic"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -411,7 +430,7 @@ class KafkaBackend(Backend):
             # finds no broker up and asks again on a 500 ms timer, which the
             # first publish (and a scheduler's close) would wait out. A second
             # metadata request returns once a learned broker is up.
-            producer.list_topics(self.options.topic, timeout=self.options.timeout)
+            producer.list_topics(self.options.topic, timeout=self.options.connect_timeout)
         except BaseException:
             self._serve_callbacks(producer)
             _discard_producer(producer)
@@ -426,7 +445,7 @@ class KafkaBackend(Backend):
         """The topic's partitions; creates the topic when missing and allowed."""
         options = self.options
         topic = options.topic
-        deadline = time.monotonic() + options.timeout
+        deadline = time.monotonic() + options.connect_timeout
         created = False
         while True:
             metadata = client.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
@@ -438,7 +457,7 @@ class KafkaBackend(Backend):
             if code not in _NOT_FOUND and code != KafkaError.LEADER_NOT_AVAILABLE:
                 raise KafkaException(error)
             if code in _NOT_FOUND and not created:
-                if not options.create_topic:
+                if not options.create_missing:
                     raise KafkaException(
                         KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} not found")
                     )
@@ -470,10 +489,12 @@ class KafkaBackend(Backend):
             options.replication_factor if options.replication_factor is not None else -1,
         )
         futures = admin.create_topics(
-            [new], request_timeout=options.timeout, operation_timeout=options.timeout
+            [new],
+            request_timeout=options.connect_timeout,
+            operation_timeout=options.connect_timeout,
         )
         try:
-            futures[options.topic].result(timeout=options.timeout + 1.0)
+            futures[options.topic].result(timeout=options.connect_timeout + 1.0)
         except KafkaException as exc:
             error = _error_of(exc)
             if error is None or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -630,9 +651,7 @@ class KafkaBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self, *, from_beginning: bool = False, group: str | None = None, **params: Any
-    ) -> Subscription:
+    def open_subscription(self, options: KafkaSubscribeOptions) -> Subscription:
         """Read the topic's events: new ones, or all that the topic still holds.
 
         ``group``: a consumer group name. Its committed offsets say where to
@@ -649,10 +668,7 @@ class KafkaBackend(Backend):
         with ``subscribe()`` is for. Two subscriptions with the same group
         therefore both receive everything.
         """
-        if params:
-            raise TypeError(f"unknown kafka subscribe options: {', '.join(params)}")
-        if group is not None and (not isinstance(group, str) or not group):
-            raise TypeError(f"group must be a non-empty string, got {group!r}")
+        group, from_beginning = options.group, options.from_beginning
         base = {
             name: value
             for name, value in self.options.config.items()
@@ -674,7 +690,9 @@ class KafkaBackend(Backend):
             # Partitions are assigned, not balanced, so the session timeout
             # only bounds how long a commit waits for an absent coordinator:
             # closing the subscription while the broker is down.
-            config["session.timeout.ms"] = max(1000, round(min(self.options.timeout, 10.0) * 1000))
+            config["session.timeout.ms"] = max(
+                1000, round(min(self.options.connect_timeout, 10.0) * 1000)
+            )
         consumer = Consumer(config)
         try:
             partitions = self._ensure_topic(consumer)
@@ -688,7 +706,7 @@ class KafkaBackend(Backend):
     def _start_offsets(
         self, consumer: Consumer, partitions: list[int], group: str | None, from_beginning: bool
     ) -> list[TopicPartition]:
-        topic, timeout = self.options.topic, self.options.timeout
+        topic, timeout = self.options.topic, self.options.connect_timeout
         wanted = [TopicPartition(topic, p) for p in partitions]
         committed = {}
         if group is not None:

@@ -38,13 +38,23 @@ from kombu.exceptions import KombuError
 from kombu.transport import TRANSPORT_ALIASES
 
 from ..bindings.amqp import (
+    AmqpSubscribeOptions,
+    ExchangeSpec,
     PublisherConfirms,
+    QueueSpec,
+    Topology,
     check_routing_key,
+    not_found,
     properties_of,
     routing_key_function,
 )
-from ..config import ConfigError, PositiveDuration
-from .contract import BATCH_CONTENT_TYPE, Backend, BackendOptions, Message
+from ..config import ConfigError
+from .contract import (
+    BATCH_CONTENT_TYPE,
+    Backend,
+    Message,
+    NetworkOptions,
+)
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
@@ -89,12 +99,13 @@ def _transport_alias(url: str) -> str:
     return scheme.split("+", 1)[0]
 
 
-class KombuOptions(BackendOptions):
+class KombuOptions(NetworkOptions):
     url: str = "amqp://guest:guest@localhost:5672//"
     exchange: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout"] = "topic"
     routing_key: str | None = None
     durable: bool = True
+    create_missing: bool = True
     # Two literals, not one mixed: msgspec before 0.22 cannot sort str with int.
     delivery_mode: Literal["persistent", "transient"] | Literal[1, 2] = "persistent"
     transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -106,8 +117,6 @@ class KombuOptions(BackendOptions):
     tls: TLSOptions | None = None
     # Deprecated: the tls block replaces it.
     ssl: bool | dict[str, Any] | None = None
-    connect_timeout: PositiveDuration = PositiveDuration(10.0)
-    publish_timeout: PositiveDuration = PositiveDuration(10.0)
 
     def __post_init__(self) -> None:
         alias = _transport_alias(self.url)
@@ -125,6 +134,11 @@ class KombuOptions(BackendOptions):
             _check_tls(self.tls, alias)
         if self.routing_key is not None:
             check_routing_key(self.routing_key)
+        if not self.create_missing and alias not in ("amqp", "amqps", "pyamqp"):
+            raise ValueError(
+                "create-missing: false needs an amqp:// url: other transports keep "
+                "their exchanges in the client, which must declare them"
+            )
 
 
 class KombuBackend(Backend):
@@ -132,8 +146,8 @@ class KombuBackend(Backend):
 
     name = "kombu"
     Options = KombuOptions
+    SubscribeOptions = AmqpSubscribeOptions
     options: KombuOptions
-    timeout_options = ("connect-timeout", "publish-timeout")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -215,30 +229,29 @@ class KombuBackend(Backend):
             raise
         return conn
 
-    def _exchange(self) -> Exchange:
+    def topology(self) -> Topology:
+        """The exchange, and the ``queue`` bound with ``bindings``, to declare."""
         o = self.options
-        return Exchange(
-            o.exchange,
-            type=o.exchange_type,
-            durable=o.durable,
-            auto_delete=False,
-            delivery_mode=self._delivery_mode,
+        return Topology(
+            ExchangeSpec(o.exchange, o.exchange_type, o.durable, o.create_missing),
+            o.queue,
+            tuple(o.bindings),
+            o.durable,
+            dict(o.queue_arguments),
         )
 
-    def _bindings(self, exchange: Exchange, keys: Sequence[str]) -> list[binding]:
-        if self.options.exchange_type == "fanout":
-            keys = [""]
-        return [binding(exchange, routing_key=key) for key in keys]
-
-    def _named_queue(self, name: str, exchange: Exchange, keys: Sequence[str]) -> Queue:
-        o = self.options
-        return Queue(
-            name,
-            bindings=self._bindings(exchange, keys),
-            durable=o.durable,
-            auto_delete=False,
-            queue_arguments=dict(o.queue_arguments) or None,
-        )
+    def _declare_queue(self, channel: Any, exchange: Exchange, queue: QueueSpec) -> Queue:
+        """Declare ``queue`` on ``channel`` and bind it to ``exchange``."""
+        bound = Queue(
+            queue.name or f"dask-eventbus-{uuid.uuid4().hex}",
+            bindings=[binding(exchange, routing_key=key) for key in queue.keys],
+            durable=queue.durable,
+            auto_delete=queue.temporary,
+            exclusive=queue.temporary and self._driver == "amqp",
+            queue_arguments=queue.arguments or None,
+        )(channel)
+        bound.declare()
+        return bound
 
     # ------------------------------------------------------------ producer
 
@@ -247,11 +260,11 @@ class KombuBackend(Backend):
         conn = self._connect()
         try:
             channel = conn.channel()
-            exchange = self._exchange()(channel)
-            exchange.declare()
-            if self.options.queue is not None:
-                queue = self._named_queue(self.options.queue, exchange, self.options.bindings)
-                queue(channel).declare()
+            topology = self.topology()
+            exchange = _declare_exchange(channel, topology.exchange)
+            queue = topology.publisher_queue()
+            if queue is not None:
+                self._declare_queue(channel, exchange, queue)
             producer = Producer(channel, exchange=exchange, auto_declare=False)
             if self._confirming:
                 channel.confirm_select()
@@ -340,15 +353,7 @@ class KombuBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        queue: str | None = None,
-        bindings: str | Sequence[str] | None = None,
-        prefetch: int = 1000,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: AmqpSubscribeOptions) -> Subscription:
         """Consume from a queue bound to the exchange, acknowledging after yield.
 
         Without a ``queue`` (here or in the options) a new exclusive,
@@ -356,19 +361,13 @@ class KombuBackend(Backend):
         queue is declared (durable) and bound, and holds what was published
         while no one consumed it: ``from_beginning`` needs one.
         """
-        if params:
-            raise TypeError(f"unknown kombu subscribe options: {', '.join(params)}")
-        name = queue or self.options.queue
-        if from_beginning and name is None:
-            raise ValueError(
-                "the kombu backend keeps events only in a named queue: set "
-                "eventbus.backends.kombu.queue (declared by the plugin, so events "
-                "wait there) or pass queue= to read them from the beginning"
-            )
-        if isinstance(bindings, str):
-            bindings = [bindings]
-        keys = list(bindings or self.options.bindings)
-        subscription = _KombuSubscription(self, name, keys, prefetch)
+        name = options.queue or self.options.queue
+        bindings = options.bindings
+        keys = [bindings] if isinstance(bindings, str) else list(bindings or self.options.bindings)
+        self.topology().check_subscription(
+            keys, name, options.from_beginning, "eventbus.backends.kombu"
+        )
+        subscription = _KombuSubscription(self, name, keys, options.prefetch)
         subscription.start()
         return subscription
 
@@ -379,20 +378,9 @@ class KombuBackend(Backend):
         conn = self._connect(consumer=True)
         try:
             channel = conn.channel()
-            exchange = self._exchange()(channel)
-            exchange.declare()
-            if name is not None:
-                declared = self._named_queue(name, exchange, keys)
-            else:
-                declared = Queue(
-                    f"dask-eventbus-{uuid.uuid4().hex}",
-                    bindings=self._bindings(exchange, keys),
-                    durable=False,
-                    auto_delete=True,
-                    exclusive=self._driver == "amqp",
-                )
-            bound = declared(channel)
-            bound.declare()
+            topology = self.topology()
+            exchange = _declare_exchange(channel, topology.exchange)
+            bound = self._declare_queue(channel, exchange, topology.subscriber_queue(keys, name))
             consumer = Consumer(
                 channel,
                 [bound],
@@ -459,9 +447,7 @@ class KombuBackend(Backend):
                 )
                 return Problem("permission", reply, f"user {self._user!r}", fix)
             if code == 404:
-                return Problem(
-                    "missing", reply, "an exchange or queue it was asked for", "check its name"
-                )
+                return not_found(reply)
             if code in (320, 541):
                 return Problem("lost", f"the broker closed it: {reply}")
             return Problem("refused", f"AMQP error {code}: {reply}")
@@ -505,6 +491,17 @@ def _ssl_argument(tls: TLSOptions, alias: str, url: str) -> bool | dict[str, Any
             "server_hostname": host if tls.verify else tls.server_hostname,
         }
     return True
+
+
+def _declare_exchange(channel: Any, exchange: ExchangeSpec) -> Exchange:
+    """Declare ``exchange`` on ``channel`` (unless it is managed elsewhere);
+    the Kombu exchange, bound to it."""
+    bound = Exchange(
+        exchange.name, type=exchange.type, durable=exchange.durable, auto_delete=False
+    )(channel)
+    if exchange.declared:
+        bound.declare()
+    return bound
 
 
 def _root_cause(exc: BaseException) -> BaseException:

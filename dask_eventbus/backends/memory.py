@@ -11,12 +11,12 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
 from ..events import Event
-from . import Backend, BackendOptions, Delivery, Message, Subscription
+from . import Backend, BackendOptions, Delivery, Message, SubscribeOptions, Subscription
 
 
 class MemoryOptions(BackendOptions):
@@ -91,11 +91,9 @@ class MemoryBackend(Backend):
     def publish(self, messages: Sequence[Message]) -> None:
         self.store.extend([m.body for m in messages])
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
-        if params:
-            raise TypeError(f"unknown memory subscribe options: {', '.join(params)}")
+    def open_subscription(self, options: SubscribeOptions) -> Subscription:
         store = self.store
-        return _MemorySubscription(store, 0 if from_beginning else store.total)
+        return _MemorySubscription(store, 0 if options.from_beginning else store.total)
 
     def describe(self) -> str:
         return f"memory store {self.options.name!r}"

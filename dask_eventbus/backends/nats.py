@@ -38,7 +38,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
 from ..config import PositiveDuration, redact_url
 from .clientlog import ClientLog
-from .contract import Backend, BackendOptions, Message, url_scheme
+from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
 from .diagnosis import Problem
 from .loop import LoopThread
 from .subscription import Delivery, ReconnectingSubscription, Subscription
@@ -55,8 +55,10 @@ _JETSTREAM_NOT_ENABLED = (10039, 10076)
 RECONNECT_BOUND = 6.0
 
 
-class NatsOptions(BackendOptions):
+class NatsOptions(NetworkOptions):
     """Options of the ``nats`` backend (``eventbus.backends.nats``)."""
+
+    aliases = {"create-stream": ("create-missing",)}
 
     url: str | list[str] = "nats://localhost:4222"
     user: str | None = None
@@ -66,7 +68,7 @@ class NatsOptions(BackendOptions):
     nkey_seed_file: str | None = None
     stream: str = "dask-events"
     subject_prefix: str = "dask-events"
-    create_stream: bool = True
+    create_missing: bool = True
     max_age: PositiveDuration | None = None
     max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_msgs: Annotated[int, msgspec.Meta(ge=1)] | None = 1_000_000
@@ -126,14 +128,29 @@ class NatsOptions(BackendOptions):
             raise ValueError("connection-name must not be empty (null: none)")
 
 
+class NatsSubscribeOptions(SubscribeOptions):
+    durable: str | None = None
+    """The durable consumer to read as (created if missing); None: an ephemeral one."""
+    types: list[str] | None = None
+    """Glob patterns of event types, made subject filters where they map onto subjects."""
+    subjects: list[str] | None = None
+    """The consumer's subject filters (NATS wildcards), instead of ``types``."""
+    count: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """Messages fetched at once."""
+
+    def __post_init__(self) -> None:
+        durable = self.durable
+        if durable is not None and (not durable or any(c in durable for c in " .*>")):
+            raise ValueError(f"durable must be a name without spaces, ., * or >, got {durable!r}")
+
+
 class NatsBackend(Backend):
     """Publishes events to a JetStream stream, one message per event."""
 
     name = "nats"
     Options = NatsOptions
     options: NatsOptions
-    timeout_options = ("connect-timeout", "publish-timeout")
-    provisioning_option = "create-stream"
+    SubscribeOptions = NatsSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -280,7 +297,7 @@ class NatsBackend(Backend):
             await js.stream_info(options.stream)
             return
         except NotFoundError:
-            if not options.create_stream:
+            if not options.create_missing:
                 raise
         config = api.StreamConfig(
             name=options.stream,
@@ -299,16 +316,7 @@ class NatsBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        durable: str | None = None,
-        types: Sequence[str] | None = None,
-        subjects: Sequence[str] | None = None,
-        count: int = 256,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: NatsSubscribeOptions) -> Subscription:
         """Read the stream back with a JetStream pull consumer.
 
         Without ``durable``: an ephemeral consumer of the messages stored
@@ -327,16 +335,10 @@ class NatsBackend(Backend):
         takes several (NATS 2.10 and later); the subscription filters by type
         anyway.
         """
-        if params:
-            raise TypeError(f"unknown nats subscribe options: {', '.join(params)}")
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        if durable is not None and (not durable or any(c in durable for c in " .*>")):
-            raise ValueError(f"durable must be a name without spaces, ., * or >, got {durable!r}")
-        filters = (
-            list(subjects) if subjects else subject_filters(self.options.subject_prefix, types)
+        filters = options.subjects or subject_filters(self.options.subject_prefix, options.types)
+        reader = _JetStreamReader(
+            self, options.from_beginning, options.durable, filters, options.count
         )
-        reader = _JetStreamReader(self, from_beginning, durable, filters, count)
         try:
             reader.start()
         except BaseException:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -33,14 +32,20 @@ from pika.adapters.utils.connection_workflow import (
 )
 
 from ..bindings.amqp import (
+    AmqpSubscribeOptions,
+    ExchangeSpec,
     PublisherConfirms,
+    QueueSpec,
+    Topology,
     check_routing_key,
+    not_found,
     properties_of,
+    queue_arguments,
     routing_key_function,
 )
 from ..config import Duration, PositiveDuration, redact_url
 from .clientlog import QuietLibrary
-from .contract import Backend, BackendOptions, Message, url_scheme
+from .contract import Backend, Message, NetworkOptions, url_scheme
 from .diagnosis import Problem, network_problem
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
@@ -66,7 +71,9 @@ class RabbitMQError(Exception):
     """
 
 
-class RabbitMQOptions(BackendOptions):
+class RabbitMQOptions(NetworkOptions):
+    aliases = {"declare": ("create-missing",)}
+
     url: str = "amqp://localhost:5672/%2F"
     exchange: str = "dask-events"
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
@@ -75,13 +82,12 @@ class RabbitMQOptions(BackendOptions):
     routing_key: str | None = None
     confirm: bool = True
     mandatory: bool = False
-    declare: bool = True
+    create_missing: bool = True
     queue: str | None = None
     queue_max_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
     queue_message_ttl: Duration | None = None
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     connection_name: str = "dask-eventbus"
-    connect_timeout: PositiveDuration = PositiveDuration(10.0)
     publish_timeout: PositiveDuration = PositiveDuration(30.0)
     tls: TLSOptions | None = None
 
@@ -115,14 +121,48 @@ def _nothing() -> None:
     pass
 
 
-def queue_arguments(options: RabbitMQOptions) -> dict[str, Any]:
-    """The ``x-`` arguments the ``queue`` option's queue is declared with."""
-    arguments = dict(options.queue_arguments)
-    if options.queue_max_length is not None:
-        arguments["x-max-length"] = options.queue_max_length
-    if options.queue_message_ttl is not None:
-        arguments["x-message-ttl"] = round(options.queue_message_ttl * 1000)
-    return arguments
+def _call_now(what: str, method: Callable[..., Any], **arguments: Any) -> Any:
+    return method(**arguments)
+
+
+def _declare(
+    channel: Any,
+    exchange: ExchangeSpec,
+    queue: QueueSpec | None,
+    call: Callable[..., Any] = _call_now,
+) -> str:
+    """Declare ``exchange`` and ``queue`` with pika's channel methods, each
+    run by ``call(what, method, **arguments)``, which returns its reply.
+    Returns the queue's name (the broker names a subscriber's own)."""
+    if exchange.declared:
+        call(
+            f"declaring exchange {exchange.name!r}",
+            channel.exchange_declare,
+            exchange=exchange.name,
+            exchange_type=exchange.type,
+            durable=exchange.durable,
+        )
+    if queue is None:
+        return ""
+    declared = call(
+        f"declaring queue {queue.name!r}",
+        channel.queue_declare,
+        queue=queue.name,
+        durable=queue.durable,
+        exclusive=queue.temporary,
+        auto_delete=queue.temporary,
+        arguments=queue.arguments or None,
+    )
+    name: str = declared.method.queue
+    for key in queue.keys:
+        call(
+            f"binding queue {name!r}",
+            channel.queue_bind,
+            queue=name,
+            exchange=exchange.name,
+            routing_key=key,
+        )
+    return name
 
 
 class RabbitMQBackend(Backend):
@@ -131,8 +171,7 @@ class RabbitMQBackend(Backend):
     name = "rabbitmq"
     Options = RabbitMQOptions
     options: RabbitMQOptions
-    timeout_options = ("connect-timeout", "publish-timeout")
-    provisioning_option = "declare"
+    SubscribeOptions = AmqpSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -146,6 +185,19 @@ class RabbitMQBackend(Backend):
         self._returned: list[tuple[int, str, str]] = []
 
     # ---------------------------------------------------------------- helpers
+
+    def topology(self) -> Topology:
+        """The exchange, and the durable ``queue`` bound to every event, to declare."""
+        options = self.options
+        return Topology(
+            ExchangeSpec(
+                options.exchange, options.exchange_type, options.durable, options.create_missing
+            ),
+            options.queue,
+            queue_arguments=queue_arguments(
+                options.queue_arguments, options.queue_max_length, options.queue_message_ttl
+            ),
+        )
 
     def parameters(self) -> pika.URLParameters:
         """pika connection parameters: the URL, TLS options, a connection name."""
@@ -218,32 +270,13 @@ class RabbitMQBackend(Backend):
                     channel.confirm_delivery,
                     self._on_confirm,
                 )
-            if options.declare and options.exchange:
-                self._call(
-                    f"declaring exchange {options.exchange!r}",
-                    deadline,
-                    channel.exchange_declare,
-                    exchange=options.exchange,
-                    exchange_type=options.exchange_type,
-                    durable=options.durable,
-                )
-            if options.queue:
-                self._call(
-                    f"declaring queue {options.queue!r}",
-                    deadline,
-                    channel.queue_declare,
-                    queue=options.queue,
-                    durable=True,
-                    arguments=queue_arguments(options) or None,
-                )
-                self._call(
-                    f"binding queue {options.queue!r}",
-                    deadline,
-                    channel.queue_bind,
-                    queue=options.queue,
-                    exchange=options.exchange,
-                    routing_key="#",
-                )
+            topology = self.topology()
+            _declare(
+                channel,
+                topology.exchange,
+                topology.publisher_queue(),
+                lambda what, method, **arguments: self._call(what, deadline, method, **arguments),
+            )
         except BaseException:
             self.close()
             raise
@@ -408,10 +441,12 @@ class RabbitMQBackend(Backend):
             f"RabbitMQ at {self.location()} did not answer within {limit:g}s while {what}{blocked}"
         )
 
-    def _call(self, what: str, deadline: float, method: Any, *args: Any, **kwargs: Any) -> None:
+    def _call(self, what: str, deadline: float, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the asynchronous ``method`` and wait for its reply."""
         done: list[Any] = []
         method(*args, callback=done.append, **kwargs)
         self._wait(lambda: bool(done), deadline, what, self.options.connect_timeout)
+        return done[0]
 
     # ---------------------------------------------------------------- callbacks
 
@@ -482,45 +517,26 @@ class RabbitMQBackend(Backend):
 
     # ---------------------------------------------------------------- consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        bindings: Sequence[str] | str | None = None,
-        prefetch: int = 1000,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: AmqpSubscribeOptions) -> Subscription:
         """Consume events through a queue bound to the exchange.
 
         ``bindings`` are the routing-key patterns to bind the queue with
         (default ``["#"]``: everything); ``prefetch`` is how many
         unacknowledged events the broker sends ahead.
 
-        Without the ``queue`` option the queue is exclusive and deleted when
-        the subscription ends, so it receives only events published after
-        ``subscribe`` returns. With ``queue`` it is that durable queue, which
-        holds whatever was routed to it while nobody consumed.
+        Without a ``queue`` (here or in the options) the queue is exclusive
+        and deleted when the subscription ends, so it receives only events
+        published after ``subscribe`` returns. With one it is that durable
+        queue, which holds whatever was routed to it while nobody consumed.
         """
-        if bindings is None:
-            if self.options.exchange_type == "direct" and not self.options.queue:
-                raise ValueError(
-                    "a direct exchange routes by exact key: pass bindings=[...] with the "
-                    "routing keys to receive"
-                )
-            bindings = ["#"]
-        if params:
-            raise TypeError(f"unknown rabbitmq subscribe options: {', '.join(params)}")
-        if isinstance(bindings, str):
-            bindings = [bindings]
-        if not self.options.queue and from_beginning:
-            raise ValueError(
-                "RabbitMQ keeps events only in queues: set the rabbitmq queue option (a "
-                "durable queue declared before the events were published) to read what "
-                "it holds"
-            )
-        if not self.options.exchange and not self.options.queue:
-            raise ValueError("subscribing on the default exchange needs the queue option")
-        subscription = _RabbitMQSubscription(self, list(bindings), int(prefetch))
+        bindings = options.bindings or ["#"]
+        keys = [bindings] if isinstance(bindings, str) else list(bindings)
+        self.topology().check_subscription(
+            keys, options.queue, options.from_beginning, "eventbus.backends.rabbitmq"
+        )
+        subscription = _RabbitMQSubscription(
+            self, keys, options.queue or self.options.queue, options.prefetch
+        )
         try:
             subscription.start()
         except Exception as exc:
@@ -531,11 +547,7 @@ class RabbitMQBackend(Backend):
 def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
     text = cause.reply_text
     if cause.reply_code == 404:
-        missing = re.search(r"no (exchange|queue) '([^']*)'", text)
-        if missing and missing.group(1) == "exchange":
-            return Problem("missing", about=f"exchange {missing.group(2)!r}")
-        if missing:
-            return Problem("missing", _reply(cause), f"queue {missing.group(2)!r}", "create it")
+        return not_found(text, _reply(cause))
     if cause.reply_code == 406:
         fix = (
             "an exchange or queue of that name exists with other settings: match "
@@ -586,10 +598,13 @@ class _RabbitMQSubscription(ReconnectingSubscription):
 
     connection_errors = (pe.AMQPError, RabbitMQError, OSError)
 
-    def __init__(self, backend: RabbitMQBackend, bindings: list[str], prefetch: int) -> None:
+    def __init__(
+        self, backend: RabbitMQBackend, bindings: list[str], queue: str | None, prefetch: int
+    ) -> None:
         super().__init__("RabbitMQ", backend.explain, logger)
         self._backend = backend
         self._bindings = bindings
+        self._named = queue
         self._prefetch = prefetch
         self._connection: Any = None
         self._channel: Any = None
@@ -606,7 +621,7 @@ class _RabbitMQSubscription(ReconnectingSubscription):
 
     @property
     def keeps_events_while_away(self) -> bool:
-        return bool(self._backend.options.queue)
+        return bool(self._named)
 
     @_quiet
     def _connect(self) -> None:
@@ -619,20 +634,9 @@ class _RabbitMQSubscription(ReconnectingSubscription):
         self._acks, self._acked_through, self._broken = [], 0, None
         connection = self._connection = pika.BlockingConnection(params)
         channel = self._channel = connection.channel()
-        if options.declare and options.exchange:
-            channel.exchange_declare(
-                options.exchange, exchange_type=options.exchange_type, durable=options.durable
-            )
-        if options.queue:
-            declared = channel.queue_declare(
-                options.queue, durable=True, arguments=queue_arguments(options) or None
-            )
-        else:
-            declared = channel.queue_declare("", exclusive=True, auto_delete=True)
-        self._queue = declared.method.queue
-        if options.exchange:
-            for key in self._bindings:
-                channel.queue_bind(self._queue, options.exchange, routing_key=key)
+        topology = backend.topology()
+        queue = topology.subscriber_queue(self._bindings, self._named)
+        self._queue = _declare(channel, topology.exchange, queue)
         channel.basic_qos(prefetch_count=self._prefetch)
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self._queue, self._on_message)

@@ -36,7 +36,7 @@ import msgspec
 
 from ..bindings.redis import xadd_commands
 from ..config import PositiveDuration, redact_url
-from .contract import Backend, BackendOptions, Message, url_scheme
+from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
 from .tls import TLSOptions, deprecated
 
 if TYPE_CHECKING:
@@ -50,8 +50,10 @@ logger = logging.getLogger("distributed.eventbus")
 SCHEMES = ("redis", "rediss", "unix")
 
 
-class RedisOptions(BackendOptions):
+class RedisOptions(NetworkOptions):
     """Options of the ``redis`` backend (``eventbus.backends.redis``)."""
+
+    aliases = {"socket-timeout": ("publish-timeout",)}
 
     url: str = "redis://localhost:6379/0"
     username: str | None = None
@@ -59,7 +61,7 @@ class RedisOptions(BackendOptions):
     stream: Annotated[str, msgspec.Meta(min_length=1)] = "dask-events"
     maxlen: Annotated[int, msgspec.Meta(ge=0)] = 1_000_000
     connect_timeout: PositiveDuration = PositiveDuration(5.0)
-    socket_timeout: PositiveDuration = PositiveDuration(5.0)
+    publish_timeout: PositiveDuration = PositiveDuration(5.0)
     client_name: str | None = "dask-eventbus"
     tls: TLSOptions | None = None
     # Deprecated: the tls block replaces these.
@@ -103,13 +105,30 @@ class RedisOptions(BackendOptions):
             raise ValueError(f"{', '.join(tls_given)} need a rediss:// url (TLS)")
 
 
+class RedisSubscribeOptions(SubscribeOptions):
+    group: str | None = None
+    """A consumer group to read in (``XREADGROUP``); None: plain ``XREAD``."""
+    consumer: str | None = None
+    """The consumer's name in ``group``; None: the host name."""
+    after_id: str | None = None
+    """Read the entries after this stream id."""
+    count: Annotated[int, msgspec.Meta(ge=1)] = 500
+    """Entries read at once."""
+
+    def __post_init__(self) -> None:
+        if self.from_beginning and self.after_id is not None:
+            raise ValueError("give either from-beginning or after-id, not both")
+        if self.consumer is not None and self.group is None:
+            raise ValueError("consumer needs group")
+
+
 class RedisBackend(Backend):
     """Appends events to a Redis stream, one entry per event."""
 
     name = "redis"
     Options = RedisOptions
     options: RedisOptions
-    timeout_options = ("connect-timeout", "socket-timeout")
+    SubscribeOptions = RedisSubscribeOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -141,7 +160,7 @@ class RedisBackend(Backend):
         options = self.options
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": options.connect_timeout,
-            "socket_timeout": read_timeout or options.socket_timeout,
+            "socket_timeout": read_timeout or options.publish_timeout,
             "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
         }
         if not options.url.lower().startswith("unix://"):
@@ -220,16 +239,7 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------ consumer
 
-    def subscribe(
-        self,
-        *,
-        from_beginning: bool = False,
-        group: str | None = None,
-        consumer: str | None = None,
-        after_id: str | None = None,
-        count: int = 500,
-        **params: Any,
-    ) -> Subscription:
+    def open_subscription(self, options: RedisSubscribeOptions) -> Subscription:
         """Read the stream back.
 
         Without ``group``: ``XREAD`` of entries added after this call (the
@@ -243,30 +253,14 @@ class RedisBackend(Backend):
         new ones. Each event is acknowledged (``XACK``) once the next one is
         asked for or the subscription is closed.
         """
-        if params:
-            raise TypeError(f"unknown redis subscribe options: {', '.join(params)}")
-        if from_beginning and after_id is not None:
-            raise TypeError("give either from_beginning or after_id, not both")
-        if consumer is not None and group is None:
-            raise TypeError("consumer= needs group=")
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
         from .redis_reader import MAX_BLOCK, open_reader
 
         # A reader retries a broken connection once at once and then keeps
         # trying in fetch(): it follows the stream through outages.
         client = self.client(
-            read_timeout=self.options.socket_timeout + MAX_BLOCK, role="-subscriber", retries=1
+            read_timeout=self.options.publish_timeout + MAX_BLOCK, role="-subscriber", retries=1
         )
-        return open_reader(
-            self,
-            client,
-            from_beginning=from_beginning,
-            group=group,
-            consumer=consumer,
-            after_id=after_id,
-            count=count,
-        )
+        return open_reader(self, client, options)
 
     # ------------------------------------------------------------ for people
 
@@ -436,7 +430,7 @@ class _Connection:
             sock = self._connect()
         except OSError as exc:
             raise _failure(exc, f"connecting to {self._where}") from exc
-        sock.settimeout(options.socket_timeout)
+        sock.settimeout(options.publish_timeout)
         self._socket, self._replies = sock, sock.makefile("rb")
         hello = []
         password = options.password or target.password

@@ -20,7 +20,7 @@ from ..bindings.redis import body_of
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 
 if TYPE_CHECKING:
-    from .redis import RedisBackend
+    from .redis import RedisBackend, RedisSubscribeOptions
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -41,22 +41,16 @@ def _text(value: bytes | str) -> str:
 
 
 def open_reader(
-    backend: RedisBackend,
-    client: redis.Redis,
-    *,
-    from_beginning: bool,
-    group: str | None,
-    consumer: str | None,
-    after_id: str | None,
-    count: int,
+    backend: RedisBackend, client: redis.Redis, options: RedisSubscribeOptions
 ) -> Subscription:
-    """A started subscription reading with ``client``, as
-    :meth:`RedisBackend.subscribe <dask_eventbus.backends.redis.RedisBackend.subscribe>`
-    describes; closes ``client`` if it cannot start."""
+    """A started subscription reading with ``client``, as ``options`` ask
+    (see ``RedisBackend.open_subscription``); closes ``client`` if it cannot
+    start."""
+    group, after_id, count = options.group, options.after_id, options.count
     stream = backend.options.stream
     try:
         if group is None:
-            if from_beginning:
+            if options.from_beginning:
                 start = "0-0"
             elif after_id is not None:
                 start = after_id
@@ -65,9 +59,10 @@ def open_reader(
                 start = _text(last[0][0]) if last else "0-0"
             reader: _RedisSubscription = _StreamReader(backend, client, start, count)
         else:
-            start = "0" if from_beginning else after_id or "$"
+            start = "0" if options.from_beginning else after_id or "$"
             _create_group(client, stream, group, start)
-            reader = _GroupReader(backend, client, group, consumer or socket.gethostname(), count)
+            consumer = options.consumer or socket.gethostname()
+            reader = _GroupReader(backend, client, group, consumer, count)
         reader.start()
         return reader
     except BaseException:

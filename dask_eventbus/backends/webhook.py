@@ -29,8 +29,8 @@ import httpx
 import msgspec
 
 from ..bindings.http import request, request_end, retry_after, retryable, signing_key
-from ..config import ConfigError, PositiveDuration, redact_url
-from .contract import Backend, BackendOptions, Message, Refused, url_scheme
+from ..config import ConfigError, redact_url
+from .contract import Backend, Message, NetworkOptions, Refused, url_scheme
 from .diagnosis import Problem
 from .tls import TLSOptions
 
@@ -51,13 +51,14 @@ RESERVED_HEADERS = frozenset(
 ANSWER_CHARS = 200
 
 
-class WebhookOptions(BackendOptions):
+class WebhookOptions(NetworkOptions):
     """Options of the ``webhook`` backend (``eventbus.backends.webhook``)."""
+
+    aliases = {"timeout": ("connect-timeout", "publish-timeout")}
 
     url: str = "http://localhost:8080/"
     headers: dict[str, str] = {}
     secret: str | None = None
-    timeout: PositiveDuration = PositiveDuration(10.0)
     max_batch_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     http2: bool = False
     tls: TLSOptions | None = None
@@ -97,7 +98,6 @@ class WebhookBackend(Backend):
     name = "webhook"
     Options = WebhookOptions
     options: WebhookOptions
-    timeout_options = ("timeout",)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -136,7 +136,7 @@ class WebhookBackend(Backend):
             verify = False
         self._client = httpx.Client(
             headers=options.headers,
-            timeout=options.timeout,
+            timeout=httpx.Timeout(options.publish_timeout, connect=options.connect_timeout),
             verify=verify,
             http2=options.http2,
             follow_redirects=False,

@@ -1,12 +1,18 @@
-"""AMQP 0-9-1 messages (RabbitMQ with pika, Kombu): routing key and properties."""
+"""AMQP 0-9-1 (RabbitMQ with pika, Kombu): routing key and properties of
+messages, and the exchange and queues the backends declare."""
 
 from __future__ import annotations
 
+import re
 import string
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
-from ..backends.contract import Message
+import msgspec
+
+from ..backends.contract import Message, SubscribeOptions
+from ..backends.diagnosis import Problem
 from ..events import CONTENT_TYPE, TASK_TRANSITION
 
 APP_ID = "dask-eventbus"
@@ -69,6 +75,148 @@ def properties_of(message: Message) -> dict[str, Any]:
         "timestamp": int(message.time),
         "app_id": APP_ID,
     }
+
+
+def queue_arguments(
+    arguments: Mapping[str, Any],
+    max_length: int | None = None,
+    message_ttl: float | None = None,
+) -> dict[str, Any]:
+    """``arguments`` with ``x-max-length`` and ``x-message-ttl`` (given in
+    seconds, declared in milliseconds) when set."""
+    declared = dict(arguments)
+    if max_length is not None:
+        declared["x-max-length"] = max_length
+    if message_ttl is not None:
+        declared["x-message-ttl"] = round(message_ttl * 1000)
+    return declared
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """The exchange events are published to. ``""`` is the default
+    exchange: it routes by queue name and is neither declared nor bound to."""
+
+    name: str
+    type: str = "topic"
+    durable: bool = True
+    declare: bool = True
+    """False when the exchange is managed elsewhere."""
+
+    @property
+    def declared(self) -> bool:
+        """Whether the backend declares the exchange."""
+        return self.declare and bool(self.name)
+
+    def binding_keys(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """The keys a queue is bound to this exchange with, for ``keys``."""
+        if not self.name:
+            return ()
+        if self.type == "fanout":
+            return ("",)  # a fanout exchange ignores binding keys: one binding will do
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue and the keys it is bound to the exchange with.
+
+    A nameless queue is a subscriber's own: exclusive and deleted when the
+    subscriber disconnects, named by the broker (or the client).
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    durable: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temporary(self) -> bool:
+        """Whether this is a subscriber's own queue, gone when it disconnects."""
+        return not self.name
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the AMQP backends declare, worked out once for pika and Kombu.
+
+    The exchange and, with ``queue``, a named queue that keeps events while
+    no one consumes them, bound with ``keys``, declared with
+    ``queue_durable`` and ``queue_arguments``.
+    """
+
+    exchange: ExchangeSpec
+    queue: str | None = None
+    keys: tuple[str, ...] = ("#",)
+    queue_durable: bool = True
+    queue_arguments: dict[str, Any] = field(default_factory=dict)
+
+    def publisher_queue(self) -> QueueSpec | None:
+        """The named queue the publisher declares before its first event, if any."""
+        return self._named(self.queue, self.keys) if self.queue else None
+
+    def check_subscription(
+        self, keys: Sequence[str], queue: str | None, from_beginning: bool, options: str
+    ) -> None:
+        """Raise ValueError, saying what to set, for a subscription that
+        could receive nothing, or nothing of what it asks for; ``options``
+        is the backend's config path (``eventbus.backends.rabbitmq``)."""
+        named = queue or self.queue
+        if from_beginning and not named:
+            raise ValueError(
+                "AMQP brokers keep events only in queues: to read them from the beginning, "
+                f"set {options}.queue (a durable queue the publisher declares, so events wait "
+                "there) or subscribe with queue=... naming such a queue"
+            )
+        if not self.exchange.name and not named:
+            raise ValueError(
+                "the default exchange routes by queue name: subscribing to it needs "
+                f"{options}.queue or queue=..."
+            )
+        if self.exchange.type == "direct" and "#" in keys:
+            raise ValueError(
+                "a direct exchange routes by exact key, so binding '#' receives nothing: "
+                "pass bindings=[...] with the routing keys to receive"
+            )
+
+    def subscriber_queue(self, keys: Sequence[str], queue: str | None = None) -> QueueSpec:
+        """The queue a subscriber consumes, bound with ``keys``: the named
+        queue (``queue``, else this topology's), which holds what was
+        published while no one read it; without one, a queue of its own,
+        which gets only what is published once it is bound."""
+        name = queue or self.queue
+        if name:
+            return self._named(name, keys)
+        return QueueSpec("", self.exchange.binding_keys(keys))
+
+    def _named(self, name: str, keys: Sequence[str]) -> QueueSpec:
+        return QueueSpec(
+            name, self.exchange.binding_keys(keys), self.queue_durable, self.queue_arguments
+        )
+
+
+class AmqpSubscribeOptions(SubscribeOptions):
+    """What an AMQP subscriber (rabbitmq, kombu) may say when subscribing."""
+
+    queue: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """The durable queue to consume; None: the ``queue`` option, or a new exclusive one."""
+    bindings: str | Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """Routing-key patterns to bind the queue with; None: the ``bindings``
+    option (Kombu), or ``#``, everything."""
+    prefetch: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    """Unacknowledged events the broker sends ahead."""
+
+
+def not_found(reply: str, said: str = "") -> Problem:
+    """The problem of a ``404 NOT_FOUND`` reply: a missing exchange (which
+    the backend's ``create-missing`` creates) or queue; ``said`` is how the
+    reply is shown."""
+    missing = re.search(r"no (exchange|queue) '([^']*)'", reply)
+    if missing and missing.group(1) == "exchange":
+        return Problem("missing", about=f"exchange {missing.group(2)!r}")
+    if missing:
+        return Problem("missing", said or reply, f"queue {missing.group(2)!r}", "create it")
+    return Problem("missing", said or reply, "an exchange or queue it was asked for")
 
 
 class PublisherConfirms:

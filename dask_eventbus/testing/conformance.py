@@ -31,7 +31,7 @@ from distributed.utils_test import gen_test
 from jsonschema import Draft202012Validator, FormatChecker
 
 from .. import subscribe
-from ..backends import Backend, Message, Subscription, create_backend
+from ..backends import Backend, Message, SubscribeOptionError, Subscription, create_backend
 from ..config import ConfigError
 from ..events import EVENT_TYPES, TASK_TRANSITION, Event, key_to_str, load_shipped_schema
 from ..plugin import EventBusPlugin
@@ -176,6 +176,21 @@ class BackendConformance:
                 target.create(**options)
             assert fragment in str(info.value)
             assert f"eventbus.backends.{target.create().name}" in str(info.value)
+
+    @_needs("subscription")
+    def test_bad_subscribe_options_are_refused_clearly(self, target: Target) -> None:
+        _require_read_back(target)
+        if target.read_back is not None:
+            pytest.skip("the target's events are read back elsewhere, not by the backend")
+        backend = target.create()
+        unknown: dict[str, Any] = {"no-such-option": 1}
+        with pytest.raises(SubscribeOptionError, match="no-such-option") as info:
+            backend.subscribe(**unknown)
+        assert f"{backend.name} subscribe option" in str(info.value)
+        assert isinstance(info.value, TypeError)  # as for an unexpected keyword
+        invalid: dict[str, Any] = {"from_beginning": "sometimes"}
+        with pytest.raises(SubscribeOptionError, match="from-beginning"):
+            backend.subscribe(**invalid)
 
     def test_backend_survives_a_pickle_round_trip(self, target: Target) -> None:
         # Client.register_plugin and the publisher process ship backends pickled.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dask_eventbus import Backend, BackendOptions, Message, Subscription
+from dask_eventbus import Backend, BackendOptions, Message, SubscribeOptions, Subscription
 from dask_eventbus.backends import Delivery
 
 SCHEMA = """
@@ -58,8 +58,8 @@ class SQLiteBackend(Backend):
         if db is not None:
             db.close()
 
-    def subscribe(self, *, from_beginning: bool = False, **params: Any) -> Subscription:
-        return SQLiteSubscription(self.options, from_beginning)
+    def open_subscription(self, options: SubscribeOptions) -> Subscription:
+        return SQLiteSubscription(self.options, options.from_beginning)
 
     def describe(self) -> str:
         return f"SQLite {self.options.path}"
