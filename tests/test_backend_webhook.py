@@ -27,7 +27,14 @@ import h2.events
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
-from helpers import FAST_RETRY, make_certificates, reachable, tls_server_context
+from helpers import (
+    FAST_RETRY,
+    make_certificates,
+    not_for_publishing,
+    publisher_process_imports,
+    reachable,
+    tls_server_context,
+)
 from jsonschema import Draft202012Validator, FormatChecker
 from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
@@ -380,6 +387,60 @@ def test_certificates_are_verified_wherever_tls_may_be_spoken(
     assert create_backend("webhook", {"url": "HTTPS://127.0.0.1:9/"})._tls_possible()
     monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
     assert plain._tls_possible()
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_the_publisher_process_does_not_import_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_proxies(monkeypatch)
+    with WebhookReceiver(secret=SECRET) as receiver:
+        backend = create_backend("webhook", {"url": receiver.url, "secret": SECRET})
+        imported = publisher_process_imports(backend)
+        assert "dask_eventbus.backends.webhook" in imported
+        # Imported, httpx (with rich, click and h2) would take most of the process's start.
+        assert not_for_publishing(imported, "httpx", "h2", "urllib.request") == []
+        assert [e["type"] for e in receiver.events()] == ["dask.log"]
+        assert not receiver.bad_signatures
+
+
+def test_a_connection_the_receiver_closed_while_idle_is_made_anew_without_an_error() -> None:
+    messages = synthetic_messages(6)
+    with WebhookReceiver() as receiver, FaultProxy(("127.0.0.1", receiver.port)) as proxy:
+        backend = create_backend("webhook", {"url": f"http://127.0.0.1:{proxy.port}/"})
+        backend.open()
+        try:
+            backend.send(messages[:3])
+            proxy.cut()  # as a receiver closes a kept-alive connection it finds idle
+            backend.send(messages[3:])
+        finally:
+            backend.close()
+        assert ids(receiver.events()) == [m.id for m in messages]
+        assert receiver.connections == 2
+
+
+def test_a_proxy_from_the_environment_carries_the_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_proxies(monkeypatch)
+    messages = synthetic_messages(3)
+    with WebhookReceiver() as receiver:
+        # The receiver plays the proxy: the url's own host does not resolve.
+        monkeypatch.setenv("HTTP_PROXY", receiver.url)
+        backend = create_backend("webhook", {"url": "http://events.invalid/dask"})
+        backend.open()
+        try:
+            backend.send(messages)
+        finally:
+            backend.close()
+        assert ids(receiver.events()) == [m.id for m in messages]
+        assert [r.headers["host"] for r in receiver.requests] == ["events.invalid"] * 3
 
 
 def test_check_publishes_a_probe_and_says_the_backend_is_publish_only() -> None:

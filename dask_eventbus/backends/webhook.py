@@ -1,10 +1,15 @@
-"""``webhook``: CloudEvents over HTTP ``POST`` to any receiver, with httpx.
+"""``webhook``: CloudEvents over HTTP ``POST`` to any receiver.
 
 Structured content mode posts one event per request; batched content mode
 posts a JSON array of events per request, at most ``max-batch-bytes`` each.
 Requests are signed as Standard Webhooks defines when a ``secret`` is set
 (see :mod:`dask_eventbus.bindings.http`). One keep-alive connection carries
-them all, over HTTP/2 if asked.
+them all: HTTP/1.1 with the standard library's :mod:`http.client`
+(:class:`_Http1`), or httpx (:class:`_Httpx`) for HTTP/2 and where a proxy
+from the environment applies. Imported, httpx would take most of a publisher
+process's start (it loads its command line's rich and click, and HTTP/2's h2
+where installed), while one kept-alive HTTP/1.1 connection is what almost
+every receiver gets.
 
 A 2xx answer acknowledges a request. 408, 429, 5xx and connection errors
 fail the publish so that the pipeline retries it, no sooner than the
@@ -19,20 +24,27 @@ Publish-only: what the receiver does with the events is its own business.
 
 from __future__ import annotations
 
+import http.client
 import logging
-from collections.abc import Sequence
-from typing import Annotated, Any
+import os
+import select
+import socket
+import ssl
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, cast
 from urllib.parse import urlsplit
-from urllib.request import getproxies
 
-import httpx
 import msgspec
 
+from .. import __version__
 from ..bindings.http import request, request_end, retry_after, retryable, signing_key
 from ..config import ConfigError, redact_url
 from .contract import Backend, Message, NetworkOptions, Refused, url_scheme
-from .diagnosis import Problem
 from .tls import TLSOptions
+
+if TYPE_CHECKING:
+    from .diagnosis import Problem
 
 logger = logging.getLogger("distributed.eventbus")
 
@@ -49,6 +61,8 @@ RESERVED_HEADERS = frozenset(
 )
 # How much of a receiver's answer goes into logs and errors.
 ANSWER_CHARS = 200
+# Environment variables naming a proxy, as httpx (and urllib) read them.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 
 class WebhookOptions(NetworkOptions):
@@ -103,7 +117,7 @@ class WebhookBackend(Backend):
         super().__init__(**options)
         secret = self.options.secret
         self._key = signing_key(secret) if secret is not None else None
-        self._client: httpx.Client | None = None
+        self._client: _Http1 | _Httpx | None = None
         self._max_bytes = self.options.max_batch_bytes
         # A retried batch resumes where the last attempt stopped: (first id,
         # last id, length) of the batch, events settled, events refused.
@@ -127,27 +141,18 @@ class WebhookBackend(Backend):
     def open(self) -> None:
         self.close()
         options = self.options
-        verify: Any = True
-        if options.tls is not None:
-            verify = options.tls.context()
-        elif not self._tls_possible():
-            # Nothing to verify, and loading the certificate store took 20 ms
-            # of every open, which a scheduler's close waits for.
-            verify = False
-        self._client = httpx.Client(
-            headers=options.headers,
-            timeout=httpx.Timeout(options.publish_timeout, connect=options.connect_timeout),
-            verify=verify,
-            http2=options.http2,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
+        if options.http2 or _proxy_in_environment():
+            self._client = _Httpx(options, self._tls_possible())
+        else:
+            self._client = _Http1(options)
 
     def _tls_possible(self) -> bool:
         """Whether the client may speak TLS: to an https:// url, or to a proxy
         from the environment (the client follows no redirects)."""
         if urlsplit(self.options.url).scheme.lower() == "https":
             return True
+        from urllib.request import getproxies
+
         proxies = getproxies()
         return bool(proxies.get("http") or proxies.get("all"))
 
@@ -176,36 +181,36 @@ class WebhookBackend(Backend):
             chunk = messages[settled:end]
             made = request(chunk, batched=batched, key=self._key)
             try:
-                response = client.post(self.options.url, content=made.body, headers=made.headers)
+                answer = client.post(made.body, made.headers)
             except BaseException:
                 self._progress = (batch, settled, refused, reason)
                 raise
-            status = response.status_code
+            status = answer.status
             if 200 <= status < 300:
                 settled = end
                 continue
-            answer = f"HTTP {status} {response.reason_phrase} from {self.destination()}"
-            text = _answer_text(response)
+            said = f"HTTP {status} {answer.reason} from {self.destination()}"
+            text = _one_line(answer.text)
             if text:
-                answer += f": {text}"
-            answer = self.mask(answer)
+                said += f": {text}"
+            said = self.mask(said)
             if status == 413 and len(chunk) > 1:
                 self._max_bytes = max(1, len(made.body) // 2)
                 logger.warning(
                     "dask-eventbus: %s; sending requests of at most %d bytes from now on "
                     "(eventbus.backends.webhook.max-batch-bytes is %d)",
-                    answer,
+                    said,
                     self._max_bytes,
                     self.options.max_batch_bytes,
                 )
                 continue
             if status >= 400 and not retryable(status):
                 refused.extend(chunk)
-                reason = answer
+                reason = said
                 settled = end
                 continue
             self._progress = (batch, settled, refused, reason)
-            raise WebhookError(status, answer, retry_after(response.headers.get("retry-after")))
+            raise WebhookError(status, said, retry_after(answer.retry_after))
         if refused:
             raise Refused(refused, reason)
 
@@ -221,7 +226,7 @@ class WebhookBackend(Backend):
         client = self._client
         if client is not None:
             try:
-                client.close()
+                client.abort()
             except Exception:
                 logger.debug("dask-eventbus: aborting the HTTP client failed", exc_info=True)
 
@@ -234,6 +239,8 @@ class WebhookBackend(Backend):
         return f"the webhook receiver at {self._where}"
 
     def classify(self, exc: BaseException) -> Problem | None:
+        from .diagnosis import Problem  # here: only an error needs it
+
         if isinstance(exc, Refused):
             return Problem(
                 "refused", exc.reason, f"{len(exc.messages)} events for good (not retried)"
@@ -254,20 +261,173 @@ class WebhookBackend(Backend):
             )
             return Problem("refused", str(exc), fix=fix)
         detail = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, _Unreachable):
+            return Problem("connect", str(exc.__cause__ or exc))
+        if isinstance(exc, TimeoutError):
             return Problem("timeout", detail)
-        if isinstance(exc, httpx.ConnectError):
-            return Problem("connect", detail)
-        if isinstance(exc, httpx.TransportError):
+        if isinstance(exc, OSError | http.client.HTTPException):
             return Problem("lost", detail)
+        if "httpx" in sys.modules:  # the client of HTTP/2 and proxies
+            return _httpx_problem(exc, detail)
         return None
 
 
-def _answer_text(response: httpx.Response) -> str:
-    """The first part of a receiver's answer, on one line."""
+class _Answer(NamedTuple):
+    """A receiver's answer to one request."""
+
+    status: int
+    reason: str
+    retry_after: str | None
+    text: str
+
+
+class _Unreachable(OSError):
+    """Connecting to the receiver failed; the operating system's error is its cause."""
+
+
+class _Http1:
+    """One kept-alive HTTP/1.1 connection, with the standard library's
+    :mod:`http.client`: connected on the first request and again after the
+    receiver closed it."""
+
+    def __init__(self, options: WebhookOptions) -> None:
+        self._options = options
+        parts = urlsplit(options.url)
+        self._target = parts.path or "/"
+        if parts.query:
+            self._target += "?" + parts.query
+        self._headers = {"User-Agent": f"dask-eventbus/{__version__}", **options.headers}
+        https = parts.scheme.lower() == "https"
+        host, port = parts.hostname or "", parts.port or (443 if https else 80)
+        self._connection: http.client.HTTPConnection
+        if https:
+            self._connection = http.client.HTTPSConnection(
+                host, port, timeout=options.connect_timeout, context=_tls_context(options)
+            )
+        else:
+            self._connection = http.client.HTTPConnection(
+                host, port, timeout=options.connect_timeout
+            )
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> _Answer:
+        connection = self._connection
+        if connection.sock is not None and _closed_by_peer(connection.sock):
+            connection.close()
+        if connection.sock is None:
+            try:
+                connection.connect()
+            except OSError as exc:
+                connection.close()
+                raise _Unreachable(f"connecting to {connection.host}:{connection.port}") from exc
+            # Narrowed to None above, connect() set it.
+            cast(socket.socket, connection.sock).settimeout(self._options.publish_timeout)
+        try:
+            connection.request("POST", self._target, body, {**self._headers, **headers})
+            response = connection.getresponse()
+            content = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        return _Answer(
+            response.status,
+            response.reason,
+            response.getheader("retry-after"),
+            content.decode(response.headers.get_content_charset() or "utf-8", "replace"),
+        )
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def abort(self) -> None:
+        sock = self._connection.sock
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a publish waiting for the answer
+
+
+def _closed_by_peer(sock: Any) -> bool:
+    """Whether a kept-alive connection, idle between requests, was closed by
+    the receiver (it is readable: at its end, or with an unasked answer)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
+def _tls_context(options: WebhookOptions) -> ssl.SSLContext:
+    """The TLS block's context or, without one, httpx's default: the CAs of
+    ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``, else certifi's."""
+    if options.tls is not None:
+        return options.tls.context()
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
     try:
-        text = response.text
-    except Exception:
-        return ""
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _proxy_in_environment() -> bool:
+    """Whether the environment names a proxy (which httpx then honours, with
+    ``no_proxy``)."""
+    return any(value for name, value in os.environ.items() if name.lower() in PROXY_VARIABLES)
+
+
+class _Httpx:
+    """One kept-alive connection with httpx: HTTP/2 when asked, and through a
+    proxy the environment names."""
+
+    def __init__(self, options: WebhookOptions, tls_possible: bool) -> None:
+        import httpx
+
+        verify: Any = True
+        if options.tls is not None:
+            verify = options.tls.context()
+        elif not tls_possible:
+            # Nothing to verify, and loading the certificate store took 20 ms
+            # of every open, which a scheduler's close waits for.
+            verify = False
+        self._url = options.url
+        self._client = httpx.Client(
+            headers=options.headers,
+            timeout=httpx.Timeout(options.publish_timeout, connect=options.connect_timeout),
+            verify=verify,
+            http2=options.http2,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> _Answer:
+        response = self._client.post(self._url, content=body, headers=headers)
+        try:
+            text = response.text
+        except Exception:
+            text = ""
+        return _Answer(
+            response.status_code, response.reason_phrase, response.headers.get("retry-after"), text
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    abort = close
+
+
+def _httpx_problem(exc: BaseException, detail: str) -> Problem | None:
+    import httpx
+
+    from .diagnosis import Problem
+
+    if isinstance(exc, httpx.TimeoutException):
+        return Problem("timeout", detail)
+    if isinstance(exc, httpx.ConnectError):
+        return Problem("connect", detail)
+    if isinstance(exc, httpx.TransportError):
+        return Problem("lost", detail)
+    return None
+
+
+def _one_line(text: str) -> str:
+    """The first part of a receiver's answer, on one line."""
     text = " ".join(text.split())
     return text[:ANSWER_CHARS] + ("..." if len(text) > ANSWER_CHARS else "")
