@@ -27,7 +27,14 @@ from distributed import Client, Scheduler, Worker
 from distributed import Event as DaskEvent
 from distributed.utils_test import gen_test
 from harness_kafka import TOPICS, TansuBroker, require_tansu, tansu_behind_a_proxy
-from helpers import FAST_RETRY, assert_replayed, make_certificates, tls_server_context
+from helpers import (
+    FAST_RETRY,
+    assert_replayed,
+    make_certificates,
+    ours_not_for_publishing,
+    publisher_process_imports,
+    tls_server_context,
+)
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends import Message
@@ -196,6 +203,15 @@ async def test_end_to_end_events_match_transition_log_one_partition_per_task(
         parsed = from_kafka(message, JSONFormat())
         assert parsed.get_id() == event.id and parsed.get_type() == event.type
         assert parsed.get_data() == event.data
+
+
+def test_the_publisher_process_loads_neither_reader_nor_diagnosis(
+    kafka_broker: str, topic: str
+) -> None:
+    imported = publisher_process_imports(create_backend("kafka", options_for(kafka_broker, topic)))
+    assert "dask_eventbus.backends.kafka" in imported
+    assert ours_not_for_publishing(imported) == []
+    assert "dask_eventbus.backends.kafka_reader" not in imported
 
 
 def test_attribute_headers_repeat_the_envelope(kafka_broker: str, topic: str) -> None:

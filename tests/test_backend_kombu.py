@@ -27,7 +27,9 @@ from helpers import (
     Endpoint,
     Place,
     make_certificates,
+    ours_not_for_publishing,
     poll_until_logged,
+    publisher_process_imports,
     read_until_all,
     tls_server_context,
     via,
@@ -340,6 +342,15 @@ def test_subscriptions_that_could_receive_nothing_are_refused(amqp: dict[str, An
     direct = options(amqp, queue=None, **{"exchange-type": "direct"})
     with pytest.raises(ValueError, match="binding '#' receives nothing: pass bindings"):
         subscribe("kombu", **direct)
+
+
+def test_the_publisher_process_loads_neither_reader_nor_diagnosis(
+    amqp: dict[str, Any],
+) -> None:
+    imported = publisher_process_imports(create_backend("kombu", options(amqp)))
+    assert "dask_eventbus.backends.kombu" in imported
+    assert ours_not_for_publishing(imported) == []
+    assert "dask_eventbus.backends.kombu_reader" not in imported
 
 
 def test_an_exchange_managed_elsewhere_is_not_declared(amqp: dict[str, Any]) -> None:

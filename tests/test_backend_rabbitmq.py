@@ -28,7 +28,9 @@ from helpers import (
     FAST_RETRY,
     Place,
     make_certificates,
+    ours_not_for_publishing,
     poll_until_logged,
+    publisher_process_imports,
     read_until_all,
     tls_server_context,
     via,
@@ -283,6 +285,16 @@ def test_idle_connection_closed_by_the_broker_is_reopened_quietly(
     with subscribe("rabbitmq", **opts) as events:
         received = read_events(events, count=20)
     assert [e.id for e in received] == [m.id for m in messages]
+
+
+def test_the_publisher_process_loads_neither_reader_nor_diagnosis(
+    rabbitmq_url: str, names: dict[str, Any]
+) -> None:
+    opts = options(rabbitmq_url, names, queue=names["queue"])
+    imported = publisher_process_imports(create_backend("rabbitmq", opts))
+    assert "dask_eventbus.backends.rabbitmq" in imported
+    assert ours_not_for_publishing(imported) == []
+    assert "dask_eventbus.backends.rabbitmq_reader" not in imported
 
 
 def test_nacked_events_raise(rabbitmq_url: str, names: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ idempotence error (or a broker that lost the producer's state) the old one
 can never deliver again.
 
 ``subscribe`` assigns every partition of the topic explicitly instead of
-joining a consumer-group rebalance; see :meth:`KafkaBackend.subscribe`.
+joining a consumer-group rebalance (see :meth:`KafkaBackend.open_subscription`);
+the subscription that reads them is in :mod:`.kafka_reader`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from confluent_kafka import (
@@ -45,17 +46,13 @@ from ..config import (
     PositiveDuration,
     redact_url,
 )
-from . import (
-    Backend,
-    Delivery,
-    Message,
-    NetworkOptions,
-    Problem,
-    SubscribeOptions,
-    Subscription,
-)
 from .clientlog import ClientLog
+from .contract import Backend, Message, NetworkOptions, SubscribeOptions
 from .tls import TLSOptions
+
+if TYPE_CHECKING:
+    from .diagnosis import Problem
+    from .subscription import Subscription
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.kafka")
@@ -701,7 +698,9 @@ class KafkaBackend(Backend):
             with contextlib.suppress(Exception):
                 consumer.close()
             raise
-        return _KafkaSubscription(consumer, self.options.topic, commit=group is not None)
+        from .kafka_reader import KafkaSubscription
+
+        return KafkaSubscription(consumer, self.options.topic, commit=group is not None)
 
     def _start_offsets(
         self, consumer: Consumer, partitions: list[int], group: str | None, from_beginning: bool
@@ -741,6 +740,8 @@ class KafkaBackend(Backend):
         return super().explain(exc) + unacknowledged
 
     def classify(self, exc: BaseException) -> Problem | None:
+        from .diagnosis import Problem  # here: only an error needs it
+
         options = self.options
         topic = f"topic {options.topic!r}"
         if isinstance(exc, BufferError) or (isinstance(exc, KafkaPublishError) and exc.buffer_full):
@@ -814,62 +815,3 @@ def _discard_producer(producer: Producer) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             close()
-
-
-class _KafkaSubscription(Subscription):
-    """Reads every assigned partition; commits acknowledged offsets for a group."""
-
-    def __init__(self, consumer: Consumer, topic: str, *, commit: bool) -> None:
-        super().__init__()
-        self._consumer = consumer
-        self._topic = topic
-        self._commit = commit
-        self._acked: dict[int, int] = {}
-
-    def fetch(self, timeout: float) -> list[Delivery]:
-        self._commit_acked(asynchronous=True)
-        consume = self._consumer.consume
-        # consume(n, timeout) waits until n records or the timeout: take what
-        # is there, else wait for the first record only, then what followed.
-        records = consume(FETCH_MAX, 0)
-        if not records:
-            records = consume(1, timeout)
-            if records:
-                records += consume(FETCH_MAX - 1, 0)
-        deliveries = []
-        for record in records:
-            error = record.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                logger.debug("Kafka consumer: %s", error.str())
-                continue
-            deliveries.append(
-                Delivery(record.value() or b"", (record.partition(), record.offset()))
-            )
-        return deliveries
-
-    def ack(self, token: Any) -> None:
-        if self._commit and token is not None:
-            partition, offset = token
-            self._acked[partition] = offset + 1
-
-    def _commit_acked(self, *, asynchronous: bool) -> None:
-        if not self._acked:
-            return
-        offsets = [TopicPartition(self._topic, p, o) for p, o in self._acked.items()]
-        self._acked = {}
-        try:
-            if asynchronous:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            logger.warning("Could not commit Kafka consumer offsets: %s", _error_text(exc))
-
-    def _close(self) -> None:
-        try:
-            self._commit_acked(asynchronous=False)
-        finally:
-            with contextlib.suppress(Exception):
-                self._consumer.close()

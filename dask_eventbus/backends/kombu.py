@@ -16,6 +16,9 @@ publisher confirms are on by default (``confirm_publish``), so ``publish``
 returns only once the broker confirmed every message. py-amqp would wait for
 each message's confirm before sending the next; this backend sends the whole
 batch and then waits for its confirms once, as the ``rabbitmq`` backend does.
+
+Consumers (:mod:`.kombu_reader`) read a queue of their own, or a named one,
+bound to the exchange with routing-key patterns.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -55,9 +58,11 @@ from .contract import (
     Message,
     NetworkOptions,
 )
-from .diagnosis import Problem, network_problem
-from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions, deprecated
+
+if TYPE_CHECKING:
+    from .diagnosis import Problem
+    from .subscription import Subscription
 
 CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_ENCODING = "utf-8"
@@ -367,7 +372,9 @@ class KombuBackend(Backend):
         self.topology().check_subscription(
             keys, name, options.from_beginning, "eventbus.backends.kombu"
         )
-        subscription = _KombuSubscription(self, name, keys, options.prefetch)
+        from .kombu_reader import KombuSubscription
+
+        subscription = KombuSubscription(self, name, keys, options.prefetch)
         subscription.start()
         return subscription
 
@@ -409,6 +416,8 @@ class KombuBackend(Backend):
         return f"{self._alias}://{self._address}"
 
     def classify(self, exc: BaseException) -> Problem | None:
+        from .diagnosis import Problem, network_problem  # here: only an error needs it
+
         exc = _root_cause(exc)
         o = self.options
         names = {cls.__name__ for cls in type(exc).__mro__}
@@ -519,85 +528,3 @@ def _drop(conn: Connection) -> None:
         conn.collect()
     with contextlib.suppress(Exception):
         conn.release()
-
-
-def _as_bytes(body: Any) -> bytes:
-    # py-amqp hands utf-8 bodies over as str.
-    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
-
-
-class _KombuSubscription(ReconnectingSubscription):
-    """Consumes one queue; reconnects when the broker goes away."""
-
-    def __init__(
-        self, backend: KombuBackend, name: str | None, keys: Sequence[str], prefetch: int
-    ) -> None:
-        super().__init__("Kombu", backend.explain, logger)
-        self._backend = backend
-        self._name = name
-        self._keys = keys
-        self._limit = max(1, prefetch)
-        self._received: list[Any] = []
-        self._live: tuple[Connection, Queue, Consumer] | None = None
-        self._queue = ""
-        transport = Connection(backend.options.url)
-        self.connection_errors = (
-            OSError,
-            *transport.connection_errors,
-            *transport.channel_errors,
-        )
-
-    @property
-    def queue(self) -> str:
-        """The name of the queue being consumed (generated for a queue of its own)."""
-        return self._queue
-
-    @property
-    def keeps_events_while_away(self) -> bool:
-        return self._name is not None
-
-    def _connect(self) -> None:
-        self._live = self._backend._consume(
-            self._name, self._keys, self._limit, self._received.append
-        )
-        self._queue = self._live[1].name
-
-    def _read(self, timeout: float) -> list[Delivery]:
-        assert self._live is not None
-        conn = self._live[0]
-        received = self._received
-        try:
-            if not received:
-                conn.drain_events(timeout=timeout)
-            while len(received) < self._limit:
-                conn.drain_events(timeout=0)
-        except TimeoutError:  # socket.timeout: nothing (more) to read
-            pass
-        found = [Delivery(_as_bytes(m.body), m) for m in received]
-        received.clear()
-        return found
-
-    def _acknowledge(self, token: Any) -> None:
-        assert self._live is not None
-        conn = self._live[0]
-        with contextlib.suppress(*conn.connection_errors, *conn.channel_errors):
-            token.ack()
-
-    def _disconnect(self) -> None:
-        live, self._live = self._live, None
-        self._received.clear()
-        if live is not None:
-            _drop(live[0])
-
-    def _close(self) -> None:
-        live, self._live = self._live, None
-        if live is None:
-            return
-        conn, queue, consumer = live
-        with contextlib.suppress(Exception):
-            consumer.cancel()
-        if self._name is None:
-            with contextlib.suppress(Exception):
-                queue.delete()
-        with contextlib.suppress(Exception):
-            conn.release()

@@ -8,8 +8,9 @@ returned mandatory message arrives, the channel or connection closes, or
 ``publish-timeout`` passes. Any of those but the first raises, and the
 pipeline retries the batch on a new connection.
 
-Consumers get a queue of their own (exclusive, deleted when they disconnect)
-or a named durable one, bound to the exchange with routing-key patterns.
+Consumers (:mod:`.rabbitmq_reader`) get a queue of their own (exclusive,
+deleted when they disconnect) or a named durable one, bound to the exchange
+with routing-key patterns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -46,9 +47,11 @@ from ..bindings.amqp import (
 from ..config import Duration, PositiveDuration, redact_url
 from .clientlog import QuietLibrary
 from .contract import Backend, Message, NetworkOptions, url_scheme
-from .diagnosis import Problem, network_problem
-from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
+
+if TYPE_CHECKING:
+    from .diagnosis import Problem
+    from .subscription import Subscription
 
 # Under distributed's logger, so that a scheduler's logging config covers it.
 logger = logging.getLogger("distributed.eventbus.rabbitmq")
@@ -478,6 +481,8 @@ class RabbitMQBackend(Backend):
         return f"RabbitMQ at {self.location()}"
 
     def classify(self, exc: BaseException) -> Problem | None:
+        from .diagnosis import Problem, network_problem  # here: only an error needs it
+
         cause = _root_cause(exc)
         credentials = pika.URLParameters(self.options.url).credentials
         user = f"user {getattr(credentials, 'username', '?')!r}"
@@ -534,7 +539,9 @@ class RabbitMQBackend(Backend):
         self.topology().check_subscription(
             keys, options.queue, options.from_beginning, "eventbus.backends.rabbitmq"
         )
-        subscription = _RabbitMQSubscription(
+        from .rabbitmq_reader import RabbitMQSubscription
+
+        subscription = RabbitMQSubscription(
             self, keys, options.queue or self.options.queue, options.prefetch
         )
         try:
@@ -545,6 +552,8 @@ class RabbitMQBackend(Backend):
 
 
 def _channel_problem(cause: pe.ChannelClosedByBroker) -> Problem:
+    from .diagnosis import Problem
+
     text = cause.reply_text
     if cause.reply_code == 404:
         return not_found(text, _reply(cause))
@@ -591,104 +600,3 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _ssl_options(tls: TLSOptions) -> pika.SSLOptions:
     return pika.SSLOptions(tls.context(), server_hostname=tls.server_hostname)
-
-
-class _RabbitMQSubscription(ReconnectingSubscription):
-    """A consumer on a blocking pika connection, reconnecting after failures."""
-
-    connection_errors = (pe.AMQPError, RabbitMQError, OSError)
-
-    def __init__(
-        self, backend: RabbitMQBackend, bindings: list[str], queue: str | None, prefetch: int
-    ) -> None:
-        super().__init__("RabbitMQ", backend.explain, logger)
-        self._backend = backend
-        self._bindings = bindings
-        self._named = queue
-        self._prefetch = prefetch
-        self._connection: Any = None
-        self._channel: Any = None
-        self._queue = ""
-        self._received: list[Delivery] = []
-        self._acks: list[int] = []
-        self._acked_through = 0
-        self._broken: BaseException | None = None
-
-    @property
-    def queue(self) -> str:
-        """The name of the queue being consumed (generated for exclusive queues)."""
-        return self._queue
-
-    @property
-    def keeps_events_while_away(self) -> bool:
-        return bool(self._named)
-
-    @_quiet
-    def _connect(self) -> None:
-        backend, options = self._backend, self._backend.options
-        params = backend.parameters()
-        params.client_properties = {
-            **params.client_properties,
-            "connection_name": f"{options.connection_name} subscriber",
-        }
-        self._acks, self._acked_through, self._broken = [], 0, None
-        connection = self._connection = pika.BlockingConnection(params)
-        channel = self._channel = connection.channel()
-        topology = backend.topology()
-        queue = topology.subscriber_queue(self._bindings, self._named)
-        self._queue = _declare(channel, topology.exchange, queue)
-        channel.basic_qos(prefetch_count=self._prefetch)
-        channel.add_on_cancel_callback(self._on_cancelled)
-        channel.basic_consume(self._queue, self._on_message)
-
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._received.append(Delivery(body, method.delivery_tag))
-
-    def _on_cancelled(self, method: Any) -> None:
-        self._broken = RabbitMQError(f"the broker cancelled the consumer on queue {self._queue!r}")
-
-    @_quiet
-    def _read(self, timeout: float) -> list[Delivery]:
-        if self._broken is not None:
-            raise self._broken
-        self._flush_acks()
-        if not self._received:
-            self._connection.process_data_events(time_limit=timeout)
-        if self._broken is not None:
-            raise self._broken
-        received, self._received = self._received, []
-        return received
-
-    def _acknowledge(self, token: Any) -> None:
-        # Sent in one go before the next wait.
-        self._acks.append(token)
-
-    def _flush_acks(self) -> None:
-        tags, self._acks = self._acks, []
-        if not tags or self._channel is None:
-            return
-        contiguous = tags[0] == self._acked_through + 1 and tags[-1] - tags[0] == len(tags) - 1
-        if contiguous and tags == sorted(tags):
-            self._channel.basic_ack(tags[-1], multiple=True)
-        else:
-            for tag in tags:
-                self._channel.basic_ack(tag)
-        self._acked_through = max(self._acked_through, tags[-1])
-
-    @_quiet
-    def _disconnect(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        self._received = []
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    @_quiet
-    def _close(self) -> None:
-        try:
-            if self._connection is not None and self._connection.is_open:
-                self._flush_acks()
-        except Exception:
-            logger.debug("dask-eventbus: acknowledging on close failed", exc_info=True)
-        finally:
-            self._disconnect()

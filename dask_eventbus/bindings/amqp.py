@@ -6,14 +6,15 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from ..backends.contract import Message, SubscribeOptions
-from ..backends.diagnosis import Problem
 from ..events import CONTENT_TYPE, TASK_TRANSITION
+
+if TYPE_CHECKING:
+    from ..backends.diagnosis import Problem
 
 APP_ID = "dask-eventbus"
 KEY_FIELDS = ("routing_key", "type", "subject", "start", "finish")
@@ -92,8 +93,7 @@ def queue_arguments(
     return declared
 
 
-@dataclass(frozen=True)
-class ExchangeSpec:
+class ExchangeSpec(msgspec.Struct, frozen=True):
     """The exchange events are published to. ``""`` is the default
     exchange: it routes by queue name and is neither declared nor bound to."""
 
@@ -117,8 +117,7 @@ class ExchangeSpec:
         return tuple(keys)
 
 
-@dataclass(frozen=True)
-class QueueSpec:
+class QueueSpec(msgspec.Struct, frozen=True):
     """A queue and the keys it is bound to the exchange with.
 
     A nameless queue is a subscriber's own: exclusive and deleted when the
@@ -128,7 +127,7 @@ class QueueSpec:
     name: str
     keys: tuple[str, ...]
     durable: bool = False
-    arguments: dict[str, Any] = field(default_factory=dict)
+    arguments: dict[str, Any] = {}
 
     @property
     def temporary(self) -> bool:
@@ -136,8 +135,7 @@ class QueueSpec:
         return not self.name
 
 
-@dataclass(frozen=True)
-class Topology:
+class Topology(msgspec.Struct, frozen=True):
     """What the AMQP backends declare, worked out once for pika and Kombu.
 
     The exchange and, with ``queue``, a named queue that keeps events while
@@ -149,7 +147,7 @@ class Topology:
     queue: str | None = None
     keys: tuple[str, ...] = ("#",)
     queue_durable: bool = True
-    queue_arguments: dict[str, Any] = field(default_factory=dict)
+    queue_arguments: dict[str, Any] = {}
 
     def publisher_queue(self) -> QueueSpec | None:
         """The named queue the publisher declares before its first event, if any."""
@@ -211,6 +209,8 @@ def not_found(reply: str, said: str = "") -> Problem:
     """The problem of a ``404 NOT_FOUND`` reply: a missing exchange (which
     the backend's ``create-missing`` creates) or queue; ``said`` is how the
     reply is shown."""
+    from ..backends.diagnosis import Problem  # here: only an error needs it
+
     missing = re.search(r"no (exchange|queue) '([^']*)'", reply)
     if missing and missing.group(1) == "exchange":
         return Problem("missing", about=f"exchange {missing.group(2)!r}")
