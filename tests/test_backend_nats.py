@@ -37,7 +37,7 @@ from helpers import (
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
-from dask_eventbus.backends.nats import NatsBackend
+from dask_eventbus.backends.nats import NatsBackend, _Connection
 from dask_eventbus.bindings.nats import message_id
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
@@ -362,10 +362,12 @@ def test_close_releases_the_loop_thread_and_is_repeatable(options: dict[str, Any
     assert not nats_threads()
     again = pickle.loads(pickle.dumps(backend))
     again.open()
-    loop = again._loop
-    assert loop is not None
+    connection = again._sender
+    assert isinstance(connection, _Connection)
+    sock = connection._socket
+    assert sock is not None
     again.close()
-    assert loop.loop.is_closed()
+    assert sock.fileno() == -1 and connection._socket is None
 
 
 def test_abort_makes_a_stalled_publish_give_up(nats_url: str, options: dict[str, Any]) -> None:
