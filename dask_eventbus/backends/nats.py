@@ -455,14 +455,11 @@ class _Connection:
         """Make the stream if it is missing, as nats-py's ``add_stream`` does."""
         options = self._options
         deadline = time.monotonic() + options.publish_timeout
-        try:
-            self._request(f"$JS.API.STREAM.INFO.{options.stream}", b"", deadline)
+        error = self._request(f"$JS.API.STREAM.INFO.{options.stream}", b"", deadline)
+        if error is None:
             return
-        except Exception as exc:
-            from nats.js.errors import NotFoundError
-
-            if not isinstance(exc, NotFoundError) or not options.create_missing:
-                raise
+        if error.get("code") != 404 or not options.create_missing:
+            raise _api_error(error)  # NotFoundError for a missing stream
         # StreamConfig.as_dict() of nats-py: durations in nanoseconds, a
         # missing max-age as 0, the other limits left out when not given.
         config: dict[str, Any] = {
@@ -487,16 +484,16 @@ class _Connection:
             deny_purge=False,
             allow_rollup_hdrs=False,
         )
-        try:
-            self._request(
-                f"$JS.API.STREAM.CREATE.{options.stream}", msgspec.json.encode(config), deadline
-            )
-        except Exception as exc:
-            if getattr(exc, "err_code", None) != STREAM_NAME_IN_USE:
-                raise  # else made meanwhile by another scheduler
+        subject = f"$JS.API.STREAM.CREATE.{options.stream}"
+        error = self._request(subject, msgspec.json.encode(config), deadline)
+        if error is not None and error.get("err_code") != STREAM_NAME_IN_USE:
+            raise _api_error(error)  # else made meanwhile by another scheduler
 
-    def _request(self, subject: str, payload: bytes, deadline: float) -> None:
-        """A JetStream API request; raises what nats-py raises for its error reply."""
+    def _request(self, subject: str, payload: bytes, deadline: float) -> dict[str, Any] | None:
+        """A JetStream API request: the error it was answered with, if any.
+
+        Without JetStream (no responders), raises what nats-py raises then.
+        """
         token = self._token()
         self._send(
             b"PUB %s %s%d %d\r\n%s\r\n"
@@ -512,10 +509,7 @@ class _Connection:
                 from nats.js.errors import ServiceUnavailableError
 
                 raise ServiceUnavailableError()
-            reply = msgspec.json.decode(data, type=_Reply)
-            if reply.error is not None:
-                raise _api_error(reply.error)
-            return
+            return msgspec.json.decode(data, type=_Reply).error
 
     # ------------------------------------------------------------ publishing
 
