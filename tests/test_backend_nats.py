@@ -13,6 +13,7 @@ import contextlib
 import json
 import pickle
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -399,6 +400,24 @@ def test_without_jetstream_opening_raises_as_nats_py_does(
         backend.open()
     assert "refused" in backend.explain(info.value)
     assert backend._sender is None
+
+
+def test_a_nats_url_to_a_server_requiring_tls_speaks_tls_as_nats_py_does(
+    nats_server: Callable[..., NatsServer], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificates = make_certificates(tmp_path)
+    server = nats_server(
+        "--tls", "--tlscert", certificates["cert"], "--tlskey", certificates["key"]
+    )
+    # Python's default context, as nats-py takes it, here trusting the test's CA.
+    default_context = ssl.create_default_context
+    monkeypatch.setattr(
+        ssl, "create_default_context", lambda: default_context(cafile=certificates["ca"])
+    )
+    options = {"url": f"nats://127.0.0.1:{server.port}"}
+    backend = create_backend("nats", options)
+    assert backend._own_connection
+    assert_replayed("nats", options, synthetic_messages(3))
 
 
 def test_tls_creds_and_nkeys_publish_through_nats_py(tmp_path: Any) -> None:

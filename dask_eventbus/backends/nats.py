@@ -375,13 +375,13 @@ class _Connection:
     # ------------------------------------------------------------ connecting
 
     def open(self) -> None:
+        self._aborted = False
         self._connect()
         self._ensure_stream()
 
     def _connect(self) -> None:
         options = self._options
         self.close()
-        self._aborted = False
         failures: list[OSError] = []
         for url in options.servers():
             server = _Server(url)
@@ -407,17 +407,20 @@ class _Connection:
         options = self._options
         try:
             line = self._line(deadline)
+        except (TimeoutError, Aborted):
+            raise
         except Exception as exc:
-            raise _nats_error(
-                "Error", "nats: empty response from server when expecting INFO message"
-            ) from exc
+            line = b""
+            closed: BaseException | None = exc
+        else:
+            closed = None
         if not line.startswith(b"INFO "):
             raise _nats_error(
                 "Error", "nats: empty response from server when expecting INFO message"
-            )
+            ) from closed
         info = msgspec.json.decode(line[5:])
         if info.get("tls_required"):
-            raise _nats_error("SecureConnRequiredError")
+            self._upgrade(server, deadline)
         if not info.get("headers"):
             raise _nats_error("Error", "nats: the server does not take headers (NATS 2.2+)")
         self._max_payload = int(info.get("max_payload", _DEFAULT_MAX_PAYLOAD))
@@ -449,7 +452,17 @@ class _Connection:
             if op.startswith(b"-ERR"):
                 # As nats-py raises it: 'Authorization Violation' included.
                 raise _nats_error("Error", "nats: " + op[5:].decode("utf-8", "replace"))
-            self._other(op)
+            self._message(deadline, op)
+
+    def _upgrade(self, server: _Server, deadline: float) -> None:
+        """TLS on a nats:// url to a server that requires it: as nats-py
+        does, with Python's default context (the system's CAs)."""
+        import ssl
+
+        sock = self._socket
+        assert sock is not None
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self._socket = ssl.create_default_context().wrap_socket(sock, server_hostname=server.host)
 
     def _ensure_stream(self) -> None:
         """Make the stream if it is missing, as nats-py's ``add_stream`` does."""
@@ -589,10 +602,9 @@ class _Connection:
             while chunk := sock.recv(65536):
                 self._buffer += chunk
             return False  # closed by the server
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        except OSError as exc:
+            # Nothing more to read: still open (SSLWantReadError under TLS).
+            return isinstance(exc, BlockingIOError) or type(exc).__name__ == "SSLWantReadError"
         finally:
             sock.settimeout(self._options.publish_timeout)
 
@@ -638,35 +650,39 @@ class _Connection:
         del self._buffer[: size + 2]
         return data
 
-    def _message(self, deadline: float) -> tuple[int, bytes, bytes] | None:
-        """The next operation; for a message to the inbox its token, status
-        and payload, else None."""
-        op = self._line(deadline)
-        if op.startswith(b"MSG "):
-            subject, *_, size = op[4:].split()
-            return self._token_of(subject), b"", self._exactly(int(size), deadline)
-        if op.startswith(b"HMSG "):
-            subject, *_, head_size, size = op[5:].split()
-            data = self._exactly(int(size), deadline)
-            head, payload = data[: int(head_size)], data[int(head_size) :]
-            status = head.split(_CRLF, 1)[0][9:12]  # NATS/1.0 503
-            return self._token_of(subject), status, payload
+    def _message(self, deadline: float, op: bytes = b"") -> tuple[int, bytes, bytes] | None:
+        """The next operation (or ``op``, read already); for a message to
+        the inbox its token, status and payload, else None."""
+        op = op or self._line(deadline)
+        try:
+            if op.startswith(b"MSG "):
+                subject, *_, size = op[4:].split()
+                return self._token_of(subject), b"", self._exactly(int(size), deadline)
+            if op.startswith(b"HMSG "):
+                subject, *_, head_size, size = op[5:].split()
+                data = self._exactly(int(size), deadline)
+                head, payload = data[: int(head_size)], data[int(head_size) :]
+                status = head.split(_CRLF, 1)[0][9:12]  # NATS/1.0 503
+                return self._token_of(subject), status, payload
+            if op == b"PING":
+                self._send(b"PONG\r\n")
+                return None
+            if op.startswith(b"INFO "):
+                info = msgspec.json.decode(op[5:])
+                self._max_payload = int(info.get("max_payload", self._max_payload))
+                return None
+            if op in (b"PONG", b"+OK"):
+                return None
+        except (ValueError, msgspec.DecodeError):
+            pass  # a protocol error, below
         if op.startswith(b"-ERR"):
             said = op[5:].decode("utf-8", "replace").strip()
             self.close()
             if "stale connection" in said.lower():
                 raise _nats_error("StaleConnectionError")
             raise _nats_error("Error", f"nats: {said}")
-        self._other(op)
-        return None
-
-    def _other(self, op: bytes) -> None:
-        if op == b"PING":
-            self._send(b"PONG\r\n")
-        elif op.startswith(b"INFO "):
-            info = msgspec.json.decode(op[5:])
-            self._max_payload = int(info.get("max_payload", self._max_payload))
-        # PONG, +OK: nothing to do.
+        self.close()
+        raise _nats_error("ProtocolError") from ValueError(f"got {op[:40]!r} from {self._where}")
 
     def _token_of(self, subject: bytes) -> int:
         if not subject.startswith(self._inbox):
