@@ -351,7 +351,9 @@ def _lost(cause: BaseException | None) -> Exception:
 
 class _Connection:
     """The publisher's connection to NATS: the client protocol over a socket
-    of its own, without TLS (nats-py speaks that, :mod:`.nats_client`).
+    of its own. TLS only where a ``nats://`` server requires it, with
+    Python's default context as nats-py does; a ``tls://`` url or the tls
+    block publish through nats-py (:mod:`.nats_client`).
 
     Connects to the servers of the url in turn, authenticates as nats-py does
     with the same options (``CONNECT`` with user and password or a token),
