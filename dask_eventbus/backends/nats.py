@@ -557,7 +557,7 @@ class _Connection:
                 )
             )
         self._next = last = first + len(messages) - 1
-        self._send(b"".join(parts))
+        self._send(b"".join(parts), deadline)
         failures: dict[int, Exception] = {}
         waiting = len(messages)
         while waiting:
@@ -585,11 +585,13 @@ class _Connection:
         self._next += 1
         return self._next
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, deadline: float | None = None) -> None:
         sock = self._socket
-        if sock is None:
-            raise _lost(None)
+        if sock is None or self._aborted:
+            self._fail(None)
         try:
+            if deadline is not None:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(data)
         except OSError as exc:
             self._fail(exc)
@@ -612,8 +614,8 @@ class _Connection:
 
     def _fill(self, deadline: float) -> None:
         sock = self._socket
-        if sock is None:
-            raise _lost(None)
+        if sock is None or self._aborted:
+            self._fail(None)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             self._fail(TimeoutError())
