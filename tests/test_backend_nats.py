@@ -13,6 +13,7 @@ import contextlib
 import json
 import pickle
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -31,13 +32,15 @@ from helpers import (
     FAST_RETRY,
     assert_replayed,
     make_certificates,
+    not_for_publishing,
+    publisher_process_imports,
     reachable,
     require_program,
     via,
 )
 
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
-from dask_eventbus.backends.nats import NatsBackend
+from dask_eventbus.backends.nats import NatsBackend, _Connection
 from dask_eventbus.bindings.nats import message_id
 from dask_eventbus.events import TASK_TRANSITION, key_to_str
 from dask_eventbus.testing import (
@@ -62,9 +65,11 @@ options = STREAMS.fixture()
 class NatsServer(BrokerProcess):
     """A nats-server with JetStream on a free port, its store in ``directory``."""
 
-    def __init__(self, directory: str, *args: str) -> None:
+    def __init__(self, directory: str, *args: str, jetstream: bool = True) -> None:
         port = free_port()
-        command = [require_program("nats-server"), "-js", "-sd", directory, "-a", "127.0.0.1"]
+        command = [require_program("nats-server"), "-sd", directory, "-a", "127.0.0.1"]
+        if jetstream:
+            command.append("-js")
         super().__init__("nats-server", [*command, "-p", str(port), *args], port, self._listening)
 
     @property
@@ -79,8 +84,8 @@ class NatsServer(BrokerProcess):
 def nats_server(tmp_path: Any) -> Iterator[Callable[..., NatsServer]]:
     started: list[NatsServer] = []
 
-    def start(*args: str) -> NatsServer:
-        server = NatsServer(str(tmp_path / f"store-{len(started)}"), *args)
+    def start(*args: str, jetstream: bool = True) -> NatsServer:
+        server = NatsServer(str(tmp_path / f"store-{len(started)}"), *args, jetstream=jetstream)
         server.start()
         started.append(server)
         return server
@@ -209,6 +214,7 @@ def test_a_retried_batch_is_not_stored_twice_within_the_duplicate_window(
     messages = synthetic_messages(50)
     backend = create_backend("nats", options)
     backend.open()
+    assert isinstance(backend._sender, _Connection)  # the publisher's own connection
     try:
         backend.send(messages)
         # As the pipeline does when a batch's acknowledgements were lost.
@@ -224,24 +230,74 @@ def test_a_retried_batch_is_not_stored_twice_within_the_duplicate_window(
     ]
 
 
+async def stream_config(url: str, stream: str) -> Any:
+    client = await nats.connect(url)
+    try:
+        return (await client.jetstream().stream_info(stream)).config
+    finally:
+        await client.close()
+
+
+async def made_by_nats_py(url: str, stream: str, **limits: Any) -> Any:
+    """The configuration of a stream nats-py's add_stream makes (then deleted)."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        config = nats.js.api.StreamConfig(
+            name=stream,
+            subjects=[f"{stream}.>"],
+            storage=nats.js.api.StorageType.FILE,
+            **{"duplicate_window": 120.0, **limits},
+        )
+        await js.add_stream(config)
+        try:
+            return (await js.stream_info(stream)).config
+        finally:
+            await js.delete_stream(stream)
+    finally:
+        await client.close()
+
+
+def differences(ours: Any, theirs: Any) -> dict[str, Any]:
+    """The fields in which two stream configurations differ, but for name and subjects."""
+    return {
+        name: (value, getattr(theirs, name))
+        for name, value in vars(ours).items()
+        if name not in ("name", "subjects") and value != getattr(theirs, name)
+    }
+
+
 def test_the_stream_is_created_with_the_configured_limits(options: dict[str, Any]) -> None:
     limits = {"max-age": "1h", "max-bytes": 10_000_000, "max-msgs": 500, "duplicate-window": "30s"}
     backend = create_backend("nats", {**options, **limits})
     backend.open()
     backend.close()
 
-    async def config() -> Any:
-        client = await nats.connect(options["url"])
-        try:
-            return (await client.jetstream().stream_info(options["stream"])).config
-        finally:
-            await client.close()
-
-    made = asyncio.run(config())
+    url = options["url"]
+    made = asyncio.run(stream_config(url, options["stream"]))
     assert made.subjects == [f"{options['subject-prefix']}.>"]
     assert made.storage == nats.js.api.StorageType.FILE
     assert (made.max_age, made.max_bytes, made.max_msgs) == (3600, 10_000_000, 500)
     assert made.duplicate_window == 30
+
+    # The publisher's own connection makes the stream nats-py's add_stream makes.
+    by_nats_py = f"{options['stream']}-py"
+    limited = asyncio.run(
+        made_by_nats_py(
+            url, by_nats_py, max_age=3600.0, max_bytes=10_000_000, max_msgs=500,
+            duplicate_window=30.0,
+        )
+    )  # fmt: skip
+    assert differences(made, limited) == {}
+    defaults = f"{options['stream']}-defaults"
+    options.extra.append(defaults)  # type: ignore[attr-defined]
+    backend = create_backend("nats", {**options, "stream": defaults, "subject-prefix": defaults})
+    backend.open()
+    backend.close()
+    ours = asyncio.run(stream_config(url, defaults))
+    assert (
+        differences(ours, asyncio.run(made_by_nats_py(url, by_nats_py, max_msgs=1_000_000))) == {}
+    )
 
 
 def test_without_create_missing_a_missing_stream_is_explained(options: dict[str, Any]) -> None:
@@ -250,6 +306,130 @@ def test_without_create_missing_a_missing_stream_is_explained(options: dict[str,
         backend.open()
     assert "eventbus.backends.nats.create-missing: true" in backend.explain(info.value)
     assert not nats_threads()
+
+
+# ---------------------------------------------------------------- the publisher's own connection
+
+
+def test_the_publisher_process_does_not_import_nats_py(options: dict[str, Any]) -> None:
+    backend = create_backend("nats", options)
+    # The stream is missing at first: making it needs nats-py no more than
+    # publishing does.
+    for _ in range(2):
+        imported = publisher_process_imports(backend)
+        assert "dask_eventbus.backends.nats" in imported
+        assert not_for_publishing(imported, "nats", "asyncio", "ssl") == []
+        assert {
+            "dask_eventbus.backends.loop",
+            "dask_eventbus.backends.subscription",
+            "dask_eventbus.backends.nats_client",
+            "dask_eventbus.backends.nats_reader",
+        }.isdisjoint(imported)
+    held = asyncio.run(stored(options["url"], options["stream"]))
+    # The same event twice (the same source and id): stored once.
+    assert [Event.from_json(m.data).type for m in held] == ["dask.log"]
+
+
+@pytest.mark.parametrize(
+    ("server_args", "given"),
+    [
+        (("--user", "alice", "--pass", "right-pw-1"), {"user": "alice", "password": "right-pw-1"}),
+        (("--user", "alice", "--pass", "right-pw-1"), {"url": "nats://alice:right-pw-1@{where}"}),
+        (("--auth", "right-token-1"), {"token": "right-token-1"}),
+    ],
+    ids=["password", "password-in-url", "token"],
+)
+def test_accepted_credentials_publish_on_the_own_connection(
+    nats_server: Callable[..., NatsServer], server_args: tuple[str, ...], given: dict[str, str]
+) -> None:
+    server = nats_server(*server_args)
+    url = given.get("url", server.url).format(where=f"127.0.0.1:{server.port}")
+    backend = create_backend("nats", {**given, "url": url})
+    messages = synthetic_messages(5)
+    backend.open()
+    try:
+        assert isinstance(backend._sender, _Connection)
+        backend.send(messages)
+    finally:
+        backend.close()
+    credentials: dict[str, Any] = {}
+    if "token" in given:
+        credentials["token"] = given["token"]
+    else:
+        credentials.update(user="alice", password="right-pw-1")
+
+    async def held() -> list[str]:
+        client = await nats.connect(server.url, allow_reconnect=False, **credentials)
+        try:
+            pull = await client.jetstream().pull_subscribe(">", stream="dask-events")
+            return [m.headers["Nats-Msg-Id"] for m in await pull.fetch(10, timeout=2)]
+        finally:
+            await client.close()
+
+    assert asyncio.run(held()) == [message_id(m) for m in messages]
+
+
+def test_a_connection_the_server_dropped_while_idle_is_made_again_before_a_batch(
+    nats_server: Callable[..., NatsServer], tmp_path: Any
+) -> None:
+    # A server that finds a connection stale after half a second without PONG.
+    config = tmp_path / "stale.conf"
+    config.write_text('ping_interval: "200ms"\nping_max: 1\n')
+    server = nats_server("-c", str(config))
+    backend = create_backend("nats", {"url": server.url})
+    backend.open()
+    try:
+        backend.send(synthetic_messages(3, run_id="before"))
+        connection = backend._sender
+        assert isinstance(connection, _Connection)
+        first = connection._socket
+        time.sleep(1.5)  # idle: nobody answers the server's PINGs
+        backend.send(synthetic_messages(3, run_id="after"))
+        assert connection._socket is not first, "the dropped connection was not made again"
+    finally:
+        backend.close()
+    assert len(asyncio.run(stored(server.url, "dask-events"))) == 6
+
+
+def test_without_jetstream_opening_raises_as_nats_py_does(
+    nats_server: Callable[..., NatsServer],
+) -> None:
+    server = nats_server(jetstream=False)
+    backend = create_backend("nats", {"url": server.url, "publish-timeout": "2s"})
+    with pytest.raises(nats.js.errors.ServiceUnavailableError) as info:
+        backend.open()
+    assert "refused" in backend.explain(info.value)
+    assert backend._sender is None
+
+
+def test_a_nats_url_to_a_server_requiring_tls_speaks_tls_as_nats_py_does(
+    nats_server: Callable[..., NatsServer], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificates = make_certificates(tmp_path)
+    server = nats_server(
+        "--tls", "--tlscert", certificates["cert"], "--tlskey", certificates["key"]
+    )
+    # Python's default context, as nats-py takes it, here trusting the test's CA.
+    default_context = ssl.create_default_context
+    monkeypatch.setattr(
+        ssl, "create_default_context", lambda: default_context(cafile=certificates["ca"])
+    )
+    options = {"url": f"nats://127.0.0.1:{server.port}"}
+    backend = create_backend("nats", options)
+    assert backend._own_connection
+    assert_replayed("nats", options, synthetic_messages(3))
+
+
+def test_tls_creds_and_nkeys_publish_through_nats_py(tmp_path: Any) -> None:
+    # Publishing over TLS itself: test_tls_with_a_ca_and_a_clear_error_without.
+    for given in (
+        {"url": "tls://127.0.0.1:4222"},
+        {"tls": {"verify": False}},
+        {"creds-file": str(tmp_path / "user.creds")},
+        {"nkey-seed-file": str(tmp_path / "user.nk")},
+    ):
+        assert not create_backend("nats", given)._own_connection, given
+    assert create_backend("nats", {"token": "x"})._own_connection
 
 
 # ---------------------------------------------------------------- reading back
@@ -362,10 +542,12 @@ def test_close_releases_the_loop_thread_and_is_repeatable(options: dict[str, Any
     assert not nats_threads()
     again = pickle.loads(pickle.dumps(backend))
     again.open()
-    loop = again._loop
-    assert loop is not None
+    connection = again._sender
+    assert isinstance(connection, _Connection)
+    sock = connection._socket
+    assert sock is not None
     again.close()
-    assert loop.loop.is_closed()
+    assert sock.fileno() == -1 and connection._socket is None
 
 
 def test_abort_makes_a_stalled_publish_give_up(nats_url: str, options: dict[str, Any]) -> None:

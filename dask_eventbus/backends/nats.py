@@ -1,58 +1,60 @@
-"""``nats``: NATS JetStream, with nats-py.
+"""``nats``: NATS JetStream.
 
 Each event is a NATS message on ``<subject-prefix>.<routing key>`` (see
 :mod:`dask_eventbus.bindings.nats`) with a ``Nats-Msg-Id`` header, so the
 stream drops the copies that a retried publish sends within its duplicate
-window. A batch is published asynchronously as a whole, and
+window. A batch is published as a whole (pipelined), and
 :meth:`NatsBackend.publish` returns once JetStream acknowledged every
 message, within ``publish-timeout``; it raises otherwise.
 
-nats-py speaks asyncio only: the backend drives it on an event loop in a
-thread of its own (:class:`~dask_eventbus.backends.loop.LoopThread`),
-started by ``open`` and stopped by ``close``. The connection does not
-reconnect by itself: a broken one fails the publish, and the pipeline reopens.
+The publisher speaks the NATS client protocol itself, on a socket of its own
+(:class:`_Connection`): imported, nats-py would take much of a publisher
+process's start (asyncio, its JetStream API's dataclasses,
+importlib.metadata), while publishing needs a socket, ``CONNECT``, one
+subscription for the acknowledgements, the stream check and ``HPUB``. What
+goes wrong still raises nats-py's exceptions, made by nats-py, which is
+imported then. TLS (a ``tls://`` url or the tls block), a creds-file and an
+nkey-seed-file publish through nats-py (:mod:`.nats_client`), on an event
+loop in a thread of its own. Neither connection reconnects in the middle of
+a batch: a broken one fails the publish, and the pipeline reopens.
 
-Consumers read with a JetStream pull consumer: an ephemeral one that starts
-after the stream's last message (or at its first, ``from_beginning``), or a
-durable one shared by every subscriber giving its name, which remembers what
-was acknowledged.
+Consumers read with nats-py (:mod:`.nats_reader`), with a JetStream pull
+consumer: an ephemeral one that starts after the stream's last message (or
+at its first, ``from_beginning``), or a durable one shared by every
+subscriber giving its name, which remembers what was acknowledged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 import msgspec
-import nats
-import nats.errors
-from nats.aio.client import Client as NATSClient
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from ..bindings.nats import check_subject_prefix, delivery_of, subject_filters, to_record
+from .._version import __version__
+from ..bindings.nats import check_subject_prefix, to_record
 from ..config import PositiveDuration, redact_url
-from .clientlog import ClientLog
 from .contract import Backend, Message, NetworkOptions, SubscribeOptions, url_scheme
-from .diagnosis import Problem
-from .loop import LoopThread
-from .subscription import Delivery, ReconnectingSubscription, Subscription
 from .tls import TLSOptions
+
+if TYPE_CHECKING:
+    from .diagnosis import Problem
+    from .nats_client import ThroughNatsPy
+    from .subscription import Subscription
 
 logger = logging.getLogger("distributed.eventbus")
 
 SCHEMES = ("nats", "tls")
 # JetStream API error codes the diagnosis names.
-_STREAM_NAME_IN_USE = 10058
+STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
 _JETSTREAM_NOT_ENABLED = (10039, 10076)
-# Longest wait for a subscriber to connect again, in seconds.
-RECONNECT_BOUND = 6.0
 
 
 class NatsOptions(NetworkOptions):
@@ -144,6 +146,10 @@ class NatsSubscribeOptions(SubscribeOptions):
             raise ValueError(f"durable must be a name without spaces, ., * or >, got {durable!r}")
 
 
+class Aborted(Exception):
+    """A publish given up because :meth:`NatsBackend.abort` was called."""
+
+
 class NatsBackend(Backend):
     """Publishes events to a JetStream stream, one message per event."""
 
@@ -154,165 +160,56 @@ class NatsBackend(Backend):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._loop: LoopThread | None = None
-        self._client: NATSClient | None = None
-        self._js: JetStreamContext | None = None
-        self._gone: asyncio.Future[BaseException | None] | None = None
+        self._sender: _Connection | ThroughNatsPy | None = None
         self._where = ", ".join(redact_url(s) for s in self.options.servers())
+        # What the own connection does not speak goes through nats-py.
+        self._own_connection = not (
+            self.options.wants_tls()
+            or self.options.creds_file is not None
+            or self.options.nkey_seed_file is not None
+        )
 
     # ------------------------------------------------------------ producer
 
     def open(self) -> None:
         self.close()
-        loop = self._loop = LoopThread("dask-eventbus-nats")
+        if self._own_connection:
+            sender: _Connection | ThroughNatsPy = _Connection(self.options, self._where)
+        else:
+            from .nats_client import ThroughNatsPy
+
+            sender = ThroughNatsPy(self)
         try:
-            self._client, self._gone = loop.run(self._connect(""), self._connect_bound())
-            self._js = self._client.jetstream(timeout=self.options.publish_timeout)
-            loop.run(self._ensure_stream(self._js), self.options.publish_timeout + 1)
+            sender.open()
         except BaseException:
-            self.close()
+            sender.close()
             raise
+        self._sender = sender
 
     def publish(self, messages: Sequence[Message]) -> None:
-        if self._loop is None or self._js is None or self._gone is None:
+        sender = self._sender
+        if sender is None:
             raise RuntimeError("nats backend is not open")
         if not messages:
             return
-        timeout = self.options.publish_timeout
-        self._loop.run(
-            asyncio.wait_for(self._publish(self._js, self._gone, messages), timeout), timeout + 1
-        )
-
-    async def _publish(
-        self,
-        js: JetStreamContext,
-        gone: asyncio.Future[BaseException | None],
-        messages: Sequence[Message],
-    ) -> None:
-        prefix, deduplicate = self.options.subject_prefix, self.options.deduplicate
-        acks: list[asyncio.Future[api.PubAck]] = []
-        try:
-            for message in messages:
-                subject, payload, headers = to_record(message, prefix, deduplicate)
-                acks.append(await js.publish_async(subject, payload, headers=headers))
-            every = asyncio.gather(*acks, return_exceptions=True)
-            either: list[asyncio.Future[Any]] = [every, gone]
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not every.done():
-                every.cancel()
-                # Closed before every acknowledgement came: by what closed it.
-                raise nats.errors.ConnectionClosedError() from gone.result()
-            failures = [r for r in every.result() if isinstance(r, BaseException)]
-        finally:
-            for ack in acks:
-                if not ack.done():
-                    ack.cancel()
-        if failures:
-            raise failures[0]
+        sender.publish(messages)
 
     def abort(self) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.cancel()
+        sender = self._sender
+        if sender is not None:
+            sender.abort()
 
     def close(self) -> None:
-        loop, client = self._loop, self._client
-        self._loop = self._client = self._js = self._gone = None
-        if loop is None:
-            return
-        if client is not None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
             try:
-                loop.run(
-                    asyncio.wait_for(client.close(), self.options.connect_timeout),
-                    self.options.connect_timeout + 1,
-                )
-            except BaseException:
+                sender.close()
+            except Exception:
                 logger.debug("dask-eventbus: closing the NATS connection failed", exc_info=True)
-        loop.stop()
-
-    # ------------------------------------------------------------ connections
 
     def _connect_bound(self) -> float:
         # nats-py tries each server twice, each within connect-timeout.
         return 2 * len(self.options.servers()) * self.options.connect_timeout + 1
-
-    async def _connect(self, role: str) -> tuple[NATSClient, asyncio.Future[BaseException | None]]:
-        """A connection that does not reconnect by itself, and a future set
-        when it closed (to the error that closed it, if any)."""
-        options = self.options
-        gone: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        errors: list[BaseException] = []
-        client = _TLSOnlyClient() if options.wants_tls() else NATSClient()
-
-        client_log = ClientLog(logger, "nats-py", self.mask)
-
-        async def error_cb(exc: Exception) -> None:
-            errors.append(exc)
-            client_log.log(logging.ERROR, repr(exc))
-
-        async def closed_cb() -> None:
-            if not gone.done():
-                gone.set_result(client.last_error)
-
-        kwargs: dict[str, Any] = {
-            "servers": options.servers(),
-            "allow_reconnect": False,
-            "max_reconnect_attempts": 1,
-            "reconnect_time_wait": 0.1,
-            "connect_timeout": options.connect_timeout,
-            "error_cb": error_cb,
-            "closed_cb": closed_cb,
-            "dont_randomize": True,
-        }
-        if options.connection_name:
-            kwargs["name"] = options.connection_name + role
-        if options.user is not None:
-            kwargs.update(user=options.user, password=options.password)
-        if options.token is not None:
-            kwargs["token"] = options.token
-        if options.creds_file is not None:
-            kwargs["user_credentials"] = options.creds_file
-        if options.nkey_seed_file is not None:
-            kwargs["nkeys_seed"] = options.nkey_seed_file
-        if options.wants_tls():
-            tls = options.tls or TLSOptions()
-            kwargs["tls"] = tls.context()
-            if tls.server_hostname:
-                kwargs["tls_hostname"] = tls.server_hostname
-        try:
-            await client.connect(**kwargs)
-        except BaseException as exc:
-            # nats-py leaves the socket of a failed attempt open; closing it
-            # after a failed TLS handshake may wait for the peer.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 1.0)
-            if isinstance(exc, nats.errors.NoServersError):
-                raise exc from (errors[-1] if errors else None)
-            raise
-        return client, gone
-
-    async def _ensure_stream(self, js: JetStreamContext) -> None:
-        options = self.options
-        try:
-            await js.stream_info(options.stream)
-            return
-        except NotFoundError:
-            if not options.create_missing:
-                raise
-        config = api.StreamConfig(
-            name=options.stream,
-            subjects=[f"{options.subject_prefix}.>"],
-            storage=api.StorageType.FILE,
-            max_age=options.max_age,
-            max_bytes=options.max_bytes,
-            max_msgs=options.max_msgs,
-            duplicate_window=options.duplicate_window,
-        )
-        try:
-            await js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:  # made meanwhile by another scheduler
-                raise
 
     # ------------------------------------------------------------ consumer
 
@@ -335,16 +232,9 @@ class NatsBackend(Backend):
         takes several (NATS 2.10 and later); the subscription filters by type
         anyway.
         """
-        filters = options.subjects or subject_filters(self.options.subject_prefix, options.types)
-        reader = _JetStreamReader(
-            self, options.from_beginning, options.durable, filters, options.count
-        )
-        try:
-            reader.start()
-        except BaseException:
-            reader.close(ack=False)
-            raise
-        return reader
+        from .nats_reader import open_reader
+
+        return open_reader(self, options)
 
     # ------------------------------------------------------------ for people
 
@@ -358,6 +248,13 @@ class NatsBackend(Backend):
         return f"NATS at {self._where}"
 
     def classify(self, exc: BaseException) -> Problem | None:
+        import asyncio
+
+        import nats.errors
+        from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+
+        from .diagnosis import Problem
+
         stream, prefix = self.options.stream, self.options.subject_prefix
         detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, nats.errors.NoServersError):
@@ -395,7 +292,7 @@ class NatsBackend(Backend):
                 fix = "JetStream is not enabled: start nats-server with -js"
                 return Problem("refused", detail, "JetStream requests", fix)
             return Problem("refused", detail, f"a request on stream {stream!r}")
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, (Aborted, asyncio.CancelledError)):
             return Problem("said", f"the publish to {self.broker()} was aborted")
         if isinstance(exc, (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)):
             return Problem("timeout", detail)
@@ -404,165 +301,418 @@ class NatsBackend(Backend):
         return None
 
 
-class _TLSOnlyClient(NATSClient):
-    """A nats-py client that refuses a server without TLS before it sends
-    anything (credentials): nats-py itself only upgrades a connection to TLS
-    when the server requires it, even for a ``tls://`` URL."""
-
-    def _connect_command(self) -> bytes:
-        if not self._server_info.get("tls_required"):
-            raise nats.errors.SecureConnWantedError()
-        command: bytes = super()._connect_command()
-        return command
+_CRLF = b"\r\n"
+_NO_RESPONDERS = b"503"
+# nats-py's default, until the server's INFO says.
+_DEFAULT_MAX_PAYLOAD = 1_048_576
 
 
-class _JetStreamReader(ReconnectingSubscription):
-    """A pull consumer on a connection of its own, on a loop of its own."""
+class _Server:
+    """One server of the url, as nats-py reads it."""
 
-    connection_errors = (nats.errors.Error, APIError, OSError)
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        self.host = parts.hostname or "localhost"
+        self.port = 4222 if parts.port is None else parts.port
+        self.username, self.password = parts.username, parts.password
 
-    def __init__(
-        self,
-        backend: NatsBackend,
-        from_beginning: bool,
-        durable: str | None,
-        filters: list[str] | None,
-        count: int,
-    ) -> None:
-        super().__init__("NATS", backend.explain)
-        self._backend = backend
-        self._options = backend.options
-        self._from_beginning = from_beginning
-        self._durable = durable
-        self._filters = filters
-        self._count = count
-        self._loop = LoopThread("dask-eventbus-nats-subscriber")
-        self._client: NATSClient | None = None
-        self._pull: JetStreamContext.PullSubscription | None = None
-        self._consumer: str | None = None
-        # The stream sequence of the last message received: an ephemeral
-        # consumer made again after a reconnection starts after it.
-        self._last_sequence: int | None = None
-        # Reply subjects of deliveries not acknowledged, in the order received.
-        self._outstanding: dict[str, None] = {}
+
+class _Reply(msgspec.Struct):
+    """What JetStream answers a publish or an API request with (what we read of it)."""
+
+    error: dict[str, Any] | None = None
+
+
+def _nats_error(kind: str, *args: Any) -> Exception:
+    """nats-py's exception ``nats.errors.<kind>(*args)``; nats-py is imported now."""
+    import nats.errors
+
+    error: Exception = getattr(nats.errors, kind)(*args)
+    return error
+
+
+def _api_error(error: dict[str, Any]) -> Exception:
+    """The exception nats-py raises for JetStream's error reply ``error``."""
+    from nats.js.errors import APIError
+
+    try:
+        APIError.from_error(error)
+    except Exception as exc:  # from_error raises what it makes
+        return exc
+    return APIError(**error)  # pragma: no cover - from_error always raises
+
+
+def _lost(cause: BaseException | None) -> Exception:
+    """nats-py's exception for a connection that closed under a request."""
+    failure = _nats_error("ConnectionClosedError")
+    failure.__cause__ = cause if cause is not None else _nats_error("UnexpectedEOF")
+    return failure
+
+
+class _Connection:
+    """The publisher's connection to NATS: the client protocol over a socket
+    of its own. TLS only where a ``nats://`` server requires it, with
+    Python's default context as nats-py does; a ``tls://`` url or the tls
+    block publish through nats-py (:mod:`.nats_client`).
+
+    Connects to the servers of the url in turn, authenticates as nats-py does
+    with the same options (``CONNECT`` with user and password or a token),
+    subscribes to one reply subject for every acknowledgement and request,
+    and checks the stream (``$JS.API.STREAM.INFO``), creating it if missing
+    as nats-py's ``add_stream`` does. Answers the server's ``PING`` while it
+    reads; before a batch it reads what came meanwhile, and connects again
+    when that shows the server closed the connection (a restart, an idle
+    connection found stale).
+    """
+
+    def __init__(self, options: NatsOptions, where: str) -> None:
+        self._options, self._where = options, where
+        self._socket: socket.socket | None = None
+        self._buffer = bytearray()
+        self._inbox = b""
+        self._next = 0
+        self._max_payload = _DEFAULT_MAX_PAYLOAD
+        self._aborted = False
+
+    # ------------------------------------------------------------ connecting
+
+    def open(self) -> None:
+        self._aborted = False
+        self._connect()
+        self._ensure_stream()
 
     def _connect(self) -> None:
-        if self._consumer is None:
-            bound = self._backend._connect_bound() + self._options.publish_timeout
-        else:
-            # Reconnecting within a fetch: bounded near the caller's wait.
-            bound = RECONNECT_BOUND
-        self._loop.run(self._attach(), bound)
-
-    async def _attach(self) -> None:
-        client, _ = await self._backend._connect("-subscriber")
-        try:
-            js = client.jetstream(timeout=self._options.publish_timeout)
-            stream = self._options.stream
-            # Subscribers may come first: the stream then keeps what follows.
-            await self._backend._ensure_stream(js)
-            if self._durable is not None:
-                try:
-                    await js.consumer_info(stream, self._durable)
-                except NotFoundError:
-                    await js.add_consumer(stream, self._config(client, durable=self._durable))
-                name = self._durable
-            else:
-                if self._last_sequence is None and not self._from_beginning:
-                    info = await js.stream_info(stream)
-                    self._last_sequence = info.state.last_seq
-                made = await js.add_consumer(stream, self._config(client))
-                name = made.name
-            self._pull = await js.pull_subscribe_bind(consumer=name, stream=stream)
-        except BaseException:
-            await client.close()
-            raise
-        self._client, self._consumer = client, name
-
-    def _config(self, client: NATSClient, durable: str | None = None) -> api.ConsumerConfig:
-        config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT)
-        if durable is None:
-            config.inactive_threshold = 60.0
-            if self._last_sequence is not None:
-                config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = self._last_sequence + 1
-        elif not self._from_beginning:
-            config.deliver_policy = api.DeliverPolicy.NEW
-        if self._filters and len(self._filters) == 1:
-            config.filter_subject = self._filters[0]
-        elif self._filters and _takes_filter_subjects(client):
-            config.filter_subjects = self._filters
-        return config
-
-    def _read(self, timeout: float) -> list[Delivery]:
-        pull, client = self._pull, self._client
-        assert pull is not None and client is not None
-        try:
-            messages = self._loop.run(
-                pull.fetch(self._count, timeout=max(timeout, 0.05)), timeout + 5
-            )
-        except (nats.errors.TimeoutError, TimeoutError):
-            # Nothing arrived in time, or the connection is gone.
-            if client.is_closed:
-                raise nats.errors.ConnectionClosedError() from None
-            return []
-        deliveries = []
-        for message in messages:
-            self._last_sequence = message.metadata.sequence.stream
-            self._outstanding[message.reply] = None
-            deliveries.append(delivery_of(message.data, message.headers, message))
-        return deliveries
-
-    def _disconnect(self) -> None:
-        client, self._client, self._pull = self._client, None, None
-        self._outstanding.clear()  # the server delivers them again
-        if client is not None:
+        options = self._options
+        self.close()
+        failures: list[OSError] = []
+        for url in options.servers():
+            server = _Server(url)
             try:
-                self._loop.run(asyncio.wait_for(client.close(), 2.0), 3.0)
+                sock = socket.create_connection((server.host, server.port), options.connect_timeout)
+            except OSError as exc:
+                failures.append(exc)
+                continue
+            self._socket, self._buffer = sock, bytearray()
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Notices a peer that vanished without closing while the
+                # connection sits idle between batches.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                self._handshake(server, time.monotonic() + options.connect_timeout)
             except BaseException:
-                logger.debug("dask-eventbus: closing the NATS subscriber failed", exc_info=True)
-
-    def _acknowledge(self, token: Any) -> None:
-        message: Msg = token
-        client = self._client
-        if client is None or message.reply not in self._outstanding:
+                self.close()
+                raise
             return
-        del self._outstanding[message.reply]
-        self._loop.submit(_send(client, message.reply, b"+ACK"))
+        raise _nats_error("NoServersError") from (failures[-1] if failures else None)
 
-    def _close(self) -> None:
-        client = self._client
+    def _handshake(self, server: _Server, deadline: float) -> None:
+        options = self._options
         try:
-            if client is not None:
-                # Hand back what was fetched and not acknowledged at once,
-                # rather than after the ack wait.
-                for reply in self._outstanding:
-                    self._loop.submit(_send(client, reply, b"-NAK"))
-                if self._durable is None and self._consumer is not None:
-                    self._loop.run(self._delete_consumer(client), 3.0)
-        except BaseException:
-            logger.debug("dask-eventbus: releasing the NATS consumer failed", exc_info=True)
+            line = self._line(deadline)
+        except (TimeoutError, Aborted):
+            raise
+        except Exception as exc:
+            line = b""
+            closed: BaseException | None = exc
+        else:
+            closed = None
+        if not line.startswith(b"INFO "):
+            raise _nats_error(
+                "Error", "nats: empty response from server when expecting INFO message"
+            ) from closed
+        info = msgspec.json.decode(line[5:])
+        if info.get("tls_required"):
+            self._upgrade(server, deadline)
+        if not info.get("headers"):
+            raise _nats_error("Error", "nats: the server does not take headers (NATS 2.2+)")
+        self._max_payload = int(info.get("max_payload", _DEFAULT_MAX_PAYLOAD))
+        connect: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "lang": "python3",
+            "version": __version__,
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+        }
+        if options.connection_name:
+            connect["name"] = options.connection_name
+        if options.user is not None:
+            connect.update(user=options.user, **{"pass": options.password})
+        elif options.token is not None:
+            connect["auth_token"] = options.token
+        elif server.username is not None:
+            connect.update(user=server.username, **{"pass": server.password})
+        self._inbox = b"_INBOX.%s." % os.urandom(11).hex().encode()
+        self._send(
+            b"CONNECT %s\r\nSUB %s* 1\r\nPING\r\n" % (msgspec.json.encode(connect), self._inbox)
+        )
+        while True:
+            op = self._line(deadline)
+            if op == b"PONG":
+                return
+            if op.startswith(b"-ERR"):
+                # As nats-py raises it: 'Authorization Violation' included.
+                raise _nats_error("Error", "nats: " + op[5:].decode("utf-8", "replace"))
+            self._message(deadline, op)
+
+    def _upgrade(self, server: _Server, deadline: float) -> None:
+        """TLS on a nats:// url to a server that requires it: as nats-py
+        does, with Python's default context (the system's CAs)."""
+        import ssl
+
+        sock = self._socket
+        assert sock is not None
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self._socket = ssl.create_default_context().wrap_socket(sock, server_hostname=server.host)
+
+    def _ensure_stream(self) -> None:
+        """Make the stream if it is missing, as nats-py's ``add_stream`` does."""
+        options = self._options
+        deadline = time.monotonic() + options.publish_timeout
+        error = self._request(f"$JS.API.STREAM.INFO.{options.stream}", b"", deadline)
+        if error is None:
+            return
+        if error.get("code") != 404 or not options.create_missing:
+            raise _api_error(error)  # NotFoundError for a missing stream
+        # StreamConfig.as_dict() of nats-py: durations in nanoseconds, a
+        # missing max-age as 0, the other limits left out when not given.
+        config: dict[str, Any] = {
+            "name": options.stream,
+            "subjects": [f"{options.subject_prefix}.>"],
+        }
+        if options.max_msgs is not None:
+            config["max_msgs"] = options.max_msgs
+        if options.max_bytes is not None:
+            config["max_bytes"] = options.max_bytes
+        config.update(
+            discard="old",
+            discard_new_per_subject=False,
+            max_age=_nanoseconds(options.max_age),
+            max_msgs_per_subject=-1,
+            max_msg_size=-1,
+            storage="file",
+            no_ack=False,
+            duplicate_window=_nanoseconds(options.duplicate_window),
+            sealed=False,
+            deny_delete=False,
+            deny_purge=False,
+            allow_rollup_hdrs=False,
+        )
+        subject = f"$JS.API.STREAM.CREATE.{options.stream}"
+        error = self._request(subject, msgspec.json.encode(config), deadline)
+        if error is not None and error.get("err_code") != STREAM_NAME_IN_USE:
+            raise _api_error(error)  # else made meanwhile by another scheduler
+
+    def _request(self, subject: str, payload: bytes, deadline: float) -> dict[str, Any] | None:
+        """A JetStream API request: the error it was answered with, if any.
+
+        Without JetStream (no responders), raises what nats-py raises then.
+        """
+        token = self._token()
+        self._send(
+            b"PUB %s %s%d %d\r\n%s\r\n"
+            % (subject.encode(), self._inbox, token, len(payload), payload)
+        )
+        while True:
+            replied = self._message(deadline)
+            if replied is None or replied[0] != token:
+                continue
+            status, data = replied[1], replied[2]
+            if status == _NO_RESPONDERS:
+                # As nats-py's JetStream API requests raise it: JetStream is off.
+                from nats.js.errors import ServiceUnavailableError
+
+                raise ServiceUnavailableError()
+            return msgspec.json.decode(data, type=_Reply).error
+
+    # ------------------------------------------------------------ publishing
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Send every message, then read until JetStream acknowledged each."""
+        options = self._options
+        deadline = time.monotonic() + options.publish_timeout
+        if self._socket is None or not self._alive():
+            self._connect()
+        prefix, deduplicate, inbox = options.subject_prefix, options.deduplicate, self._inbox
+        first = self._next + 1
+        parts = []
+        for token, message in enumerate(messages, first):
+            subject, payload, headers = to_record(message, prefix, deduplicate)
+            if len(payload) > self._max_payload:
+                raise _nats_error("MaxPayloadError")
+            head = b"NATS/1.0\r\n%s\r\n" % b"".join(
+                b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in headers.items()
+            )
+            parts.append(
+                b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
+                % (
+                    subject.encode(),
+                    inbox,
+                    token,
+                    len(head),
+                    len(head) + len(payload),
+                    head,
+                    payload,
+                )
+            )
+        self._next = last = first + len(messages) - 1
+        self._send(b"".join(parts), deadline)
+        failures: dict[int, Exception] = {}
+        waiting = len(messages)
+        while waiting:
+            replied = self._message(deadline)
+            if replied is None or not first <= replied[0] <= last:
+                continue  # an answer to an earlier batch, given up on
+            token, status, data = replied
+            waiting -= 1
+            if status == _NO_RESPONDERS:
+                # No stream takes the subject (or JetStream is off).
+                from nats.js.errors import NoStreamResponseError
+
+                failures[token] = NoStreamResponseError()
+                continue
+            if b'"error"' in data:
+                reply = msgspec.json.decode(data, type=_Reply)
+                if reply.error is not None:
+                    failures[token] = _api_error(reply.error)
+        if failures:
+            raise failures[min(failures)]
+
+    # ------------------------------------------------------------ the protocol
+
+    def _token(self) -> int:
+        self._next += 1
+        return self._next
+
+    def _send(self, data: bytes, deadline: float | None = None) -> None:
+        sock = self._socket
+        if sock is None or self._aborted:
+            self._fail(None)
+        try:
+            if deadline is not None:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(data)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _alive(self) -> bool:
+        """Read what came since the last batch (the server's PINGs);
+        whether the connection is still open."""
+        sock = self._socket
+        assert sock is not None
+        sock.setblocking(False)
+        try:
+            while chunk := sock.recv(65536):
+                self._buffer += chunk
+            return False  # closed by the server
+        except OSError as exc:
+            # Nothing more to read: still open (SSLWantReadError under TLS).
+            return isinstance(exc, BlockingIOError) or type(exc).__name__ == "SSLWantReadError"
         finally:
-            self._disconnect()
-            self._loop.stop()
+            sock.settimeout(self._options.publish_timeout)
 
-    async def _delete_consumer(self, client: NATSClient) -> None:
-        assert self._consumer is not None
-        await client.jetstream().delete_consumer(self._options.stream, self._consumer)
+    def _fill(self, deadline: float) -> None:
+        sock = self._socket
+        if sock is None or self._aborted:
+            self._fail(None)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self._fail(TimeoutError())
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except OSError as exc:
+            self._fail(exc)
+        if not chunk:
+            self._fail(None)
+        self._buffer += chunk
+
+    def _fail(self, cause: OSError | None) -> NoReturn:
+        """Close the connection; raise what nats-py raises for ``cause``."""
+        aborted = self._aborted
+        self.close()
+        if aborted:
+            raise Aborted(f"the publish to NATS at {self._where} was aborted")
+        if isinstance(cause, TimeoutError):
+            raise TimeoutError(f"NATS at {self._where} did not answer in time") from None
+        raise _lost(cause)
+
+    def _line(self, deadline: float) -> bytes:
+        start = 0
+        while (end := self._buffer.find(_CRLF, start)) < 0:
+            start = max(len(self._buffer) - 1, 0)
+            self._fill(deadline)
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return line
+
+    def _exactly(self, size: int, deadline: float) -> bytes:
+        while len(self._buffer) < size + 2:
+            self._fill(deadline)
+        data = bytes(self._buffer[:size])
+        del self._buffer[: size + 2]
+        return data
+
+    def _message(self, deadline: float, op: bytes = b"") -> tuple[int, bytes, bytes] | None:
+        """The next operation (or ``op``, read already); for a message to
+        the inbox its token, status and payload, else None."""
+        op = op or self._line(deadline)
+        try:
+            if op.startswith(b"MSG "):
+                subject, *_, size = op[4:].split()
+                return self._token_of(subject), b"", self._exactly(int(size), deadline)
+            if op.startswith(b"HMSG "):
+                subject, *_, head_size, size = op[5:].split()
+                data = self._exactly(int(size), deadline)
+                head, payload = data[: int(head_size)], data[int(head_size) :]
+                status = head.split(_CRLF, 1)[0][9:12]  # NATS/1.0 503
+                return self._token_of(subject), status, payload
+            if op == b"PING":
+                self._send(b"PONG\r\n")
+                return None
+            if op.startswith(b"INFO "):
+                info = msgspec.json.decode(op[5:])
+                self._max_payload = int(info.get("max_payload", self._max_payload))
+                return None
+            if op in (b"PONG", b"+OK"):
+                return None
+        except (ValueError, msgspec.DecodeError):
+            pass  # a protocol error, below
+        if op.startswith(b"-ERR"):
+            said = op[5:].decode("utf-8", "replace").strip()
+            self.close()
+            if "stale connection" in said.lower():
+                raise _nats_error("StaleConnectionError")
+            raise _nats_error("Error", f"nats: {said}")
+        self.close()
+        raise _nats_error("ProtocolError") from ValueError(f"got {op[:40]!r} from {self._where}")
+
+    def _token_of(self, subject: bytes) -> int:
+        if not subject.startswith(self._inbox):
+            return 0
+        try:
+            return int(subject[len(self._inbox) :])
+        except ValueError:
+            return 0
+
+    # ------------------------------------------------------------ closing
+
+    def abort(self) -> None:
+        """Make a publish blocked on another thread return (Aborted)."""
+        self._aborted = True
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        sock, self._socket = self._socket, None
+        self._buffer = bytearray()
+        if sock is not None:
+            sock.close()
 
 
-async def _send(client: NATSClient, subject: str, payload: bytes) -> None:
-    try:
-        await client.publish(subject, payload)
-    except nats.errors.Error:
-        logger.debug("dask-eventbus: could not send %r to NATS", payload, exc_info=True)
-
-
-def _takes_filter_subjects(client: NATSClient) -> bool:
-    """Whether the server takes several filter subjects per consumer (2.10+)."""
-    version = str(client._server_info.get("version", "0.0"))
-    try:
-        major, minor = (int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= (2, 10)
+def _nanoseconds(seconds: float | None) -> int:
+    """A duration as JetStream takes it (and nats-py sends it: none is 0)."""
+    return 0 if seconds is None else int(seconds * 1_000_000_000)

@@ -11,11 +11,13 @@ duplicate window.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..backends.contract import BATCH_ROUTING_KEY, Message
-from ..backends.subscription import Delivery
 from ..events import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from ..backends.subscription import Delivery
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 CONTENT_TYPE_HEADER = "Content-Type"
@@ -68,6 +70,9 @@ def to_record(message: Message, prefix: str, deduplicate: bool = True) -> NatsRe
 def delivery_of(payload: bytes, headers: Mapping[str, str] | None, token: Any = None) -> Delivery:
     """A NATS message as the subscription reads it: its payload, and the
     content type its header names (structured mode when it names none)."""
+    # Here: a publisher process, which reads nothing back, need not load it.
+    from ..backends.subscription import Delivery
+
     content_type = (headers or {}).get(CONTENT_TYPE_HEADER, CONTENT_TYPE)
     return Delivery(payload, token, content_type)
 
