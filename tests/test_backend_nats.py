@@ -369,6 +369,28 @@ def test_accepted_credentials_publish_on_the_own_connection(
     assert asyncio.run(held()) == [message_id(m) for m in messages]
 
 
+def test_a_publish_the_server_does_not_permit_is_explained(
+    nats_server: Callable[..., NatsServer], tmp_path: Any
+) -> None:
+    # alice may use JetStream's API and read replies, but not publish events.
+    config = tmp_path / "permissions.conf"
+    config.write_text(
+        "authorization { users = [ {user: alice, password: pw-1, permissions: "
+        '{publish: {allow: ["$JS.API.>"]}, subscribe: {allow: ["_INBOX.>"]}}} ] }\n'
+    )
+    server = nats_server("-c", str(config))
+    backend = create_backend("nats", {"url": server.url, "user": "alice", "password": "pw-1"})
+    backend.open()
+    try:
+        with pytest.raises(Exception) as info:
+            backend.send(synthetic_messages(2))
+    finally:
+        backend.close()
+    explained = backend.explain(info.value)
+    assert explained.startswith(f"NATS at {server.url} denied permission: let the user publish")
+    assert "Permissions Violation for Publish to" in explained and "pw-1" not in explained
+
+
 def test_a_connection_the_server_dropped_while_idle_is_made_again_before_a_batch(
     nats_server: Callable[..., NatsServer], tmp_path: Any
 ) -> None:

@@ -262,6 +262,12 @@ class NatsBackend(Backend):
         if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in detail.lower():
             fix = "check user/password, token, creds-file or nkey-seed-file"
             return Problem("authentication", detail, fix=fix)
+        if "permissions violation" in detail.lower():
+            fix = (
+                f"let the user publish to {prefix}.> and $JS.API.> and subscribe to _INBOX.> "
+                "(its permissions in the server's authorization block)"
+            )
+            return Problem("permission", detail, fix=fix)
         if isinstance(exc, nats.errors.SecureConnWantedError):
             return Problem(
                 "tls",
