@@ -40,7 +40,7 @@ from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
 
 from dask_eventbus import Backend, EventBusPlugin, create_backend
-from dask_eventbus.backends import Refused
+from dask_eventbus.backends import Message, Refused
 from dask_eventbus.bindings.http import (
     request,
     request_end,
@@ -53,7 +53,13 @@ from dask_eventbus.config import ConfigError, load_settings
 from dask_eventbus.events import DROPPED, load_shipped_schema
 from dask_eventbus.normalize import Normalizer
 from dask_eventbus.publisher import Publisher
-from dask_eventbus.testing import FaultProxy, free_port, run_workload, synthetic_messages
+from dask_eventbus.testing import (
+    FaultProxy,
+    free_port,
+    publish_batches,
+    run_workload,
+    synthetic_messages,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -155,6 +161,11 @@ def publisher() -> Iterator[Callable[[Backend], Publisher]]:
 
 def ids(events: list[dict[str, Any]]) -> list[str]:
     return [e["id"] for e in events]
+
+
+def send_once(options: dict[str, Any], *batches: list[Message]) -> None:
+    """Send each batch through a webhook backend made with ``options``."""
+    publish_batches(create_backend("webhook", options), batches)
 
 
 @pytest.mark.parametrize("mode", ["structured", "batched"])
@@ -433,12 +444,7 @@ def test_a_proxy_from_the_environment_carries_the_requests(
     with WebhookReceiver() as receiver:
         # The receiver plays the proxy: the url's own host does not resolve.
         monkeypatch.setenv("HTTP_PROXY", receiver.url)
-        backend = create_backend("webhook", {"url": "http://events.invalid/dask"})
-        backend.open()
-        try:
-            backend.send(messages)
-        finally:
-            backend.close()
+        send_once({"url": "http://events.invalid/dask"}, messages)
         assert ids(receiver.events()) == [m.id for m in messages]
         assert [r.headers["host"] for r in receiver.requests] == ["events.invalid"] * 3
 
@@ -504,12 +510,7 @@ async def test_a_real_cluster_arrives_complete_in_order_valid_and_signed(mode: s
 
 def test_http2_option_still_speaks_to_an_http1_receiver() -> None:
     with WebhookReceiver() as receiver:
-        backend = create_backend("webhook", {"url": receiver.url, "http2": True})
-        backend.open()
-        try:
-            backend.send(synthetic_messages(2))
-        finally:
-            backend.close()
+        send_once({"url": receiver.url, "http2": True}, synthetic_messages(2))
         assert len(receiver.events()) == 2
 
 
@@ -581,14 +582,7 @@ def test_the_documented_receiver_verifies_and_prints_what_arrives() -> None:
             time.sleep(0.1)
         messages = synthetic_messages(6)
         for mode, batch in (("structured", messages[:3]), ("batched", messages[3:])):
-            backend = create_backend(
-                "webhook", {"url": url, "secret": SECRET, "content-mode": mode}
-            )
-            backend.open()
-            try:
-                backend.send(batch)
-            finally:
-                backend.close()
+            send_once({"url": url, "secret": SECRET, "content-mode": mode}, batch)
         wrong = "whsec_" + base64.b64encode(b"another key").decode()
         backend = create_backend("webhook", {"url": url, "secret": wrong})
         backend.open()
@@ -611,12 +605,7 @@ def test_https_with_the_tls_block_and_a_clear_error_without(tmp_path: Path) -> N
         FaultProxy(("127.0.0.1", receiver.port), tls=tls_server_context(certificates)) as proxy,
     ):
         url = f"https://127.0.0.1:{proxy.port}/events"
-        backend = create_backend("webhook", {"url": url, "tls": {"ca-file": certificates["ca"]}})
-        backend.open()
-        try:
-            backend.send(messages)
-        finally:
-            backend.close()
+        send_once({"url": url, "tls": {"ca-file": certificates["ca"]}}, messages)
         assert ids(receiver.events()) == [m.id for m in messages]
 
         unverified = create_backend("webhook", {"url": url})

@@ -15,7 +15,7 @@ Needs pytest, and the ``test`` extra's jsonschema and cloudevents.
 from .broker import BrokerProcess, free_port
 from .conformance import SECRET, BackendConformance, Target
 from .faultproxy import FaultProxy, proxied_url
-from .reading import read_events, read_raw, synthetic_messages, unique_name
+from .reading import publish_batches, read_events, read_raw, synthetic_messages, unique_name
 from .workload import is_closing, run_workload
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "free_port",
     "is_closing",
     "proxied_url",
+    "publish_batches",
     "read_events",
     "read_raw",
     "run_workload",

@@ -36,7 +36,7 @@ from ..config import ConfigError
 from ..events import EVENT_TYPES, TASK_TRANSITION, Event, key_to_str, load_shipped_schema
 from ..plugin import EventBusPlugin
 from .faultproxy import FaultProxy
-from .reading import read_events, read_raw, synthetic_messages
+from .reading import publish_batches, read_events, read_raw, synthetic_messages
 from .workload import is_closing, run_workload
 
 _Test = TypeVar("_Test", bound=Callable[..., Any])
@@ -440,13 +440,7 @@ class BackendConformance:
 
     @staticmethod
     def _publish(target: Target, batches: list[list[Message]], **overrides: Any) -> None:
-        backend = target.create(**overrides)
-        backend.open()
-        try:
-            for batch in batches:
-                backend.send(batch)
-        finally:
-            backend.close()
+        publish_batches(target.create(**overrides), batches)
 
 
 def _require_read_back(target: Target) -> None:

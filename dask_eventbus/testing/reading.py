@@ -1,12 +1,13 @@
-"""Messages to publish in tests, and reading what a backend delivers back."""
+"""Messages to publish in tests, publishing them, and reading what a backend
+delivers back."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ..backends import Message, Subscription
+from ..backends import Backend, Message, Subscription
 from ..events import Event
 from ..messages import build_messages
 from ..normalize import Normalizer
@@ -35,6 +36,16 @@ def synthetic_messages(count: int, subjects: int = 7, run_id: str = "test") -> l
         for seq in range(1, count + 1)
     ]
     return build_messages(normalizer, records)
+
+
+def publish_batches(backend: Backend, batches: Sequence[Sequence[Message]]) -> None:
+    """Open ``backend``, send each batch (in its content mode), close it."""
+    backend.open()
+    try:
+        for batch in batches:
+            backend.send(batch)
+    finally:
+        backend.close()
 
 
 def read_events(
