@@ -436,6 +436,17 @@ def test_a_connection_the_receiver_closed_while_idle_is_made_anew_without_an_err
         assert receiver.connections == 2
 
 
+def test_a_user_agent_of_ones_own_replaces_the_backends_and_odd_charsets_are_read() -> None:
+    with WebhookReceiver() as receiver:
+        send_once({"url": receiver.url}, synthetic_messages(1))
+        send_once({"url": receiver.url, "headers": {"user-agent": "mine/1"}}, synthetic_messages(1))
+        agents = [r.headers["user-agent"] for r in receiver.requests]
+        assert agents[0].startswith("dask-eventbus/") and agents[1] == "mine/1"
+        receiver.answer = lambda body: (400, {"content-type": "text/plain; charset=x-no"}, b"no")
+        with pytest.raises(Refused, match=r"HTTP 400 Bad Request from .*: no$"):
+            send_once({"url": receiver.url}, synthetic_messages(1))
+
+
 def test_a_proxy_from_the_environment_carries_the_requests(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -124,7 +124,8 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 while receiver.stalled.is_set():
                     time.sleep(0.02)
-                headers = {k.lower(): v for k, v in self.headers.items()}
+                # A header sent twice reads as both values, comma-separated (RFC 9110).
+                headers = {k.lower(): ", ".join(self.headers.get_all(k)) for k in self.headers}
                 status, extra, text = receiver._respond(headers, body)
                 if 200 <= status < 300:
                     receiver.store.extend([body])

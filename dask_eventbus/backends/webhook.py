@@ -296,7 +296,9 @@ class _Http1:
         self._target = parts.path or "/"
         if parts.query:
             self._target += "?" + parts.query
-        self._headers = {"User-Agent": f"dask-eventbus/{__version__}", **options.headers}
+        self._headers = dict(options.headers)
+        if not any(name.lower() == "user-agent" for name in self._headers):
+            self._headers["User-Agent"] = f"dask-eventbus/{__version__}"
         https = parts.scheme.lower() == "https"
         host, port = parts.hostname or "", parts.port or (443 if https else 80)
         self._connection: http.client.HTTPConnection
@@ -328,12 +330,11 @@ class _Http1:
         except BaseException:
             connection.close()
             raise
-        return _Answer(
-            response.status,
-            response.reason,
-            response.getheader("retry-after"),
-            content.decode(response.headers.get_content_charset() or "utf-8", "replace"),
-        )
+        try:
+            text = content.decode(response.headers.get_content_charset() or "utf-8", "replace")
+        except LookupError:  # a charset Python does not know
+            text = content.decode("utf-8", "replace")
+        return _Answer(response.status, response.reason, response.getheader("retry-after"), text)
 
     def close(self) -> None:
         self._connection.close()
