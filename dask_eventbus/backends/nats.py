@@ -207,10 +207,6 @@ class NatsBackend(Backend):
             except Exception:
                 logger.debug("dask-eventbus: closing the NATS connection failed", exc_info=True)
 
-    def _connect_bound(self) -> float:
-        # nats-py tries each server twice, each within connect-timeout.
-        return 2 * len(self.options.servers()) * self.options.connect_timeout + 1
-
     # ------------------------------------------------------------ consumer
 
     def open_subscription(self, options: NatsSubscribeOptions) -> Subscription:

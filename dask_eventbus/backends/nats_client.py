@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("distributed.eventbus")
 
 
+def connect_bound(backend: NatsBackend) -> float:
+    """How long :func:`connect` may take: nats-py tries each server twice,
+    each within connect-timeout."""
+    return 2 * len(backend.options.servers()) * backend.options.connect_timeout + 1
+
+
 async def connect(
     backend: NatsBackend, role: str
 ) -> tuple[NATSClient, asyncio.Future[BaseException | None]]:
@@ -146,7 +152,7 @@ class ThroughNatsPy:
     def open(self) -> None:
         loop = self._loop = LoopThread("dask-eventbus-nats")
         self._client, self._gone = loop.run(
-            connect(self._backend, ""), self._backend._connect_bound()
+            connect(self._backend, ""), connect_bound(self._backend)
         )
         self._js = self._client.jetstream(timeout=self._options.publish_timeout)
         loop.run(ensure_stream(self._backend, self._js), self._options.publish_timeout + 1)

@@ -18,7 +18,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from ..bindings.nats import delivery_of, subject_filters
 from .loop import LoopThread
-from .nats_client import connect, ensure_stream
+from .nats_client import connect, connect_bound, ensure_stream
 from .subscription import Delivery, ReconnectingSubscription, Subscription
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class _JetStreamReader(ReconnectingSubscription):
 
     def _connect(self) -> None:
         if self._consumer is None:
-            bound = self._backend._connect_bound() + self._options.publish_timeout
+            bound = connect_bound(self._backend) + self._options.publish_timeout
         else:
             # Reconnecting within a fetch: bounded near the caller's wait.
             bound = RECONNECT_BOUND
