@@ -18,6 +18,7 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test
 from helpers import not_for_publishing, publisher_process_imports
+from startup_probe import StartupProbe
 
 from dask_eventbus import EventBusPlugin
 from dask_eventbus.process import ProcessSink
@@ -262,3 +263,18 @@ def test_the_publisher_process_imports_only_what_publishing_needs(tmp_path: Path
     assert "dask_eventbus.backends.jsonl" in imported
     # With a file, no network (ssl) and no process supervision either.
     assert not_for_publishing(imported, "ssl", "subprocess", "urllib") == []
+
+
+def test_the_publisher_process_starts_without_what_its_backend_does_not_use(
+    tmp_path: Path,
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    publisher_process_imports(StartupProbe(path=str(events_file)))
+    startup = json.loads(events_file.with_name("events.jsonl.startup").read_text())
+    # Kept out only while the backend's module was imported.
+    assert startup["wave_when_imported"] is False
+    assert startup["wave_when_publishing"] is True
+    # The collector, off while the process started, is on again, and what
+    # starting made is frozen out of its collections.
+    assert startup["gc_enabled"] is True
+    assert startup["frozen"] > 10_000

@@ -208,6 +208,11 @@ class Backend:
     provisioning_option: ClassVar[str | None] = None
     """The option that makes the backend create what events go to when missing;
     by default ``create-missing`` where the options have it."""
+    unused_when_publishing: ClassVar[tuple[str, ...]] = ()
+    """Modules the client library imports when it can, though publishing never
+    uses them: a publisher process keeps them out while it imports the
+    backend's module (importing them fails meanwhile), so that its start does
+    not pay for them."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

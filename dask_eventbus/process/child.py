@@ -8,6 +8,7 @@ failed attempt, and every 0.25 s while a spool drains.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -68,6 +69,19 @@ def _child_main() -> int:
         out.close()
 
 
+def _import_without(module: str, unused: list[str]) -> None:
+    """Import the backend's ``module`` with the modules it declares unused when
+    publishing kept out (importing them fails meanwhile), unless already loaded."""
+    hidden = [name for name in unused if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        __import__(module)  # as an import statement would, which -X importtime reports
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+
+
 def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
     lock = threading.Lock()
     log = logging.getLogger("distributed.eventbus")
@@ -83,6 +97,7 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
         for path in reversed(init["sys_path"]):
             if path not in sys.path:
                 sys.path.insert(0, path)
+        _import_without(init["backend_module"], init["unused"])
         backend = pickle.loads(init["backend"])
         settings = pickle.loads(init["settings"])
         normalizer = Normalizer.from_settings(init["source"], init["run_id"], settings.events)
@@ -93,6 +108,10 @@ def _serve(stdin: IO[bytes], out: IO[bytes]) -> int:
     except Exception as exc:
         write_frame(out, ["failed", f"{type(exc).__name__}: {safe_text(exc)}"], lock)
         return 1
+    # PUBLISHER_COMMAND started it with the collector off: what setting up made
+    # lives as long as the process, so collections need not look at it again.
+    gc.freeze()
+    gc.enable()
     write_frame(out, ["ready"], lock)
 
     inbox: queue.Queue[BatchFrame | None] = queue.Queue()
