@@ -8,6 +8,8 @@ subscriptions, routing keys and the diagnoses people see.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +42,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 from dask_eventbus import ConfigError, Event, EventBusPlugin, create_backend, subscribe
 from dask_eventbus.backends.kombu import CONTENT_TYPE, KombuBackend
 from dask_eventbus.events import key_to_str
+from dask_eventbus.process import publisher_environment
 from dask_eventbus.testing import (
     FaultProxy,
     is_closing,
@@ -351,6 +354,30 @@ def test_the_publisher_process_loads_neither_reader_nor_diagnosis(
     assert "dask_eventbus.backends.kombu" in imported
     assert ours_not_for_publishing(imported) == []
     assert "dask_eventbus.backends.kombu_reader" not in imported
+
+
+def test_the_publisher_process_loads_kombu_without_its_yaml_and_msgpack_serializers() -> None:
+    # Kombu offers them when it can import them; the backend's bytes are never
+    # serialized. (Python reports a kept-out import as made, so ask the process.)
+    loaded = """
+import json, sys
+from dask_eventbus.process.child import _import_without
+_import_without("dask_eventbus.backends.kombu", ["yaml", "msgpack"])
+from kombu.exceptions import SerializerNotInstalled
+from kombu.serialization import loads
+try:
+    loads(b"a: 1", "application/x-yaml", "utf-8", accept=["yaml"])
+except SerializerNotInstalled:
+    offered = False
+else:
+    offered = True
+print(json.dumps([sorted({"yaml", "msgpack", "kombu.serialization"} & set(sys.modules)), offered]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", loaded], env=publisher_environment(), capture_output=True, check=True
+    )
+    assert json.loads(out.stdout) == [["kombu.serialization"], False]
+    assert KombuBackend.unused_when_publishing == ("yaml", "msgpack")
 
 
 def test_an_exchange_managed_elsewhere_is_not_declared(amqp: dict[str, Any]) -> None:

@@ -152,6 +152,9 @@ class KombuBackend(Backend):
     name = "kombu"
     Options = KombuOptions
     SubscribeOptions = AmqpSubscribeOptions
+    # Kombu's serializer registry imports both to offer them; events go out as
+    # bytes Kombu never serializes. PyYAML alone is a sixth of the start.
+    unused_when_publishing = ("yaml", "msgpack")
     options: KombuOptions
 
     def __init__(self, **options: Any) -> None:
