@@ -24,6 +24,7 @@ import dask
 import h2.config
 import h2.connection
 import h2.events
+import httpx
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
@@ -445,6 +446,17 @@ def test_a_user_agent_of_ones_own_replaces_the_backends_and_odd_charsets_are_rea
         receiver.answer = lambda body: (400, {"content-type": "text/plain; charset=x-no"}, b"no")
         with pytest.raises(Refused, match=r"HTTP 400 Bad Request from .*: no$"):
             send_once({"url": receiver.url}, synthetic_messages(1))
+
+
+def test_a_url_with_spaces_and_accents_is_sent_as_httpx_sends_it() -> None:
+    with WebhookReceiver() as receiver:
+        url = receiver.url.rstrip("/") + '/événements du {jour}?équipe=a b&q="x"|y'
+        send_once({"url": url}, synthetic_messages(1))
+        [received] = receiver.requests
+        assert received.target == httpx.Request("POST", url).url.raw_path.decode()
+        assert received.target.endswith(
+            "/%C3%A9v%C3%A9nements%20du%20%7Bjour%7D?%C3%A9quipe=a%20b&q=%22x%22|y"
+        )
 
 
 def test_a_proxy_from_the_environment_carries_the_requests(

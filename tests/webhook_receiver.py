@@ -34,6 +34,8 @@ class Received:
     body: bytes
     status: int
     at: float
+    target: str
+    """The request line's target: the path and query as sent."""
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -130,7 +132,9 @@ class WebhookReceiver:
                 if 200 <= status < 300:
                     receiver.store.extend([body])
                 with receiver._lock:
-                    receiver.requests.append(Received(headers, body, status, time.monotonic()))
+                    receiver.requests.append(
+                        Received(headers, body, status, time.monotonic(), self.path)
+                    )
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)

@@ -33,7 +33,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -285,6 +285,13 @@ class _Unreachable(OSError):
     """Connecting to the receiver failed; the operating system's error is its cause."""
 
 
+# What httpx leaves as written in a url's path and in its query (it
+# percent-encodes the rest, and any non-ASCII character as UTF-8), so that both
+# clients send the same request target; http.client would refuse a space.
+_PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>`{}')
+_QUERY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>')
+
+
 class _Http1:
     """One kept-alive HTTP/1.1 connection, with the standard library's
     :mod:`http.client`: connected on the first request and again after the
@@ -293,9 +300,9 @@ class _Http1:
     def __init__(self, options: WebhookOptions) -> None:
         self._options = options
         parts = urlsplit(options.url)
-        self._target = parts.path or "/"
+        self._target = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:
-            self._target += "?" + parts.query
+            self._target += "?" + quote(parts.query, safe=_QUERY_SAFE)
         self._headers = dict(options.headers)
         if not any(name.lower() == "user-agent" for name in self._headers):
             self._headers["User-Agent"] = f"dask-eventbus/{__version__}"
