@@ -552,7 +552,7 @@ def test_subscribe_refuses_unknown_parameters(options: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- outages, lifecycle
 
 
-def test_close_releases_the_loop_thread_and_is_repeatable(options: dict[str, Any]) -> None:
+def test_close_releases_connection_and_threads_and_is_repeatable(options: dict[str, Any]) -> None:
     before = threading.active_count()
     backend = create_backend("nats", options)
     for _ in range(3):
