@@ -22,6 +22,7 @@ def _importable(name: str) -> bool:
 
 # "wave": a standard module nothing in a publisher process imports otherwise.
 WAVE_WHEN_IMPORTED = _importable("wave")
+GC_WHEN_IMPORTED = gc.isenabled()
 
 
 class StartupProbe(JsonLinesBackend):
@@ -35,7 +36,8 @@ class StartupProbe(JsonLinesBackend):
         seen = {
             "wave_when_imported": WAVE_WHEN_IMPORTED,
             "wave_when_publishing": _importable("wave"),
-            "gc_enabled": gc.isenabled(),
+            "gc_when_imported": GC_WHEN_IMPORTED,
+            "gc_when_publishing": gc.isenabled(),
             "frozen": gc.get_freeze_count(),
         }
         with open(self.path + ".startup", "w") as file:

@@ -276,5 +276,6 @@ def test_the_publisher_process_starts_without_what_its_backend_does_not_use(
     assert startup["wave_when_publishing"] is True
     # The collector, off while the process started, is on again, and what
     # starting made is frozen out of its collections.
-    assert startup["gc_enabled"] is True
+    assert startup["gc_when_imported"] is False
+    assert startup["gc_when_publishing"] is True
     assert startup["frozen"] > 10_000

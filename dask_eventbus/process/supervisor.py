@@ -44,7 +44,7 @@ START_TIMEOUT = 60.0
 # The cyclic garbage collector stays off while the publisher process imports
 # and sets up (the child freezes what that made, then turns it back on):
 # imports allocate objects that live as long as the process, and collecting
-# among them made every start about 5 % slower.
+# among them made every start 3 to 5 % slower.
 PUBLISHER_COMMAND = [
     sys.executable,
     "-c",
