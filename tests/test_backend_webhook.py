@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dask
 import h2.config
 import h2.connection
 import h2.events
-import httpx
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from distributed.utils_test import gen_test
@@ -448,15 +448,17 @@ def test_a_user_agent_of_ones_own_replaces_the_backends_and_odd_charsets_are_rea
             send_once({"url": receiver.url}, synthetic_messages(1))
 
 
-def test_a_url_with_spaces_and_accents_is_sent_as_httpx_sends_it() -> None:
+def test_a_url_with_spaces_and_accents_is_sent_percent_encoded() -> None:
     with WebhookReceiver() as receiver:
         url = receiver.url.rstrip("/") + '/événements du {jour}?équipe=a b&q="x"|y'
         send_once({"url": url}, synthetic_messages(1))
         [received] = receiver.requests
-        assert received.target == httpx.Request("POST", url).url.raw_path.decode()
+        # As httpx 0.29 sends it (0.25 encoded the "|" too); decoded, as written.
         assert received.target.endswith(
             "/%C3%A9v%C3%A9nements%20du%20%7Bjour%7D?%C3%A9quipe=a%20b&q=%22x%22|y"
         )
+        parts = urlsplit(url)
+        assert unquote(received.target) == f"{parts.path}?{parts.query}"
 
 
 def test_a_proxy_from_the_environment_carries_the_requests(

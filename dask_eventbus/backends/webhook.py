@@ -285,7 +285,7 @@ class _Unreachable(OSError):
     """Connecting to the receiver failed; the operating system's error is its cause."""
 
 
-# What httpx leaves as written in a url's path and in its query (it
+# What httpx (0.29) leaves as written in a url's path and in its query (it
 # percent-encodes the rest, and any non-ASCII character as UTF-8), so that both
 # clients send the same request target; http.client would refuse a space.
 _PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>`{}')
