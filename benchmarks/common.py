@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import pathlib
 import shlex
 import shutil
@@ -65,6 +66,14 @@ def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         backend, _, key = name.partition(".")
         result.setdefault(backend, {})[key] = yaml.safe_load(value)
     return result
+
+
+def default_jsonl_path(options: dict[str, dict[str, Any]]) -> None:
+    """Unless the options name one, the jsonl backend writes to a folder of its
+    own, removed when the benchmark exits."""
+    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
+    atexit.register(shutil.rmtree, workdir, True)
+    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
 
 
 def make_plugin(config: str, options: dict[str, dict[str, Any]]) -> SchedulerPlugin | None:

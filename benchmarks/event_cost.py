@@ -24,8 +24,6 @@ import asyncio
 import gc
 import itertools
 import logging
-import os
-import tempfile
 import time
 from collections import deque
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import dask
 from common import (
     command_line,
+    default_jsonl_path,
     make_plugin,
     markdown_table,
     median,
@@ -133,8 +132,7 @@ async def main() -> None:
     args = parser.parse_args()
     configs = args.config or DEFAULT_CONFIGS
     options = parse_options(args.option)
-    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
-    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
+    default_jsonl_path(options)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # The worker shares this process only to give tasks a processing_on; its
     # profiler thread would charge worker CPU to whichever configuration waits

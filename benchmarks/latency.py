@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import tempfile
 import time
 from typing import Any
 
 import dask
-from common import command_line, make_plugin, markdown_table, parse_options
+from common import command_line, default_jsonl_path, make_plugin, markdown_table, parse_options
 from distributed import Scheduler, Worker
 
 from dask_eventbus import EventBusPlugin
@@ -88,8 +86,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     options = parse_options(args.option)
-    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
-    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
+    default_jsonl_path(options)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     rows = []
     for config in args.config or DEFAULT_CONFIGS:

@@ -20,11 +20,17 @@ import argparse
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 
-from common import command_line, make_plugin, markdown_table, median, parse_options
+from common import (
+    command_line,
+    default_jsonl_path,
+    make_plugin,
+    markdown_table,
+    median,
+    parse_options,
+)
 from distributed import Client, LocalCluster
 
 DEFAULT_CONFIGS = ["none", "noop", "eventbus:memory", "eventbus:jsonl"]
@@ -79,8 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = args.config or DEFAULT_CONFIGS
     options = parse_options(args.option)
-    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
-    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
+    default_jsonl_path(options)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     walls: dict[str, list[float]] = {c: [] for c in configs}
     cpus: dict[str, list[float]] = {c: [] for c in configs}

@@ -20,12 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import resource
-import tempfile
 import time
 
-from common import command_line, make_plugin, markdown_table, median, parse_options
+from common import (
+    command_line,
+    default_jsonl_path,
+    make_plugin,
+    markdown_table,
+    median,
+    parse_options,
+)
 from distributed import Scheduler
 
 DEFAULT_CONFIGS = ["noop", "eventbus:jsonl", "eventbus:redis"]
@@ -69,8 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = args.config or DEFAULT_CONFIGS
     options = parse_options(args.option)
-    workdir = tempfile.mkdtemp(prefix="dask-eventbus-bench-")
-    options.setdefault("jsonl", {}).setdefault("path", os.path.join(workdir, "events.jsonl"))
+    default_jsonl_path(options)
     options.setdefault("redis", {}).setdefault("stream", "dask-eventbus-bench-start-close")
     logging.getLogger("distributed").setLevel(logging.ERROR)
     results = asyncio.run(run(configs, options, args.repeat))
