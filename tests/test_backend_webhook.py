@@ -40,7 +40,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from standardwebhooks import Webhook
 from webhook_receiver import WebhookReceiver
 
-from dask_eventbus import Backend, EventBusPlugin, create_backend
+from dask_eventbus import Backend, EventBusPlugin, __version__, create_backend
 from dask_eventbus.backends import Message, Refused
 from dask_eventbus.bindings.http import (
     request,
@@ -472,6 +472,10 @@ def test_a_proxy_from_the_environment_carries_the_requests(
         send_once({"url": "http://events.invalid/dask"}, messages)
         assert ids(receiver.events()) == [m.id for m in messages]
         assert [r.headers["host"] for r in receiver.requests] == ["events.invalid"] * 3
+        # httpx carries them, with the backend's User-Agent, not httpx's own.
+        assert {r.headers["user-agent"] for r in receiver.requests} == {
+            f"dask-eventbus/{__version__}"
+        }
 
 
 def test_check_publishes_a_probe_and_says_the_backend_is_publish_only() -> None:

@@ -303,9 +303,7 @@ class _Http1:
         self._target = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:
             self._target += "?" + quote(parts.query, safe=_QUERY_SAFE)
-        self._headers = dict(options.headers)
-        if not any(name.lower() == "user-agent" for name in self._headers):
-            self._headers["User-Agent"] = f"dask-eventbus/{__version__}"
+        self._headers = _default_headers(options)
         https = parts.scheme.lower() == "https"
         host, port = parts.hostname or "", parts.port or (443 if https else 80)
         self._connection: http.client.HTTPConnection
@@ -350,6 +348,15 @@ class _Http1:
         sock = self._connection.sock
         if sock is not None:
             sock.shutdown(socket.SHUT_RDWR)  # wakes a publish waiting for the answer
+
+
+def _default_headers(options: WebhookOptions) -> dict[str, str]:
+    """The user's headers, with ``User-Agent: dask-eventbus/<version>`` unless
+    they set one (in any case)."""
+    headers = dict(options.headers)
+    if not any(name.lower() == "user-agent" for name in headers):
+        headers["User-Agent"] = f"dask-eventbus/{__version__}"
+    return headers
 
 
 def _closed_by_peer(sock: Any) -> bool:
@@ -397,7 +404,7 @@ class _Httpx:
             verify = False
         self._url = options.url
         self._client = httpx.Client(
-            headers=options.headers,
+            headers=_default_headers(options),
             timeout=httpx.Timeout(options.publish_timeout, connect=options.connect_timeout),
             verify=verify,
             http2=options.http2,
